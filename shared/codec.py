@@ -1,0 +1,107 @@
+"""Encoding and decoding of everything that crosses Redis.
+
+Decoding is strict: a payload that is not valid JSON or does not match its
+schema raises PayloadError with a message fit for a log line.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+import msgspec
+
+from shared.errors import PayloadError
+from shared.events import (
+    AnyMarketEvent,
+    Book,
+    Candle,
+    ExecutionUpdate,
+    Notification,
+    Ticker,
+    Trade,
+)
+
+# Bounds a publisher's payload before any parsing is spent on it.
+MAX_PAYLOAD_BYTES: Final = 256 * 1024
+
+
+class StreamKind(StrEnum):
+    """What a user or team channel message carries."""
+
+    NOTIFICATION = "notification"
+    EXECUTION = "execution"
+
+
+class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A user or team channel message: the record plus its stream position."""
+
+    pos: str
+    kind: StreamKind
+    data: msgspec.Raw
+
+
+_market_decoder: Final = msgspec.json.Decoder(AnyMarketEvent)
+_envelope_decoder: Final = msgspec.json.Decoder(Envelope)
+_notification_decoder: Final = msgspec.json.Decoder(Notification)
+_execution_decoder: Final = msgspec.json.Decoder(ExecutionUpdate)
+_encoder: Final = msgspec.json.Encoder()
+
+encode = _encoder.encode
+
+
+def _check_size(data: bytes | str) -> None:
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"payload of {len(data)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+
+
+def decode_market(data: bytes | str) -> Ticker | Trade | Book | Candle:
+    _check_size(data)
+    try:
+        return _market_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"bad market event: {exc}") from exc
+
+
+def decode_envelope(data: bytes | str) -> Envelope:
+    _check_size(data)
+    try:
+        return _envelope_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"bad envelope: {exc}") from exc
+
+
+def decode_notification(data: bytes | str) -> Notification:
+    _check_size(data)
+    try:
+        return _notification_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"bad notification: {exc}") from exc
+
+
+def decode_execution(data: bytes | str) -> ExecutionUpdate:
+    _check_size(data)
+    try:
+        return _execution_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"bad execution update: {exc}") from exc
+
+
+def to_builtins(record: msgspec.Struct) -> dict[str, object]:
+    """The plain-JSON form of a record, as a client receives it."""
+    result = msgspec.to_builtins(record)
+    assert isinstance(result, dict)
+    return result
+
+
+__all__ = [
+    "AnyMarketEvent",
+    "Envelope",
+    "StreamKind",
+    "decode_envelope",
+    "decode_execution",
+    "decode_market",
+    "decode_notification",
+    "encode",
+    "to_builtins",
+]

@@ -1,0 +1,156 @@
+"""Event records: the normalized shapes that cross Redis and the Socket.IO wire.
+
+Prices and sizes are decimal strings, exactly as the exchange sent them, so
+no value is ever rounded through a float on its way to a client. Timestamps
+are milliseconds since the Unix epoch. Every record is a ``msgspec.Struct``
+tagged by ``type``; decoding validates the shape and the constraints below.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Final
+
+import msgspec
+
+from shared.topics import Exchange, Kind, Timeframe, Topic
+
+# Ids end up inside Redis key and channel names, so their alphabet is narrow.
+Ident = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
+Decimal = Annotated[str, msgspec.Meta(pattern=r"^-?[0-9]{1,30}(\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$")]
+Millis = Annotated[int, msgspec.Meta(ge=0)]
+Symbol = Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$")]
+Level = tuple[Decimal, Decimal]
+
+MAX_BOOK_DEPTH: Final = 1000
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class MarketEvent(msgspec.Struct, kw_only=True, tag_field="type", frozen=True):
+    """Fields common to every market event.
+
+    ``seq`` counts messages of one topic from one collector run, starting at 1;
+    a jump means messages were lost, a decrease means the stream restarted.
+    """
+
+    exchange: Exchange
+    symbol: Symbol
+    ts: Millis
+    recv_ts: float
+    seq: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+    KIND: ClassVar[Kind]
+
+    @property
+    def topic(self) -> Topic:
+        return Topic.of(self.exchange, self.KIND, self.symbol)
+
+
+class Ticker(MarketEvent, tag="ticker", frozen=True):
+    KIND: ClassVar[Kind] = Kind.TICKER
+
+    bid: Decimal | None = None
+    bid_size: Decimal | None = None
+    ask: Decimal | None = None
+    ask_size: Decimal | None = None
+    last: Decimal | None = None
+    open_24h: Decimal | None = None
+    high_24h: Decimal | None = None
+    low_24h: Decimal | None = None
+    volume_24h: Decimal | None = None
+
+
+class Trade(MarketEvent, tag="trade", frozen=True):
+    KIND: ClassVar[Kind] = Kind.TRADES
+
+    trade_id: Annotated[str, msgspec.Meta(max_length=64)]
+    price: Decimal
+    size: Decimal
+    side: Side
+
+
+class Book(MarketEvent, tag="book", frozen=True):
+    """A top-N view of an order book: bids best (highest) first, asks best (lowest) first.
+
+    Every book message is a complete view, so a consumer that missed one just
+    takes the next; ``resync`` is true on the first view after the collector
+    rebuilt the book (after a gap or a checksum mismatch).
+    """
+
+    KIND: ClassVar[Kind] = Kind.BOOK
+
+    bids: Annotated[list[Level], msgspec.Meta(max_length=MAX_BOOK_DEPTH)]
+    asks: Annotated[list[Level], msgspec.Meta(max_length=MAX_BOOK_DEPTH)]
+    resync: bool = False
+
+
+class Candle(MarketEvent, tag="candle", frozen=True):
+    """OHLCV of one timeframe bucket; ``closed`` once the bucket is final."""
+
+    KIND: ClassVar[Kind] = Kind.CANDLES
+
+    timeframe: Timeframe
+    open_time: Millis
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    closed: bool = False
+
+    @property
+    def topic(self) -> Topic:
+        return Topic.of(self.exchange, Kind.CANDLES, self.symbol, self.timeframe)
+
+
+AnyMarketEvent = Ticker | Trade | Book | Candle
+
+
+class NotificationType(StrEnum):
+    INFO = "info"
+    SUCCESS = "success"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Action(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A button on a notification: a label and where it leads."""
+
+    label: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+
+
+class Notification(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    id: Ident
+    user_id: Ident
+    type: NotificationType
+    title: Annotated[str, msgspec.Meta(max_length=200)]
+    message: Annotated[str, msgspec.Meta(max_length=4000)]
+    read: bool = False
+    created_at: Millis
+    action: Action | None = None
+
+
+class ExecutionStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+FINAL_STATUSES: Final = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.FAILED})
+
+
+class ExecutionUpdate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    execution_id: Ident
+    team_id: Ident
+    status: ExecutionStatus
+    progress: Annotated[float, msgspec.Meta(ge=0, le=100)]
+    current_step: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    result: Any = None
+    error: Annotated[str, msgspec.Meta(max_length=4000)] | None = None
+    updated_at: Millis

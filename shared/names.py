@@ -1,0 +1,51 @@
+"""Redis channel and key names: the public Redis contract.
+
+Per-user and per-team keys carry a ``{hash tag}`` so that, on Redis Cluster,
+every key of one user (or team) lives in one slot and the publish script can
+touch them atomically.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from shared.topics import Topic
+
+MARKET_PREFIX: Final = "md:"
+LATEST_PREFIX: Final = "md:last:"
+USER_PREFIX: Final = "user:"
+TEAM_PREFIX: Final = "team:"
+COLLECTOR_STATUS_CHANNEL: Final = "collector:status"
+COLLECTOR_STATUS_PREFIX: Final = "collector:status:"
+
+
+def market_channel(topic: Topic | str) -> str:
+    """Pub/sub channel of one market topic, e.g. ``md:binance:ticker:BTC/USDT``."""
+    return f"{MARKET_PREFIX}{topic}"
+
+
+def latest_key(topic: Topic | str) -> str:
+    """String key holding the latest event of a snapshot topic (with a TTL)."""
+    return f"{LATEST_PREFIX}{topic}"
+
+
+def user_channel(user_id: str) -> str:
+    return f"{USER_PREFIX}{user_id}"
+
+
+def team_channel(team_id: str) -> str:
+    return f"{TEAM_PREFIX}{team_id}"
+
+
+def notification_stream(user_id: str) -> str:
+    """Stream of one user's notifications; entry ids are their positions."""
+    return f"notifications:{{{user_id}}}"
+
+
+def execution_stream(team_id: str) -> str:
+    """Stream of one team's execution updates; entry ids are their positions."""
+    return f"executions:{{{team_id}}}"
+
+
+def collector_status_key(collector_id: str) -> str:
+    return f"{COLLECTOR_STATUS_PREFIX}{collector_id}"
