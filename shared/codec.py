@@ -7,7 +7,7 @@ schema raises PayloadError with a message fit for a log line.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 
@@ -36,7 +36,7 @@ class StreamKind(StrEnum):
 class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A user or team channel message: the record plus its stream position."""
 
-    pos: str
+    pos: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$")]
     kind: StreamKind
     data: msgspec.Raw
 
@@ -58,9 +58,10 @@ def _check_size(data: bytes | str) -> None:
 def decode_market(data: bytes | str) -> Ticker | Trade | Book | Candle:
     _check_size(data)
     try:
-        return _market_decoder.decode(data)
+        event: Ticker | Trade | Book | Candle = _market_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise PayloadError(f"bad market event: {exc}") from exc
+    return event
 
 
 def decode_envelope(data: bytes | str) -> Envelope:

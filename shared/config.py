@@ -65,16 +65,16 @@ def _parser_for(hint: Any) -> Callable[[str], Any]:
     raise TypeError(f"unsupported setting type {hint!r}")
 
 
-def load(cls: type[T], argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
-         *, prog: str | None = None) -> T:
+def load(
+    cls: type[T], argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, *, prog: str | None = None
+) -> T:
     """Build `cls` from defaults, then `env`, then `argv`; raise ConfigError on bad input."""
     env = os.environ if env is None else env
     hints = typing.get_type_hints(cls)
     parser = argparse.ArgumentParser(prog=prog, description=(cls.__doc__ or "").strip())
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         meta = field.metadata
-        parser.add_argument(meta["flag"], dest=field.name, default=None,
-                            help=f"{meta['help']} (env {meta['env']})")
+        parser.add_argument(meta["flag"], dest=field.name, default=None, help=f"{meta['help']} (env {meta['env']})")
     namespace = parser.parse_args(argv)
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
@@ -98,10 +98,8 @@ def markdown_table(cls: type[Any]) -> str:
     """The settings of `cls` as a Markdown table (variable, flag, default, meaning)."""
     rows = ["| variable | flag | default | meaning |", "|---|---|---|---|"]
     for field in dataclasses.fields(cls):
-        if field.default is not dataclasses.MISSING:
-            default = field.default
-        else:
-            default = field.default_factory()  # type: ignore[misc]
+        has_default = field.default is not dataclasses.MISSING
+        default = field.default if has_default else field.default_factory()  # type: ignore[operator]
         if isinstance(default, bool):
             shown = str(default).lower()
         elif isinstance(default, list):

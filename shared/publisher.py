@@ -49,9 +49,7 @@ class Retention:
 def _validated(record: msgspec.Struct) -> bytes:
     """Round-trip through the decoder so a constructed record obeys the schema too."""
     data = codec.encode(record)
-    decode = (
-        codec.decode_notification if isinstance(record, Notification) else codec.decode_execution
-    )
+    decode = codec.decode_notification if isinstance(record, Notification) else codec.decode_execution
     try:
         decode(data)
     except PayloadError as exc:
@@ -74,8 +72,11 @@ class _Commands:
             stream = names.execution_stream(record.team_id)
             channel, kind = names.team_channel(record.team_id), StreamKind.EXECUTION
         args = [
-            channel, str(kind), _validated(record).decode(),
-            str(self.retention.max_entries), str(self.retention.max_age_ms),
+            channel,
+            str(kind),
+            _validated(record).decode(),
+            str(self.retention.max_entries),
+            str(self.retention.max_age_ms),
         ]
         return [stream], args
 
@@ -84,7 +85,10 @@ class AsyncPublisher:
     """Publishes market events, notifications and execution updates from asyncio code."""
 
     def __init__(
-        self, client: redis.asyncio.Redis, *, retention: Retention | None = None,
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        retention: Retention | None = None,
         latest_ttl_s: int = DEFAULT_LATEST_TTL_S,
     ) -> None:
         self._redis = client
@@ -113,7 +117,10 @@ class SyncPublisher:
     """The blocking twin of AsyncPublisher for services without an event loop."""
 
     def __init__(
-        self, client: redis.Redis, *, retention: Retention | None = None,
+        self,
+        client: redis.Redis,
+        *,
+        retention: Retention | None = None,
         latest_ttl_s: int = DEFAULT_LATEST_TTL_S,
     ) -> None:
         self._redis = client

@@ -123,7 +123,10 @@ class Topic:
 
     @classmethod
     def of(
-        cls, exchange: Exchange | str, kind: Kind | str, symbol: str,
+        cls,
+        exchange: Exchange | str,
+        kind: Kind | str,
+        symbol: str,
         timeframe: Timeframe | str | None = None,
     ) -> Topic:
         return cls(

@@ -1,0 +1,1 @@
+"""Gateway node: authenticates Socket.IO clients and relays Redis traffic to them."""

@@ -1,0 +1,80 @@
+"""`fanout-gateway`: run one gateway node until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from gateway.config import GatewayConfig
+from gateway.node import GatewayNode
+from shared.config import ConfigError, load
+from shared.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from shared.logs import setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+async def serve(config: GatewayConfig, redis_url: str, *, ready: asyncio.Event | None = None) -> None:
+    """Serve until a stop signal, then drain clients within the shutdown deadline."""
+    node = GatewayNode(config, redis_url=redis_url)
+    runner = web.AppRunner(node.app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    await site.start()
+    logger.info("gateway listening", extra={"node": config.name, "host": config.host, "port": config.port})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+        logger.info("shutting down", extra={"deadline_s": config.shutdown_timeout_s})
+        await site.stop()
+        await node.drain(config.shutdown_timeout_s)
+    finally:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runner.cleanup(), config.shutdown_timeout_s)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    logger.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load(GatewayConfig, argv, prog="fanout-gateway")
+    except ConfigError as exc:
+        print(f"fanout-gateway: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    embedded: EmbeddedRedis | None = None
+    redis_url = config.redis_url
+    if not redis_url:
+        try:
+            embedded = EmbeddedRedis().start()
+        except EmbeddedRedisError as exc:
+            logger.exception("cannot start an embedded redis", extra={"error": str(exc)})
+            return 1
+        redis_url = embedded.url
+    try:
+        run = asyncio.run
+        with contextlib.suppress(ImportError):
+            import uvloop  # noqa: PLC0415 - optional speed-up
+
+            run = uvloop.run
+        run(serve(config, redis_url))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Gateway settings: every one from an environment variable or a CLI flag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from shared.config import setting
+
+
+class Transport(StrEnum):
+    WEBSOCKET = "websocket"
+    POLLING = "polling"
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayConfig:
+    """Settings of one gateway node."""
+
+    host: str = setting("0.0.0.0", "GATEWAY_HOST", "Address to listen on.")
+    port: int = setting(8000, "GATEWAY_PORT", "Port to listen on.")
+    node_id: str = setting("", "GATEWAY_NODE_ID", "Name of this node in logs and metrics (default: host:port).")
+    redis_url: str = setting(
+        "", "REDIS_URL", "Redis URL; empty starts a private embedded Redis (local runs only).", flag="--redis-url"
+    )
+    log_level: str = setting("info", "GATEWAY_LOG_LEVEL", "Log level: debug, info, warning, error.")
+    transports: list[Transport] = setting(
+        [Transport.WEBSOCKET, Transport.POLLING],
+        "GATEWAY_TRANSPORTS",
+        "Allowed transports; `websocket` alone needs no sticky sessions.",
+    )
+    cors_origins: list[str] = setting(
+        [],
+        "GATEWAY_CORS_ORIGINS",
+        "Origins allowed for browsers (comma-separated); `*` allows any; empty allows same-origin only.",
+    )
+    jwt_secret: str = setting("", "GATEWAY_JWT_SECRET", "HS256 shared secret.")
+    jwt_public_key: str = setting(
+        "", "GATEWAY_JWT_PUBLIC_KEY", "PEM public key (RS256 or ES256), or a path to a PEM file."
+    )
+    jwks_url: str = setting("", "GATEWAY_JWKS_URL", "JWKS URL; keys are cached and refetched on an unknown `kid`.")
+    jwt_algorithms: list[str] = setting(
+        [],
+        "GATEWAY_JWT_ALGORITHMS",
+        "Accepted algorithms (default: HS256 with a secret, RS256,ES256 with a key or JWKS).",
+    )
+    jwt_issuer: str = setting("", "GATEWAY_JWT_ISSUER", "Required `iss` claim, when set.")
+    jwt_audience: str = setting("", "GATEWAY_JWT_AUDIENCE", "Required `aud` claim, when set.")
+    jwt_leeway_s: float = setting(10.0, "GATEWAY_JWT_LEEWAY_S", "Clock skew tolerated on exp, nbf and iat, in seconds.")
+    teams_claim: str = setting(
+        "teams", "GATEWAY_TEAMS_CLAIM", "Claim holding the user's team ids (a list or a comma-separated string)."
+    )
+    topics_claim: str = setting(
+        "",
+        "GATEWAY_TOPICS_CLAIM",
+        "Claim listing topic patterns (glob, e.g. `binance:*`) a user may subscribe to; empty: any topic.",
+    )
+    allowed_topics: list[str] = setting(
+        ["*"], "GATEWAY_ALLOWED_TOPICS", "Topic patterns (glob) any authenticated user may subscribe to."
+    )
+    max_subscriptions: int = setting(100, "GATEWAY_MAX_SUBSCRIPTIONS", "Topics one socket may subscribe to at once.")
+    max_topics_per_request: int = setting(
+        100, "GATEWAY_MAX_TOPICS_PER_REQUEST", "Topics in one subscribe or unsubscribe request."
+    )
+    max_event_bytes: int = setting(
+        16384,
+        "GATEWAY_MAX_EVENT_BYTES",
+        "Largest client event, in bytes; larger ones get a `payload_too_large` error ack.",
+    )
+    max_packet_bytes: int = setting(
+        1048576,
+        "GATEWAY_MAX_PACKET_BYTES",
+        "Largest inbound transport message, in bytes; larger ones close the connection.",
+    )
+    connect_timeout_s: float = setting(
+        5.0, "GATEWAY_CONNECT_TIMEOUT_S", "Seconds a transport may stay open without a Socket.IO CONNECT."
+    )
+    ping_interval_s: float = setting(25.0, "GATEWAY_PING_INTERVAL_S", "Engine.IO ping interval, in seconds.")
+    ping_timeout_s: float = setting(20.0, "GATEWAY_PING_TIMEOUT_S", "Engine.IO ping timeout, in seconds.")
+    shutdown_timeout_s: float = setting(
+        10.0, "GATEWAY_SHUTDOWN_TIMEOUT_S", "Deadline for a graceful shutdown on SIGTERM, in seconds."
+    )
+
+    def __post_init__(self) -> None:
+        if not (self.jwt_secret or self.jwt_public_key or self.jwks_url):
+            raise ValueError("one of GATEWAY_JWT_SECRET, GATEWAY_JWT_PUBLIC_KEY or GATEWAY_JWKS_URL is required")
+        if not self.transports:
+            raise ValueError("GATEWAY_TRANSPORTS must name at least one transport")
+        for name in ("max_subscriptions", "max_topics_per_request", "max_event_bytes", "max_packet_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+    @property
+    def name(self) -> str:
+        return self.node_id or f"{self.host}:{self.port}"

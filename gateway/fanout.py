@@ -1,0 +1,102 @@
+"""Turns Redis messages into Socket.IO packets and hands them to the rooms.
+
+Each message is decoded (validated) once and encoded once per node: the
+packet text embeds the publisher's JSON verbatim, and the same Engine.IO
+packet object is queued to every recipient. A message that fails
+validation is dropped, logged and counted; it never reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Final
+
+from gateway.metrics import GatewayMetrics
+from gateway.pubsub import Message
+from gateway.sio import GuardedServer, deliver, message_packet, room_members
+from shared import codec, names
+from shared.codec import StreamKind
+from shared.errors import PayloadError
+from shared.events import AnyMarketEvent
+
+logger = logging.getLogger(__name__)
+
+_MARKET: Final = names.MARKET_PREFIX.encode()
+_USER: Final = names.USER_PREFIX.encode()
+_TEAM: Final = names.TEAM_PREFIX.encode()
+
+
+class Fanout:
+    """Routes each Redis message to the room of the same name."""
+
+    def __init__(self, server: GuardedServer, metrics: GatewayMetrics) -> None:
+        self._server = server
+        self._metrics = metrics
+        # Latest packet of every market topic this node is subscribed to: a new
+        # subscriber gets it at once, with no Redis round trip and no gap.
+        self._latest: dict[str, object] = {}
+
+    def on_messages(self, messages: list[Message]) -> None:
+        for channel, payload in messages:
+            try:
+                if channel.startswith(_MARKET):
+                    self._market(channel.decode(), payload)
+                elif channel.startswith(_USER):
+                    self._stream(channel.decode(), payload, StreamKind.NOTIFICATION)
+                elif channel.startswith(_TEAM):
+                    self._stream(channel.decode(), payload, StreamKind.EXECUTION)
+            except (PayloadError, UnicodeDecodeError) as exc:
+                kind = channel.split(b":", 1)[0].decode(errors="replace")
+                self._metrics.messages_rejected.labels(kind).inc()
+                logger.warning(
+                    "dropped an invalid message", extra={"channel": channel.decode(errors="replace"), "error": str(exc)}
+                )
+
+    def latest(self, channel: str) -> object | None:
+        return self._latest.get(channel)
+
+    def remember(self, channel: str, payload: bytes) -> None:
+        """Keep a value read from Redis unless live traffic already brought a newer one."""
+        if channel in self._latest:
+            return
+        try:
+            self._latest[channel], _ = self._market_packet(channel, payload)
+        except PayloadError as exc:
+            self._metrics.messages_rejected.labels("latest").inc()
+            logger.warning("ignored an invalid latest value", extra={"channel": channel, "error": str(exc)})
+
+    def forget(self, channel: str) -> None:
+        self._latest.pop(channel, None)
+
+    def _market_packet(self, channel: str, payload: bytes) -> tuple[object, AnyMarketEvent]:
+        event = codec.decode_market(payload)
+        topic = event.topic
+        if names.market_channel(topic) != channel:
+            raise PayloadError(f"a {topic} event was published on {channel}")
+        return message_packet(f'2["market","{topic}",{payload.decode()}]'), event
+
+    def _market(self, channel: str, payload: bytes) -> None:
+        pkt, event = self._market_packet(channel, payload)
+        self._metrics.messages_in.labels("market").inc()
+        self._metrics.relay_latency.observe(max(0.0, time.time() - event.recv_ts / 1000))
+        if event.topic.has_snapshot:
+            self._latest[channel] = pkt
+        sent = deliver(self._server, room_members(self._server, channel), pkt)
+        self._metrics.messages_out.labels("market").inc(sent)
+
+    def _stream(self, channel: str, payload: bytes, expected: StreamKind) -> None:
+        envelope = codec.decode_envelope(payload)
+        owner = channel.split(":", 1)[1]
+        if envelope.kind is not expected:
+            raise PayloadError(f"a {envelope.kind} was published on {channel}")
+        if expected is StreamKind.NOTIFICATION:
+            if codec.decode_notification(envelope.data).user_id != owner:
+                raise PayloadError(f"a notification for another user was published on {channel}")
+        elif codec.decode_execution(envelope.data).team_id != owner:
+            raise PayloadError(f"an execution update of another team was published on {channel}")
+        self._metrics.messages_in.labels(str(expected)).inc()
+        data = bytes(envelope.data).decode()
+        pkt = message_packet(f'2["{expected}",{data},"{envelope.pos}"]')
+        sent = deliver(self._server, room_members(self._server, channel), pkt)
+        self._metrics.messages_out.labels(str(expected)).inc(sent)

@@ -1,0 +1,42 @@
+"""Prometheus metrics of one gateway node, in a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class GatewayMetrics:
+    """Every metric the node exports; names are part of the operations contract."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections = Gauge("gateway_connections", "Connected Socket.IO clients.", registry=r)
+        self.subscriptions = Gauge("gateway_subscriptions", "Topic subscriptions of connected clients.", registry=r)
+        self.redis_channels = Gauge("gateway_redis_channels", "Redis channels this node is subscribed to.", registry=r)
+        self.redis_connected = Gauge("gateway_redis_connected", "1 while the pub/sub connection is up.", registry=r)
+        self.messages_in = Counter(
+            "gateway_messages_in_total", "Messages received from Redis, by kind.", ["kind"], registry=r
+        )
+        self.messages_out = Counter(
+            "gateway_messages_out_total", "Messages queued to clients, by kind.", ["kind"], registry=r
+        )
+        self.messages_rejected = Counter(
+            "gateway_messages_rejected_total", "Redis messages dropped as invalid, by kind.", ["kind"], registry=r
+        )
+        self.auth_failures = Counter("gateway_auth_failures_total", "Refused tokens, by code.", ["code"], registry=r)
+        self.client_errors = Counter(
+            "gateway_client_errors_total", "Client events answered with an error, by code.", ["code"], registry=r
+        )
+        self.protocol_closes = Counter(
+            "gateway_protocol_closes_total",
+            "Transports closed for a protocol fault, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.relay_latency = Histogram(
+            "gateway_relay_latency_seconds",
+            "From a market event's receive stamp to its fan-out on this node.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )

@@ -1,0 +1,383 @@
+"""One gateway node: Socket.IO clients on aiohttp, fed from Redis.
+
+The node authenticates each connection, keeps its sockets in their user,
+team and topic rooms, and keeps its Redis subscriptions equal to what its
+own sockets need (see `relay`). Client-facing event handlers live here; the
+Engine.IO specifics live in `sio`, the Redis side in `relay` and `fanout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+import redis.asyncio
+import redis.exceptions
+import socketio
+from aiohttp import web
+
+from gateway import ops
+from gateway.auth import TokenVerifier
+from gateway.config import GatewayConfig
+from gateway.errors import AuthCode, AuthError, RequestError
+from gateway.fanout import Fanout
+from gateway.metrics import GatewayMetrics
+from gateway.policy import TopicPolicy
+from gateway.relay import Relay
+from gateway.sessions import Session
+from gateway.sio import GuardedServer, deliver, join_room, leave_room
+from shared import names
+from shared.errors import TopicError
+from shared.topics import Topic
+
+logger = logging.getLogger(__name__)
+
+SOCKETIO_PATH: Final = "socket.io"
+
+
+class TopicResult:
+    """Per-topic outcomes of subscribe and unsubscribe (client contract)."""
+
+    OK: Final = "ok"
+    INVALID_TOPIC: Final = "invalid_topic"
+    FORBIDDEN: Final = "forbidden"
+    LIMIT_REACHED: Final = "limit_reached"
+    UNAVAILABLE: Final = "unavailable"
+
+
+def _result(topic: object, error: str | None = None, message: str | None = None) -> dict[str, object]:
+    if error is None:
+        return {"topic": topic, "ok": True}
+    return {"topic": topic, "ok": False, "error": error, "message": message or error}
+
+
+def _error_ack(exc: RequestError) -> dict[str, object]:
+    return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+
+
+def bearer_token(environ: Mapping[str, Any]) -> str | None:
+    header = environ.get("HTTP_AUTHORIZATION", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+class GatewayNode:
+    """Everything one node runs: the Socket.IO server, the relay and the ops endpoints."""
+
+    def __init__(self, config: GatewayConfig, *, redis_url: str) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self.verifier = TokenVerifier(config)
+        self.policy = TopicPolicy(config.allowed_topics, config.topics_claim)
+        self.sessions: dict[str, Session] = {}
+        self.accepting = True
+        self._drained = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.server = GuardedServer(
+            async_mode="aiohttp",
+            cors_allowed_origins=config.cors_origins or None,
+            transports=[str(t) for t in config.transports],
+            ping_interval=config.ping_interval_s,
+            ping_timeout=config.ping_timeout_s,
+            max_http_buffer_size=config.max_packet_bytes,
+            async_handlers=False,
+            logger=False,
+            engineio_logger=False,
+            connect_timeout_s=config.connect_timeout_s,
+            max_event_bytes=config.max_event_bytes,
+            on_protocol_close=lambda reason: self.metrics.protocol_closes.labels(reason).inc(),
+            on_oversized=lambda: self.metrics.client_errors.labels("payload_too_large").inc(),
+        )
+        self.fanout = Fanout(self.server, self.metrics)
+        self.relay = Relay(redis_url, self.fanout.on_messages, on_state=self._redis_state)
+        self.redis = redis.asyncio.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.app = web.Application()
+        self.server.attach(self.app, socketio_path=SOCKETIO_PATH)
+        ops.add_routes(self.app, self)
+        self.server.on("connect", self._on_connect)
+        self.server.on("disconnect", self._on_disconnect)
+        self.server.on("subscribe", self._on_subscribe)
+        self.server.on("unsubscribe", self._on_unsubscribe)
+        self.server.on("refresh", self._on_refresh)
+        self.app.on_startup.append(self._start)
+        self.app.on_cleanup.append(self._cleanup)
+
+    # Lifecycle
+
+    async def _start(self, _app: web.Application) -> None:
+        self._spawn(self.relay.run())
+
+    async def _cleanup(self, _app: web.Application) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.server.shutdown()
+        await self.verifier.close()
+        await self.redis.aclose()
+
+    async def drain(self, deadline_s: float) -> None:
+        """Stop accepting and close every client's transport so it reconnects elsewhere."""
+        self.accepting = False
+        for eio_sid in list(self.server.eio.sockets):
+            self.server.close_transport(eio_sid, "shutdown")
+        if self.sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), deadline_s)
+        logger.info("drained", extra={"remaining": len(self.sessions)})
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task failed", exc_info=task.exception())
+
+    def _redis_state(self, connected: bool) -> None:
+        self.metrics.redis_connected.set(1 if connected else 0)
+
+    @property
+    def ready(self) -> bool:
+        return self.accepting and self.relay.ready
+
+    # Connection
+
+    async def _on_connect(self, sid: str, environ: Mapping[str, Any], auth: object) -> bool:
+        if not self.accepting:
+            raise socketio.exceptions.ConnectionRefusedError(
+                "unavailable", {"code": AuthCode.UNAVAILABLE, "message": "this node is shutting down"}
+            )
+        token = auth.get("token") if isinstance(auth, dict) else None
+        if token is None:
+            token = bearer_token(environ)
+        try:
+            identity = await self.verifier.verify(token)
+        except AuthError as exc:
+            self.metrics.auth_failures.labels(exc.code).inc()
+            raise socketio.exceptions.ConnectionRefusedError(
+                str(exc.code), {"code": str(exc.code), "message": exc.message}
+            ) from None
+        session = Session(sid, identity, self.policy.user_patterns(identity.claims))
+        channels = session.personal_channels
+        acquired = await self._acquire_all(channels)
+        eio_sid = self.server.eio_sid(sid)
+        socket = self.server.engineio_socket(eio_sid) if eio_sid else None
+        if len(acquired) < len(channels) or socket is None or socket.closed or socket.closing:
+            for channel in acquired:
+                self.relay.release(channel)
+            if len(acquired) < len(channels):
+                self.metrics.auth_failures.labels(AuthCode.UNAVAILABLE).inc()
+                raise socketio.exceptions.ConnectionRefusedError(
+                    "unavailable", {"code": AuthCode.UNAVAILABLE, "message": "the node cannot reach Redis"}
+                )
+            return False
+        for channel in channels:
+            await self.server.enter_room(sid, channel)
+        self.sessions[sid] = session
+        self._schedule_expiry(session)
+        self.metrics.connections.inc()
+        self.metrics.redis_channels.set(len(self.relay.channels))
+        logger.debug("connected", extra={"sid": sid, "user": identity.user_id})
+        return True
+
+    async def _on_disconnect(self, sid: str, reason: object = None) -> None:
+        session = self.sessions.pop(sid, None)
+        if session is None:
+            return
+        session.closed = True
+        if session.expiry is not None:
+            session.expiry.cancel()
+        for channel in session.personal_channels:
+            self.relay.release(channel)
+        for topic in session.topics:
+            self._release_topic(topic)
+        self.metrics.subscriptions.dec(len(session.topics))
+        self.metrics.connections.dec()
+        self.metrics.redis_channels.set(len(self.relay.channels))
+        logger.debug("disconnected", extra={"sid": sid, "reason": str(reason)})
+        if not self.accepting and not self.sessions:
+            self._drained.set()
+
+    def _schedule_expiry(self, session: Session) -> None:
+        if session.expiry is not None:
+            session.expiry.cancel()
+        delay = session.identity.expires_at + self.config.jwt_leeway_s - time.time()
+        session.expiry = asyncio.get_running_loop().call_later(max(delay, 0.0), self._expire, session)
+
+    def _expire(self, session: Session) -> None:
+        if session.closed:
+            return
+        self._spawn(self._disconnect_expired(session.sid))
+
+    async def _disconnect_expired(self, sid: str) -> None:
+        await self.server.emit(
+            "session_expired",
+            {"code": AuthCode.TOKEN_EXPIRED, "message": "the token expired; reconnect with a new one"},
+            to=sid,
+        )
+        await self.server.disconnect(sid)
+
+    async def _on_refresh(self, sid: str, data: object = None) -> dict[str, object]:
+        """Replace the socket's token with a fresh one for the same user."""
+        session = self.sessions.get(sid)
+        if session is None:
+            return _error_ack(RequestError("not_connected", "the socket is not connected"))
+        token = data.get("token") if isinstance(data, dict) else None
+        try:
+            identity = await self.verifier.verify(token)
+        except AuthError as exc:
+            self.metrics.auth_failures.labels(exc.code).inc()
+            return _error_ack(RequestError(str(exc.code), exc.message))
+        if identity.user_id != session.identity.user_id:
+            return _error_ack(RequestError(AuthCode.FORBIDDEN, "a refresh token must be for the same user"))
+        if set(identity.teams) != set(session.identity.teams):
+            return _error_ack(RequestError(AuthCode.FORBIDDEN, "teams changed; reconnect with the new token"))
+        session.identity = identity
+        session.user_patterns = self.policy.user_patterns(identity.claims)
+        self._schedule_expiry(session)
+        return {"ok": True, "expires_at": int(identity.expires_at)}
+
+    # Subscriptions
+
+    def _topics_of(self, data: object) -> list[object]:
+        if not isinstance(data, list):
+            raise RequestError("bad_request", "send a list of topic strings")
+        if len(data) > self.config.max_topics_per_request:
+            raise RequestError("bad_request", f"at most {self.config.max_topics_per_request} topics per request")
+        return data
+
+    async def _on_subscribe(self, sid: str, data: object = None) -> dict[str, object]:
+        session = self.sessions.get(sid)
+        if session is None:
+            return _error_ack(RequestError("not_connected", "the socket is not connected"))
+        try:
+            requested = self._topics_of(data)
+        except RequestError as exc:
+            self.metrics.client_errors.labels(exc.code).inc()
+            return _error_ack(exc)
+        results: list[dict[str, object]] = []
+        wanted: dict[str, Topic] = {}
+        for item in requested:
+            try:
+                topic = Topic.parse(item)
+            except TopicError as exc:
+                results.append(_result(item, TopicResult.INVALID_TOPIC, str(exc)))
+                continue
+            text = str(topic)
+            if text in session.topics or text in session.pending:
+                results.append(_result(text))
+            elif not self.policy.allows(text, session.user_patterns):
+                results.append(_result(text, TopicResult.FORBIDDEN, "this token may not subscribe to that topic"))
+            elif session.reserved() >= self.config.max_subscriptions:
+                results.append(
+                    _result(
+                        text,
+                        TopicResult.LIMIT_REACHED,
+                        f"at most {self.config.max_subscriptions} subscriptions per socket",
+                    )
+                )
+            else:
+                session.pending.add(text)
+                wanted[text] = topic
+                results.append(_result(text))
+        if wanted:
+            failed = await self._subscribe(session, list(wanted.values()))
+            for index, result in enumerate(results):
+                if result["topic"] in failed and result["ok"]:
+                    results[index] = _result(
+                        result["topic"], TopicResult.UNAVAILABLE, "the node cannot reach Redis; retry"
+                    )
+        return {"ok": True, "results": results}
+
+    async def _subscribe(self, session: Session, topics: list[Topic]) -> set[str]:
+        """Subscribe `session` to `topics`; returns the topics that could not be subscribed."""
+        channels = [names.market_channel(topic) for topic in topics]
+        acquired = await self._acquire_all(channels)
+        await self._load_latest([t for t, c in zip(topics, channels, strict=True) if c in acquired and t.has_snapshot])
+        session.pending.difference_update(str(topic) for topic in topics)
+        if session.closed:
+            for channel in acquired:
+                self._release_topic(channel.removeprefix(names.MARKET_PREFIX))
+            return set()
+        eio_sid = self.server.eio_sid(session.sid)
+        failed = set()
+        for topic, channel in zip(topics, channels, strict=True):
+            if channel not in acquired:
+                failed.add(str(topic))
+                continue
+            # No await between the snapshot and joining the room: nothing can
+            # slip in between, so the client sees no gap and no older value.
+            latest = self.fanout.latest(channel)
+            if latest is not None and eio_sid is not None:
+                deliver(self.server, (eio_sid,), latest)
+            join_room(self.server, session.sid, channel)
+            session.topics.add(str(topic))
+        self.metrics.subscriptions.inc(len(topics) - len(failed))
+        self.metrics.redis_channels.set(len(self.relay.channels))
+        return failed
+
+    async def _on_unsubscribe(self, sid: str, data: object = None) -> dict[str, object]:
+        session = self.sessions.get(sid)
+        if session is None:
+            return _error_ack(RequestError("not_connected", "the socket is not connected"))
+        try:
+            requested = self._topics_of(data)
+        except RequestError as exc:
+            self.metrics.client_errors.labels(exc.code).inc()
+            return _error_ack(exc)
+        results = []
+        for item in requested:
+            try:
+                text = str(Topic.parse(item))
+            except TopicError as exc:
+                results.append(_result(item, TopicResult.INVALID_TOPIC, str(exc)))
+                continue
+            if text in session.topics:
+                session.topics.discard(text)
+                leave_room(self.server, sid, names.market_channel(text))
+                self._release_topic(text)
+                self.metrics.subscriptions.dec()
+            results.append(_result(item))
+        self.metrics.redis_channels.set(len(self.relay.channels))
+        return {"ok": True, "results": results}
+
+    def _release_topic(self, topic: str) -> None:
+        channel = names.market_channel(topic)
+        self.relay.release(channel)
+        if channel not in self.relay.channels:
+            self.fanout.forget(channel)
+
+    async def _acquire_all(self, channels: list[str]) -> set[str]:
+        """Subscribe the channels in Redis; returns those confirmed in time."""
+        outcomes = await asyncio.gather(*(self.relay.acquire(c) for c in channels), return_exceptions=True)
+        acquired = set()
+        for channel, outcome in zip(channels, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, TimeoutError):
+                    raise outcome
+                logger.warning("redis subscribe timed out", extra={"channel": channel})
+            else:
+                acquired.add(channel)
+        return acquired
+
+    async def _load_latest(self, topics: list[Topic]) -> None:
+        """Read latest values the node has not seen live yet."""
+        channels = [names.market_channel(t) for t in topics]
+        missing = [(t, c) for t, c in zip(topics, channels, strict=True) if self.fanout.latest(c) is None]
+        if not missing:
+            return
+        try:
+            values = await self.redis.mget([names.latest_key(t) for t, _ in missing])
+        except (redis.exceptions.RedisError, OSError) as exc:
+            logger.warning("latest values unavailable", extra={"error": str(exc)})
+            return
+        for (_, channel), value in zip(missing, values, strict=True):
+            if isinstance(value, bytes):
+                self.fanout.remember(channel, value)

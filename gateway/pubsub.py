@@ -1,0 +1,204 @@
+"""A lean Redis pub/sub connection: RESP2 over an asyncio Protocol.
+
+Why not redis-py's PubSub: it parses one reply per await and stops reading
+when no channel is subscribed. Here every socket read is parsed in one pass
+and handed over as a batch, synchronously, so the relay pays no await per
+message and a burst of messages becomes one fan-out batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import unquote, urlsplit
+
+from gateway.errors import GatewayError
+
+logger = logging.getLogger(__name__)
+
+# A channel name or payload larger than this is a protocol error, not data.
+MAX_BULK_BYTES: Final = 16 * 1024 * 1024
+CONNECT_TIMEOUT_S: Final = 5.0
+
+Message = tuple[bytes, bytes]  # (channel, payload)
+
+
+class PubSubError(GatewayError, ConnectionError):
+    """The pub/sub connection failed or Redis answered with an error."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisAddress:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> RedisAddress:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=parts.scheme == "rediss",
+        )
+
+
+def encode_command(*args: bytes | str) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else arg
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class RespParser:
+    """Incremental parser of the replies a subscribed connection receives."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[object]:
+        self._buffer += data
+        replies: list[object] = []
+        position = 0
+        while True:
+            parsed = self._parse(position)
+            if parsed is None:
+                break
+            reply, position = parsed
+            replies.append(reply)
+        del self._buffer[:position]
+        return replies
+
+    def _parse(self, position: int) -> tuple[object, int] | None:  # noqa: PLR0911 - one return per RESP type
+        buffer = self._buffer
+        end = buffer.find(b"\r\n", position)
+        if end < 0:
+            return None
+        kind, line = buffer[position : position + 1], bytes(buffer[position + 1 : end])
+        after = end + 2
+        if kind == b"*":
+            items: list[object] = []
+            for _ in range(int(line)):
+                parsed = self._parse(after)
+                if parsed is None:
+                    return None
+                item, after = parsed
+                items.append(item)
+            return items, after
+        if kind == b"$":
+            length = int(line)
+            if length < 0:
+                return None, after
+            if length > MAX_BULK_BYTES:
+                raise PubSubError(f"bulk reply of {length} bytes")
+            if len(buffer) < after + length + 2:
+                return None
+            return bytes(buffer[after : after + length]), after + length + 2
+        if kind == b":":
+            return int(line), after
+        if kind == b"+":
+            return line, after
+        if kind == b"-":
+            return PubSubError(line.decode(errors="replace")), after
+        raise PubSubError(f"unexpected RESP type {kind!r}")
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, connection: PubSubConnection) -> None:
+        self._connection = connection
+        self._parser = RespParser()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            replies = self._parser.feed(data)
+        except (PubSubError, ValueError) as exc:
+            self._connection.fail(PubSubError(f"bad reply from Redis: {exc}"))
+            return
+        self._connection.handle_replies(replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connection.fail(PubSubError(f"connection lost: {exc}" if exc else "connection closed"))
+
+
+class PubSubConnection:
+    """One connection in subscribe mode; messages go to `on_messages` in batches."""
+
+    def __init__(
+        self,
+        on_messages: Callable[[list[Message]], None],
+        on_subscribed: Callable[[bytes], None],
+    ) -> None:
+        self._on_messages = on_messages
+        self._on_subscribed = on_subscribed
+        self._transport: asyncio.Transport | None = None
+        self._auth_waiter: asyncio.Future[None] | None = None
+        self.closed: asyncio.Future[PubSubError] = asyncio.get_running_loop().create_future()
+
+    async def connect(self, url: str) -> None:
+        address = RedisAddress.parse(url)
+        loop = asyncio.get_running_loop()
+        context = ssl.create_default_context() if address.tls else None
+        try:
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(lambda: _Protocol(self), address.host, address.port, ssl=context),
+                CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise PubSubError(f"cannot connect to Redis at {address.host}:{address.port}: {exc}") from exc
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        if address.password is not None:
+            self._auth_waiter = loop.create_future()
+            auth = ("AUTH", address.username, address.password) if address.username else ("AUTH", address.password)
+            transport.write(encode_command(*auth))
+            await asyncio.wait_for(self._auth_waiter, CONNECT_TIMEOUT_S)
+
+    def subscribe(self, channels: Iterable[str]) -> None:
+        self._command("SUBSCRIBE", channels)
+
+    def unsubscribe(self, channels: Iterable[str]) -> None:
+        self._command("UNSUBSCRIBE", channels)
+
+    def _command(self, name: str, channels: Iterable[str]) -> None:
+        names = list(channels)
+        if names and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(encode_command(name, *names))
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def fail(self, error: PubSubError) -> None:
+        if self._auth_waiter is not None and not self._auth_waiter.done():
+            self._auth_waiter.set_exception(error)
+        if not self.closed.done():
+            self.closed.set_result(error)
+        self.close()
+
+    def handle_replies(self, replies: list[object]) -> None:
+        messages: list[Message] = []
+        for reply in replies:
+            if isinstance(reply, list) and len(reply) == 3:
+                kind, channel, payload = reply
+                if kind == b"message" and isinstance(channel, bytes) and isinstance(payload, bytes):
+                    messages.append((channel, payload))
+                elif kind == b"subscribe" and isinstance(channel, bytes):
+                    self._on_subscribed(channel)
+            elif isinstance(reply, PubSubError):
+                self.fail(reply)
+                return
+            elif reply == b"OK" and self._auth_waiter is not None and not self._auth_waiter.done():
+                self._auth_waiter.set_result(None)
+        if messages:
+            self._on_messages(messages)

@@ -1,0 +1,178 @@
+"""The one place that reaches into python-socketio / python-engineio internals.
+
+`GuardedServer` closes transports that never complete the Socket.IO CONNECT
+within a deadline or that send a packet this gateway does not accept (plain
+python-socketio logs such packets and keeps the connection open).
+`deliver` queues one pre-built packet to many Engine.IO sockets without a
+task or an await per recipient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import socketio
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE: Final = "/"
+# An EVENT packet's header: type 2, no namespace (or "/,"), then the ack id.
+_EVENT_HEADER: Final = re.compile(r"2(?:/,)?(?P<id>[0-9]{1,9})?\[")
+
+
+class ProtocolFault(ValueError):
+    """A packet that is well-formed Engine.IO but not an acceptable Socket.IO packet."""
+
+
+class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's AsyncServer with a CONNECT deadline and strict packet checks."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float,
+        max_event_bytes: int,
+        on_protocol_close: Callable[[str], None],
+        on_oversized: Callable[[], None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._connect_timeout_s = connect_timeout_s
+        self._max_event_bytes = max_event_bytes
+        self._on_oversized = on_oversized
+        self._on_protocol_close = on_protocol_close
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def engineio_socket(self, eio_sid: str) -> Any:
+        return self.eio.sockets.get(eio_sid)
+
+    def eio_sid(self, sid: str) -> str | None:
+        eio_sid: str | None = self.manager.eio_sid_from_sid(sid, NAMESPACE)
+        return eio_sid
+
+    def close_transport(self, eio_sid: str, reason: str) -> None:
+        """Close a transport (the client sees a transport close and may reconnect)."""
+        socket = self.engineio_socket(eio_sid)
+        if socket is None or socket.closed or socket.closing:
+            return
+        self._on_protocol_close(reason)
+        task = asyncio.get_running_loop().create_task(socket.close(wait=False, abort=False))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        await super()._handle_eio_connect(eio_sid, environ)
+        loop = asyncio.get_running_loop()
+        self._deadlines[eio_sid] = loop.call_later(self._connect_timeout_s, self._connect_deadline, eio_sid)
+
+    def _connect_deadline(self, eio_sid: str) -> None:
+        self._deadlines.pop(eio_sid, None)
+        sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+        if sid is None or not self.manager.is_connected(sid, NAMESPACE):
+            self.close_transport(eio_sid, "connect_timeout")
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        deadline = self._deadlines.pop(eio_sid, None)
+        if deadline is not None:
+            deadline.cancel()
+        await super()._handle_eio_disconnect(eio_sid, reason)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        """Decode strictly; anything unexpected closes the transport."""
+        if isinstance(data, str) and len(data) > self._max_event_bytes:
+            await self._refuse_oversized(eio_sid, data)
+            return
+        try:
+            pkt = self._decode(eio_sid, data)
+        except (ProtocolFault, ValueError, TypeError, KeyError, IndexError) as exc:
+            logger.info("closing transport after an invalid packet", extra={"eio_sid": eio_sid, "error": str(exc)})
+            self.close_transport(eio_sid, "invalid_packet")
+            return
+        if pkt.packet_type == sio_packet.CONNECT:
+            await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+            sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+            if sid is not None and self.manager.is_connected(sid, NAMESPACE):
+                deadline = self._deadlines.pop(eio_sid, None)
+                if deadline is not None:
+                    deadline.cancel()
+        elif pkt.packet_type == sio_packet.DISCONNECT:
+            await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
+        elif pkt.packet_type == sio_packet.EVENT:
+            await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        else:
+            await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
+
+    async def _refuse_oversized(self, eio_sid: str, data: str) -> None:
+        """Answer an oversized event with an error ack, read from its header only."""
+        self._on_oversized()
+        match = _EVENT_HEADER.match(data)
+        if match is None or match.group("id") is None:
+            return
+        error = {
+            "ok": False,
+            "error": {"code": "payload_too_large", "message": f"events are limited to {self._max_event_bytes} bytes"},
+        }
+        ack = self.packet_class(sio_packet.ACK, namespace=NAMESPACE, id=int(match.group("id")), data=[error])
+        await self._send_packet(eio_sid, ack)
+
+    def _decode(self, eio_sid: str, data: Any) -> Any:
+        if not isinstance(data, str):
+            raise ProtocolFault("binary packets are not accepted")
+        pkt = self.packet_class(encoded_packet=data)
+        if pkt.packet_type in (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK):
+            raise ProtocolFault("binary packets are not accepted")
+        if pkt.packet_type not in (sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT, sio_packet.ACK):
+            raise ProtocolFault(f"packet type {pkt.packet_type} is not accepted from a client")
+        if (pkt.namespace or NAMESPACE) != NAMESPACE:
+            raise ProtocolFault(f"unknown namespace {pkt.namespace!r}")
+        if pkt.packet_type == sio_packet.CONNECT:
+            if pkt.data is not None and not isinstance(pkt.data, dict):
+                raise ProtocolFault("the CONNECT payload must be an object")
+            return pkt
+        sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+        if sid is None or not self.manager.is_connected(sid, NAMESPACE):
+            raise ProtocolFault("packet before CONNECT")
+        if pkt.packet_type == sio_packet.EVENT and not (
+            isinstance(pkt.data, list) and pkt.data and isinstance(pkt.data[0], str)
+        ):
+            raise ProtocolFault("an EVENT must be a list starting with the event name")
+        return pkt
+
+
+def message_packet(text: str) -> eio_packet.Packet:
+    """An Engine.IO MESSAGE packet carrying one encoded Socket.IO packet."""
+    return eio_packet.Packet(eio_packet.MESSAGE, data=text)
+
+
+def deliver(server: GuardedServer, eio_sids: Iterable[str], pkt: object) -> int:
+    """Queue `pkt` to each open socket; returns how many it was queued to."""
+    sockets = server.eio.sockets
+    sent = 0
+    for eio_sid in eio_sids:
+        socket = sockets.get(eio_sid)
+        if socket is not None and not socket.closed and not socket.closing:
+            socket.queue.put_nowait(pkt)
+            sent += 1
+    return sent
+
+
+def room_members(server: GuardedServer, room: str) -> Iterable[str]:
+    """Engine.IO session ids of the sockets in `room`."""
+    members: dict[str, str] | None = server.manager.rooms.get(NAMESPACE, {}).get(room)
+    return members.values() if members else ()
+
+
+def join_room(server: GuardedServer, sid: str, room: str) -> None:
+    """Join synchronously: no await, so no message can slip in between a snapshot and the join."""
+    server.manager.basic_enter_room(sid, NAMESPACE, room)
+
+
+def leave_room(server: GuardedServer, sid: str, room: str) -> None:
+    server.manager.basic_leave_room(sid, NAMESPACE, room)

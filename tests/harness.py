@@ -1,0 +1,129 @@
+"""Test helpers: run real gateway nodes on free ports, mint tokens, drive real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+import socketio
+from aiohttp import web
+
+from gateway.config import GatewayConfig
+from gateway.node import GatewayNode
+from shared.embedded_redis import free_port
+
+SECRET = "test-secret-that-is-long-enough-for-hs256"
+
+
+def make_token(sub: str | None = "alice", *, teams: list[str] | None = None, exp_in: float = 300,
+               secret: str = SECRET, algorithm: str = "HS256", headers: dict[str, Any] | None = None,
+               **claims: Any) -> str:
+    now = time.time()
+    payload: dict[str, Any] = {"iat": int(now), "exp": int(now + exp_in), **claims}
+    if sub is not None:
+        payload["sub"] = sub
+    if teams is not None:
+        payload["teams"] = teams
+    return jwt.encode(payload, secret, algorithm=algorithm, headers=headers)
+
+
+@dataclass
+class RunningNode:
+    node: GatewayNode
+    url: str
+    runner: web.AppRunner
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+@asynccontextmanager
+async def running_node(redis_url: str, **overrides: Any) -> AsyncIterator[RunningNode]:
+    settings: dict[str, Any] = {"host": "127.0.0.1", "port": free_port(), "jwt_secret": SECRET, "jwt_leeway_s": 0.0}
+    settings.update(overrides)
+    config = GatewayConfig(**settings)
+    node = GatewayNode(config, redis_url=redis_url)
+    runner = web.AppRunner(node.app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.port).start()
+    running = RunningNode(node, f"http://127.0.0.1:{config.port}", runner)
+    try:
+        await wait_until(lambda: node.relay.ready)
+        yield running
+    finally:
+        await running.stop()
+
+
+async def wait_until(condition: Any, timeout: float = 5.0, interval: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class Client:
+    """A python-socketio AsyncClient that records every event it receives."""
+
+    sio: socketio.AsyncClient
+    events: asyncio.Queue[tuple[str, tuple[Any, ...]]] = field(default_factory=asyncio.Queue)
+    connect_error: Any = None
+    disconnects: list[Any] = field(default_factory=list)
+
+    async def next(self, event: str | None = None, timeout: float = 5.0) -> tuple[Any, ...]:
+        while True:
+            name, args = await asyncio.wait_for(self.events.get(), timeout)
+            if event is None or name == event:
+                return args
+
+    async def nothing(self, event: str, within: float = 0.3) -> None:
+        """Assert no `event` arrives within `within` seconds."""
+        try:
+            args = await self.next(event, timeout=within)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected {event}: {args}")
+
+    async def call(self, event: str, data: Any, timeout: float = 5.0) -> Any:
+        return await self.sio.call(event, data, timeout=timeout)
+
+    async def close(self) -> None:
+        await self.sio.disconnect()
+        await self.sio.shutdown()
+
+
+def new_client(reconnection: bool = False) -> Client:
+    sio = socketio.AsyncClient(reconnection=reconnection, reconnection_delay=0.1, reconnection_delay_max=0.5)
+    client = Client(sio)
+
+    async def catch_all(event: str, *args: Any) -> None:
+        client.events.put_nowait((event, args))
+
+    async def on_connect_error(data: Any) -> None:
+        client.connect_error = data
+
+    async def on_disconnect(reason: Any = None) -> None:
+        client.disconnects.append(reason)
+
+    sio.on("*", catch_all)
+    sio.on("connect_error", on_connect_error)
+    sio.on("disconnect", on_disconnect)
+    return client
+
+
+@asynccontextmanager
+async def connected(url: str, token: str | None, *, transport: str = "websocket",
+                    reconnection: bool = False) -> AsyncIterator[Client]:
+    client = new_client(reconnection)
+    await client.sio.connect(url, auth={"token": token} if token is not None else None,
+                             transports=[transport], wait_timeout=5)
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -1,0 +1,145 @@
+"""Authentication: every token fault is refused with its code; expiry and refresh."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import jwt
+import pytest
+import socketio
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from shared.embedded_redis import free_port
+from tests.harness import connected, make_token, new_client, running_node
+
+
+async def refused_code(url: str, auth: dict[str, object] | None, headers: dict[str, str] | None = None) -> str:
+    client = new_client()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.sio.connect(url, auth=auth, headers=headers or {}, transports=["websocket"], wait_timeout=5)
+    await client.sio.shutdown()
+    assert isinstance(client.connect_error, dict), client.connect_error
+    assert client.connect_error["message"] == client.connect_error["data"]["code"]
+    return str(client.connect_error["data"]["code"])
+
+
+@pytest.mark.parametrize(
+    ("auth", "code"),
+    [
+        (None, "token_missing"),
+        ({"token": ""}, "token_missing"),
+        ({"token": 42}, "token_malformed"),
+        ({"token": "not.a.jwt"}, "token_malformed"),
+        ({"token": make_token(secret="another-secret-of-sufficient-length!")}, "token_invalid"),
+        ({"token": make_token(exp_in=-30)}, "token_expired"),
+        ({"token": make_token(nbf=9_999_999_999)}, "token_not_yet_valid"),
+        ({"token": make_token(sub=None)}, "claims_invalid"),
+        ({"token": make_token(sub="bad user id with spaces")}, "claims_invalid"),
+        ({"token": make_token(teams="x" * 200)}, "claims_invalid"),
+        ({"token": jwt.encode({"sub": "alice", "exp": 9_999_999_999}, None, algorithm="none")}, "token_invalid"),
+    ],
+)
+async def test_each_token_fault_is_refused_with_its_code(redis_url: str, auth: dict[str, object] | None, code: str) -> None:
+    async with running_node(redis_url) as node:
+        assert await refused_code(node.url, auth) == code
+        metrics = node.node.metrics.auth_failures.labels(code)._value.get()
+        assert metrics == 1
+
+
+async def test_issuer_and_audience_are_checked_when_configured(redis_url: str) -> None:
+    async with running_node(redis_url, jwt_issuer="https://id.example", jwt_audience="gateway") as node:
+        assert await refused_code(node.url, {"token": make_token(iss="https://evil", aud="gateway")}) == "claims_invalid"
+        assert await refused_code(node.url, {"token": make_token(iss="https://id.example", aud="other")}) == "claims_invalid"
+        assert await refused_code(node.url, {"token": make_token(aud="gateway")}) == "claims_invalid"
+        good = make_token(iss="https://id.example", aud="gateway")
+        async with connected(node.url, good) as client:
+            assert client.sio.connected
+
+
+async def test_bearer_header_for_non_browser_clients(redis_url: str) -> None:
+    async with running_node(redis_url) as node:
+        client = new_client()
+        await client.sio.connect(node.url, headers={"Authorization": f"Bearer {make_token()}"},
+                                 transports=["websocket"], wait_timeout=5)
+        assert client.sio.connected
+        await client.close()
+        assert await refused_code(node.url, None, {"Authorization": "Basic abc"}) == "token_missing"
+
+
+async def test_rs256_public_key(redis_url: str, tmp_path: object) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    async with running_node(redis_url, jwt_secret="", jwt_public_key=public_pem) as node:
+        async with connected(node.url, make_token(secret=private_pem, algorithm="RS256")) as client:
+            assert client.sio.connected
+        # An HS256 token "signed" with the public key must not pass (algorithm confusion).
+        forged = jwt.api_jws.PyJWS().encode(
+            json.dumps({"sub": "alice", "exp": 9_999_999_999}).encode(), b"\x00" * 32, algorithm="HS256")
+        assert await refused_code(node.url, {"token": forged}) == "token_invalid"
+
+
+async def test_jwks_keys_are_fetched_and_refetched_on_unknown_kid(redis_url: str) -> None:
+    keys = {"k1": ec.generate_private_key(ec.SECP256R1()), "k2": ec.generate_private_key(ec.SECP256R1())}
+    published = ["k1"]
+    fetches = []
+
+    async def jwks(_request: web.Request) -> web.Response:
+        fetches.append(1)
+        entries = []
+        for kid in published:
+            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(keys[kid].public_key()))
+            entries.append({**jwk, "kid": kid, "alg": "ES256", "use": "sig"})
+        return web.json_response({"keys": entries})
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", jwks)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        def token(kid: str) -> str:
+            pem = keys[kid].private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            return make_token(secret=pem.decode(), algorithm="ES256", headers={"kid": kid})
+
+        url = f"http://127.0.0.1:{port}/jwks.json"
+        async with running_node(redis_url, jwt_secret="", jwks_url=url) as node:
+            node.node.verifier._jwks._min_refetch_s = 0.0  # type: ignore[union-attr]
+            async with connected(node.url, token("k1")):
+                pass
+            assert len(fetches) == 1
+            published.append("k2")  # the provider rotates in a new key
+            async with connected(node.url, token("k2")):
+                pass
+            assert len(fetches) == 2
+            assert await refused_code(node.url, {"token": token("k1")[:-4] + "AAAA"}) == "token_invalid"
+    finally:
+        await runner.cleanup()
+
+
+async def test_socket_is_dropped_at_token_expiry(redis_url: str) -> None:
+    async with running_node(redis_url) as node, connected(node.url, make_token(exp_in=1.5)) as client:
+        (payload,) = await client.next("session_expired", timeout=5)
+        assert payload["code"] == "token_expired"
+        await asyncio.sleep(0.3)
+        assert not client.sio.connected
+
+
+async def test_refresh_keeps_the_socket(redis_url: str) -> None:
+    async with running_node(redis_url) as node, connected(node.url, make_token(exp_in=1.5)) as client:
+        reply = await client.call("refresh", {"token": make_token(exp_in=60)})
+        assert reply["ok"] is True
+        assert reply["expires_at"] > 0
+        await client.nothing("session_expired", within=2.5)
+        assert client.sio.connected
+        refused = await client.call("refresh", {"token": make_token(sub="mallory", exp_in=60)})
+        assert refused == {"ok": False, "error": {"code": "forbidden", "message": "a refresh token must be for the same user"}}
+        bad = await client.call("refresh", {"token": "garbage"})
+        assert bad["ok"] is False and bad["error"]["code"] == "token_malformed"
