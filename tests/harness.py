@@ -72,15 +72,16 @@ class Client:
     """A python-socketio AsyncClient that records every event it receives."""
 
     sio: socketio.AsyncClient
-    events: asyncio.Queue[tuple[str, tuple[Any, ...]]] = field(default_factory=asyncio.Queue)
+    events: dict[str, asyncio.Queue[tuple[Any, ...]]] = field(default_factory=dict)
     connect_error: Any = None
     disconnects: list[Any] = field(default_factory=list)
 
-    async def next(self, event: str | None = None, timeout: float = 5.0) -> tuple[Any, ...]:
-        while True:
-            name, args = await asyncio.wait_for(self.events.get(), timeout)
-            if event is None or name == event:
-                return args
+    def queue(self, event: str) -> asyncio.Queue[tuple[Any, ...]]:
+        return self.events.setdefault(event, asyncio.Queue())
+
+    async def next(self, event: str, timeout: float = 5.0) -> tuple[Any, ...]:
+        """The next `event` received; other events stay queued for their own `next`."""
+        return await asyncio.wait_for(self.queue(event).get(), timeout)
 
     async def nothing(self, event: str, within: float = 0.3) -> None:
         """Assert no `event` arrives within `within` seconds."""
@@ -103,7 +104,7 @@ def new_client(reconnection: bool = False) -> Client:
     client = Client(sio)
 
     async def catch_all(event: str, *args: Any) -> None:
-        client.events.put_nowait((event, args))
+        client.queue(event).put_nowait(args)
 
     async def on_connect_error(data: Any) -> None:
         client.connect_error = data
