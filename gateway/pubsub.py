@@ -141,7 +141,7 @@ class PubSubConnection:
     ) -> None:
         self._on_messages = on_messages
         self._on_subscribed = on_subscribed
-        self._transport: asyncio.Transport | None = None
+        self._transport: asyncio.BaseTransport | None = None
         self._auth_waiter: asyncio.Future[None] | None = None
         self.closed: asyncio.Future[PubSubError] = asyncio.get_running_loop().create_future()
 
@@ -156,12 +156,11 @@ class PubSubConnection:
             )
         except (OSError, TimeoutError) as exc:
             raise PubSubError(f"cannot connect to Redis at {address.host}:{address.port}: {exc}") from exc
-        assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         if address.password is not None:
             self._auth_waiter = loop.create_future()
             auth = ("AUTH", address.username, address.password) if address.username else ("AUTH", address.password)
-            transport.write(encode_command(*auth))
+            self._write(encode_command(*auth))
             await asyncio.wait_for(self._auth_waiter, CONNECT_TIMEOUT_S)
 
     def subscribe(self, channels: Iterable[str]) -> None:
@@ -173,7 +172,11 @@ class PubSubConnection:
     def _command(self, name: str, channels: Iterable[str]) -> None:
         names = list(channels)
         if names and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(encode_command(name, *names))
+            self._write(encode_command(name, *names))
+
+    def _write(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         if self._transport is not None:

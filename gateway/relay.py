@@ -63,27 +63,34 @@ class Relay:
                 await connection.connect(self._url)
             except (PubSubError, TimeoutError) as exc:
                 logger.warning("redis pub/sub connect failed", extra={"error": str(exc), "retry_in_s": round(delay, 2)})
-                connection.close()
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
-                delay = min(delay * 2, BACKOFF_MAX_S)
+            except Exception:
+                logger.exception("redis pub/sub connect failed unexpectedly", extra={"retry_in_s": round(delay, 2)})
+            else:
+                delay = BACKOFF_INITIAL_S
+                await self._hold(connection)
                 continue
-            self._connection = connection
-            self._confirmed.clear()
-            channels = list(self._counts)
-            for start in range(0, len(channels), SUBSCRIBE_BATCH):
-                connection.subscribe(channels[start : start + SUBSCRIBE_BATCH])
-            self._connected.set()
-            self._on_state(True)
-            logger.info("redis pub/sub connected", extra={"channels": len(channels)})
-            delay = BACKOFF_INITIAL_S
-            try:
-                error = await connection.closed
-            finally:
-                self._connection = None
-                self._connected.clear()
-                self._on_state(False)
-                connection.close()
-            logger.warning("redis pub/sub connection lost", extra={"error": str(error)})
+            connection.close()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
+            delay = min(delay * 2, BACKOFF_MAX_S)
+
+    async def _hold(self, connection: PubSubConnection) -> None:
+        """Subscribe everything needed on a fresh connection, then wait for it to end."""
+        self._connection = connection
+        self._confirmed.clear()
+        channels = list(self._counts)
+        for start in range(0, len(channels), SUBSCRIBE_BATCH):
+            connection.subscribe(channels[start : start + SUBSCRIBE_BATCH])
+        self._connected.set()
+        self._on_state(True)
+        logger.info("redis pub/sub connected", extra={"channels": len(channels)})
+        try:
+            error = await connection.closed
+        finally:
+            self._connection = None
+            self._connected.clear()
+            self._on_state(False)
+            connection.close()
+        logger.warning("redis pub/sub connection lost", extra={"error": str(error)})
 
     async def acquire(self, channel: str) -> None:
         """Count one local interest in `channel`; returns once Redis confirmed the subscription."""

@@ -20,9 +20,16 @@ from shared.embedded_redis import free_port
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 
 
-def make_token(sub: str | None = "alice", *, teams: list[str] | None = None, exp_in: float = 300,
-               secret: str = SECRET, algorithm: str = "HS256", headers: dict[str, Any] | None = None,
-               **claims: Any) -> str:
+def make_token(
+    sub: str | None = "alice",
+    *,
+    teams: list[str] | None = None,
+    exp_in: float = 300,
+    secret: str = SECRET,
+    algorithm: str = "HS256",
+    headers: dict[str, Any] | None = None,
+    **claims: Any,
+) -> str:
     now = time.time()
     payload: dict[str, Any] = {"iat": int(now), "exp": int(now + exp_in), **claims}
     if sub is not None:
@@ -119,11 +126,13 @@ def new_client(reconnection: bool = False) -> Client:
 
 
 @asynccontextmanager
-async def connected(url: str, token: str | None, *, transport: str = "websocket",
-                    reconnection: bool = False) -> AsyncIterator[Client]:
+async def connected(
+    url: str, token: str | None, *, transport: str = "websocket", reconnection: bool = False
+) -> AsyncIterator[Client]:
     client = new_client(reconnection)
-    await client.sio.connect(url, auth={"token": token} if token is not None else None,
-                             transports=[transport], wait_timeout=5)
+    await client.sio.connect(
+        url, auth={"token": token} if token is not None else None, transports=[transport], wait_timeout=5
+    )
     try:
         yield client
     finally:

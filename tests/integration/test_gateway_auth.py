@@ -42,7 +42,9 @@ async def refused_code(url: str, auth: dict[str, object] | None, headers: dict[s
         ({"token": jwt.encode({"sub": "alice", "exp": 9_999_999_999}, None, algorithm="none")}, "token_invalid"),
     ],
 )
-async def test_each_token_fault_is_refused_with_its_code(redis_url: str, auth: dict[str, object] | None, code: str) -> None:
+async def test_each_token_fault_is_refused_with_its_code(
+    redis_url: str, auth: dict[str, object] | None, code: str
+) -> None:
     async with running_node(redis_url) as node:
         assert await refused_code(node.url, auth) == code
         metrics = node.node.metrics.auth_failures.labels(code)._value.get()
@@ -51,8 +53,13 @@ async def test_each_token_fault_is_refused_with_its_code(redis_url: str, auth: d
 
 async def test_issuer_and_audience_are_checked_when_configured(redis_url: str) -> None:
     async with running_node(redis_url, jwt_issuer="https://id.example", jwt_audience="gateway") as node:
-        assert await refused_code(node.url, {"token": make_token(iss="https://evil", aud="gateway")}) == "claims_invalid"
-        assert await refused_code(node.url, {"token": make_token(iss="https://id.example", aud="other")}) == "claims_invalid"
+        assert (
+            await refused_code(node.url, {"token": make_token(iss="https://evil", aud="gateway")}) == "claims_invalid"
+        )
+        assert (
+            await refused_code(node.url, {"token": make_token(iss="https://id.example", aud="other")})
+            == "claims_invalid"
+        )
         assert await refused_code(node.url, {"token": make_token(aud="gateway")}) == "claims_invalid"
         good = make_token(iss="https://id.example", aud="gateway")
         async with connected(node.url, good) as client:
@@ -62,8 +69,9 @@ async def test_issuer_and_audience_are_checked_when_configured(redis_url: str) -
 async def test_bearer_header_for_non_browser_clients(redis_url: str) -> None:
     async with running_node(redis_url) as node:
         client = new_client()
-        await client.sio.connect(node.url, headers={"Authorization": f"Bearer {make_token()}"},
-                                 transports=["websocket"], wait_timeout=5)
+        await client.sio.connect(
+            node.url, headers={"Authorization": f"Bearer {make_token()}"}, transports=["websocket"], wait_timeout=5
+        )
         assert client.sio.connected
         await client.close()
         assert await refused_code(node.url, None, {"Authorization": "Basic abc"}) == "token_missing"
@@ -71,16 +79,21 @@ async def test_bearer_header_for_non_browser_clients(redis_url: str) -> None:
 
 async def test_rs256_public_key(redis_url: str, tmp_path: object) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     private_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     async with running_node(redis_url, jwt_secret="", jwt_public_key=public_pem) as node:
         async with connected(node.url, make_token(secret=private_pem, algorithm="RS256")) as client:
             assert client.sio.connected
         # An HS256 token "signed" with the public key must not pass (algorithm confusion).
         forged = jwt.api_jws.PyJWS().encode(
-            json.dumps({"sub": "alice", "exp": 9_999_999_999}).encode(), b"\x00" * 32, algorithm="HS256")
+            json.dumps({"sub": "alice", "exp": 9_999_999_999}).encode(), b"\x00" * 32, algorithm="HS256"
+        )
         assert await refused_code(node.url, {"token": forged}) == "token_invalid"
 
 
@@ -104,9 +117,11 @@ async def test_jwks_keys_are_fetched_and_refetched_on_unknown_kid(redis_url: str
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
+
         def token(kid: str) -> str:
             pem = keys[kid].private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
             return make_token(secret=pem.decode(), algorithm="ES256", headers={"kid": kid})
 
         url = f"http://127.0.0.1:{port}/jwks.json"
@@ -140,6 +155,9 @@ async def test_refresh_keeps_the_socket(redis_url: str) -> None:
         await client.nothing("session_expired", within=2.5)
         assert client.sio.connected
         refused = await client.call("refresh", {"token": make_token(sub="mallory", exp_in=60)})
-        assert refused == {"ok": False, "error": {"code": "forbidden", "message": "a refresh token must be for the same user"}}
+        assert refused == {
+            "ok": False,
+            "error": {"code": "forbidden", "message": "a refresh token must be for the same user"},
+        }
         bad = await client.call("refresh", {"token": "garbage"})
         assert bad["ok"] is False and bad["error"]["code"] == "token_malformed"

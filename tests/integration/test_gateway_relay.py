@@ -17,13 +17,29 @@ TRADES = "binance:trades:BTC/USDT"
 
 
 def ticker(seq: int, bid: str = "100.5") -> Ticker:
-    return Ticker(exchange="binance", symbol="BTC/USDT", ts=1_700_000_000_000, recv_ts=time.time() * 1000,
-                  seq=seq, bid=bid, ask="100.6")
+    return Ticker(
+        exchange="binance",
+        symbol="BTC/USDT",
+        ts=1_700_000_000_000,
+        recv_ts=time.time() * 1000,
+        seq=seq,
+        bid=bid,
+        ask="100.6",
+    )
 
 
 def trade(seq: int) -> Trade:
-    return Trade(exchange="binance", symbol="BTC/USDT", ts=1_700_000_000_000, recv_ts=time.time() * 1000,
-                 seq=seq, trade_id=str(seq), price="100.55", size="0.001", side="buy")
+    return Trade(
+        exchange="binance",
+        symbol="BTC/USDT",
+        ts=1_700_000_000_000,
+        recv_ts=time.time() * 1000,
+        seq=seq,
+        trade_id=str(seq),
+        price="100.55",
+        size="0.001",
+        side="buy",
+    )
 
 
 def notification(user: str, n: int) -> Notification:
@@ -39,8 +55,10 @@ async def pubsub_channels(client: redis.asyncio.Redis) -> set[str]:
 
 
 async def test_subscribe_results_per_topic(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
-    async with running_node(redis_url, max_subscriptions=3, allowed_topics=["binance:*"]) as node, \
-            connected(node.url, make_token()) as client:
+    async with (
+        running_node(redis_url, max_subscriptions=3, allowed_topics=["binance:*"]) as node,
+        connected(node.url, make_token()) as client,
+    ):
         reply = await client.call("subscribe", [BTC, "binance:ticker:btc-usdt", "okx:ticker:BTC/USDT", 7, BTC])
         assert reply["ok"] is True
         results = reply["results"]
@@ -55,23 +73,30 @@ async def test_subscribe_results_per_topic(redis_client: redis.asyncio.Redis, re
 
 
 async def test_topics_claim_grants_topics(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
-    async with running_node(redis_url, allowed_topics=[], topics_claim="markets") as node, \
-            connected(node.url, make_token(markets=["kraken:*"])) as client:
+    async with (
+        running_node(redis_url, allowed_topics=[], topics_claim="markets") as node,
+        connected(node.url, make_token(markets=["kraken:*"])) as client,
+    ):
         reply = await client.call("subscribe", ["kraken:ticker:BTC/USD", BTC])
         assert [r["ok"] for r in reply["results"]] == [True, False]
         assert reply["results"][1]["error"] == "forbidden"
 
 
 async def test_malformed_requests_get_error_acks(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
-    async with running_node(redis_url, max_topics_per_request=5, max_event_bytes=2048) as node, \
-            connected(node.url, make_token()) as client:
+    async with (
+        running_node(redis_url, max_topics_per_request=5, max_event_bytes=2048) as node,
+        connected(node.url, make_token()) as client,
+    ):
         for bad in ("binance:ticker:BTC/USDT", {"topics": []}, None, 3.5):
             reply = await client.call("subscribe", bad)
             assert reply["ok"] is False and reply["error"]["code"] == "bad_request", reply
         reply = await client.call("unsubscribe", [BTC] * 6)
         assert reply["error"]["code"] == "bad_request"
         reply = await client.call("subscribe", ["x" * 5000])
-        assert reply == {"ok": False, "error": {"code": "payload_too_large", "message": "events are limited to 2048 bytes"}}
+        assert reply == {
+            "ok": False,
+            "error": {"code": "payload_too_large", "message": "events are limited to 2048 bytes"},
+        }
         reply = await client.call("refresh", ["not", "an", "object"])
         assert reply["ok"] is False and reply["error"]["code"] == "token_missing"
         assert await client.call("subscribe", [BTC]) == {"ok": True, "results": [{"topic": BTC, "ok": True}]}
@@ -129,14 +154,18 @@ async def wait_until_async(client: redis.asyncio.Redis, check: object, timeout: 
 
 
 async def test_two_nodes_deliver_each_notification_once_per_socket(
-    redis_client: redis.asyncio.Redis, redis_url: str,
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
 ) -> None:
     publisher = AsyncPublisher(redis_client)
     async with running_node(redis_url) as n1, running_node(redis_url) as n2:
         alice_token = make_token(sub="alice", teams=["red"])
-        async with connected(n1.url, alice_token) as a1, connected(n2.url, alice_token) as a2, \
-                connected(n1.url, make_token(sub="bob", teams=["blue"])) as bob, \
-                connected(n2.url, make_token(sub="carol", teams=["red", "blue"])) as carol:
+        async with (
+            connected(n1.url, alice_token) as a1,
+            connected(n2.url, alice_token) as a2,
+            connected(n1.url, make_token(sub="bob", teams=["blue"])) as bob,
+            connected(n2.url, make_token(sub="carol", teams=["red", "blue"])) as carol,
+        ):
             for i in range(20):
                 await publisher.publish(notification("alice", i))
                 await publisher.publish(notification("bob", 100 + i))
@@ -160,7 +189,8 @@ async def test_two_nodes_deliver_each_notification_once_per_socket(
 
 
 async def test_bad_publisher_payloads_are_dropped_and_counted(
-    redis_client: redis.asyncio.Redis, redis_url: str,
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
 ) -> None:
     publisher = AsyncPublisher(redis_client)
     async with running_node(redis_url) as node, connected(node.url, make_token(sub="alice", teams=["red"])) as c:

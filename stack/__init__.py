@@ -1,0 +1,1 @@
+"""`fanout-local`: the whole system on one host, for development and demos."""
