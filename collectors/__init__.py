@@ -1,0 +1,1 @@
+"""Exchange collectors: adapters, connection lifecycle and the pure book/candle engine."""

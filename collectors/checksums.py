@@ -1,0 +1,78 @@
+"""CRC32 book checksums of Kraken and OKX, computed from the exchanges' own number text.
+
+Both hash decimal strings, so they verify only when built from the text the
+exchange sent: a trip through float turns Kraken v2's ``0.031340`` into
+``0.03134`` and breaks the checksum. For Kraken v2, whose levels are bare JSON
+numbers, decode them as strings (``json.loads(..., parse_float=str)`` or a
+msgspec ``float_hook=str``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from itertools import chain
+from typing import Final
+
+from collectors.book import Level, OrderBook, SyncError, SyncReason
+
+KRAKEN_DEPTH: Final = 10  # levels per side in Kraken's checksum, whatever the book depth
+OKX_DEPTH: Final = 25  # levels per side in OKX's checksum
+_SIGN_BIT: Final = 1 << 31
+
+
+def _kraken_token(text: str) -> str:
+    # Kraken's rule: drop the decimal point, then the leading zeros ("0.00100000" -> "100000").
+    return text.replace(".", "").lstrip("0")
+
+
+def kraken_checksum(bids: Sequence[Level], asks: Sequence[Level]) -> int:
+    """Unsigned CRC32 of the best 10 asks then the best 10 bids, each price then size.
+
+    WebSocket v1 (string field ``c``) and v2 (number field ``checksum``) build
+    the same string; only where the text comes from differs.
+    """
+    levels = chain(asks[:KRAKEN_DEPTH], bids[:KRAKEN_DEPTH])
+    text = "".join(_kraken_token(price) + _kraken_token(size) for price, size in levels)
+    return zlib.crc32(text.encode("ascii"))
+
+
+def okx_checksum(bids: Sequence[Level], asks: Sequence[Level]) -> int:
+    """Signed CRC32 of ``bid1px:bid1sz:ask1px:ask1sz:bid2px:...`` over the best 25 per side.
+
+    When one side runs out, the other continues alone, as OKX documents.
+    """
+    bids, asks = bids[:OKX_DEPTH], asks[:OKX_DEPTH]
+    parts: list[str] = []
+    for index in range(max(len(bids), len(asks))):
+        if index < len(bids):
+            parts.extend(bids[index])
+        if index < len(asks):
+            parts.extend(asks[index])
+    value = zlib.crc32(":".join(parts).encode("ascii"))
+    return value - (1 << 32) if value & _SIGN_BIT else value
+
+
+def verify_kraken(book: OrderBook, expected: int) -> None:
+    """Raise `SyncError` unless the book's top 10 give Kraken's checksum.
+
+    Apply every level of the message and truncate to the subscribed depth first.
+    """
+    bids, asks = book.top(KRAKEN_DEPTH)
+    computed = kraken_checksum(bids, asks)
+    if computed != expected:
+        raise SyncError(SyncReason.CHECKSUM, f"expected {expected}, computed {computed}")
+
+
+def verify_okx(book: OrderBook, expected: int) -> None:
+    """Raise `SyncError` unless the book's top 25 give OKX's checksum.
+
+    OKX deprecated the field: it is 0 from 2026-06-23 on, and then only the
+    seqId chain (`OkxSequencer`) detects loss, so 0 is not checked.
+    """
+    if expected == 0:
+        return
+    bids, asks = book.top(OKX_DEPTH)
+    computed = okx_checksum(bids, asks)
+    if computed != expected:
+        raise SyncError(SyncReason.CHECKSUM, f"expected {expected}, computed {computed}")

@@ -1,0 +1,30 @@
+// Drives the official socket.io-client the way a Next.js app does, and
+// prints what it sees as JSON lines for the Python test to check.
+// usage: node client.mjs URL TOKEN TRANSPORT TOPIC...
+import { io } from "socket.io-client";
+
+const [url, token, transport, ...topics] = process.argv.slice(2);
+const out = (record) => process.stdout.write(JSON.stringify(record) + "\n");
+
+const socket = io(url, { auth: { token }, transports: [transport], reconnection: false });
+
+socket.on("connect_error", (err) => {
+  out({ event: "connect_error", message: err.message, data: err.data });
+  process.exit(0);
+});
+socket.on("connect", async () => {
+  out({ event: "connect", transport: socket.io.engine.transport.name });
+  const reply = await socket.timeout(5000).emitWithAck("subscribe", topics);
+  out({ event: "subscribed", reply });
+});
+socket.on("market", (topic, data) => out({ event: "market", topic, data }));
+socket.on("notification", (notification, position) => out({ event: "notification", notification, position }));
+socket.on("execution", (update, position) => out({ event: "execution", update, position }));
+socket.on("disconnect", (reason) => out({ event: "disconnect", reason }));
+
+// The test closes stdin to end the client.
+process.stdin.on("data", () => {});
+process.stdin.on("end", () => {
+  socket.close();
+  process.exit(0);
+});

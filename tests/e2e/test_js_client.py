@@ -1,0 +1,94 @@
+"""The official JavaScript socket.io-client, run by node, against a real gateway node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from shared.events import Notification, Ticker
+from shared.publisher import AsyncPublisher
+from tests.harness import make_token, running_node
+
+JS_DIR = Path(__file__).parent / "js"
+TOPIC = "coinbase:ticker:ETH/USD"
+
+pytestmark = pytest.mark.e2e
+
+
+class JsClient:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.unread: list[dict[str, Any]] = []
+
+    async def next(self, event: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The next record of `event`; records of other events stay unread."""
+        assert self.process.stdout is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                for index, record in enumerate(self.unread):
+                    if record["event"] == event:
+                        return self.unread.pop(index)
+                line = await self.process.stdout.readline()
+                assert line, "the node client exited"
+                self.unread.append(json.loads(line))
+
+
+@asynccontextmanager
+async def js_client(url: str, token: str, transport: str, *topics: str) -> AsyncIterator[JsClient]:
+    node = shutil.which("node")
+    assert node, "node is required (test.sh installs it)"
+    assert (JS_DIR / "node_modules" / "socket.io-client").is_dir(), "run `npm ci` in tests/e2e/js (test.sh does)"
+    process = await asyncio.create_subprocess_exec(
+        node, str(JS_DIR / "client.mjs"), url, token, transport, *topics,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=JS_DIR,
+    )
+    try:
+        yield JsClient(process)
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), 5)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+def ticker(seq: int) -> Ticker:
+    return Ticker(exchange="coinbase", symbol="ETH/USD", ts=1, recv_ts=time.time() * 1000, seq=seq, bid="3000.01")
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_official_client_receives_snapshot_live_data_and_notifications(
+    redis_client: redis.asyncio.Redis, redis_url: str, transport: str,
+) -> None:
+    publisher = AsyncPublisher(redis_client)
+    await publisher.publish_market([ticker(1)])
+    async with running_node(redis_url) as node, js_client(node.url, make_token(sub="dana"), transport, TOPIC) as js:
+        assert (await js.next("connect"))["transport"] == transport
+        reply = (await js.next("subscribed"))["reply"]
+        assert reply == {"ok": True, "results": [{"topic": TOPIC, "ok": True}]}
+        snapshot = await js.next("market")
+        assert snapshot["topic"] == TOPIC and snapshot["data"]["seq"] == 1 and snapshot["data"]["bid"] == "3000.01"
+        await publisher.publish_market([ticker(2)])
+        assert (await js.next("market"))["data"]["seq"] == 2
+        position = await publisher.publish(Notification(
+            id="n1", user_id="dana", type="success", title="Filled", message="1 ETH", created_at=1))
+        got = await js.next("notification")
+        assert got["notification"]["id"] == "n1" and got["position"] == position
+
+
+async def test_official_client_sees_the_refusal_code(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
+    async with running_node(redis_url) as node, js_client(node.url, make_token(exp_in=-60), "websocket") as js:
+        refused = await js.next("connect_error")
+        assert refused["message"] == "token_expired"
+        assert refused["data"]["code"] == "token_expired"
