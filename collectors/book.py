@@ -288,9 +288,7 @@ class OkxSequencer(_Gate):
             return self._skip()
         if prev_seq_id != self._last:
             self.synced = False
-            raise SyncError(
-                SyncReason.GAP, f"expected prevSeqId={self._last}, got prevSeqId={prev_seq_id}"
-            )
+            raise SyncError(SyncReason.GAP, f"expected prevSeqId={self._last}, got prevSeqId={prev_seq_id}")
         self._last = seq_id
         return Action.APPLY
 
@@ -317,9 +315,7 @@ class ConnectionSequencer:
     def check(self, sequence_num: int) -> None:
         last, self._last = self._last, sequence_num
         if last is not None and sequence_num != last + 1:
-            raise SyncError(
-                SyncReason.GAP, f"expected sequence_num={last + 1}, got {sequence_num}"
-            )
+            raise SyncError(SyncReason.GAP, f"expected sequence_num={last + 1}, got {sequence_num}")
 
 
 class BinanceDepthSync(Generic[DiffT]):
@@ -388,8 +384,7 @@ class BinanceDepthSync(Generic[DiffT]):
             self._last = None
             raise SyncError(
                 SyncReason.STALE_SNAPSHOT,
-                f"lastUpdateId={last_update_id} is older than the first buffered diff "
-                f"U={buffer[0][0]}",
+                f"lastUpdateId={last_update_id} is older than the first buffered diff U={buffer[0][0]}",
             )
         ready: list[DiffT] = []
         last = last_update_id
@@ -398,9 +393,7 @@ class BinanceDepthSync(Generic[DiffT]):
                 for _ in range(index):  # the diffs before the gap are of no use any more
                     buffer.popleft()
                 self._last = None
-                raise SyncError(
-                    SyncReason.GAP, f"buffered diffs: expected U={last + 1}, got U={first_id}"
-                )
+                raise SyncError(SyncReason.GAP, f"buffered diffs: expected U={last + 1}, got U={first_id}")
             ready.append(diff)
             last = final_id
         buffer.clear()

@@ -35,8 +35,16 @@ class _Bucket:
     """The running OHLCV of one bucket; open and close follow trade time, not arrival."""
 
     __slots__ = (
-        "close", "close_ts", "high", "high_value", "low", "low_value",
-        "open", "open_time", "open_ts", "volume",
+        "close",
+        "close_ts",
+        "high",
+        "high_value",
+        "low",
+        "low_value",
+        "open",
+        "open_time",
+        "open_ts",
+        "volume",
     )
 
     def __init__(self, open_time: int, price: str, value: Decimal, size: Decimal, ts: int) -> None:

@@ -48,8 +48,15 @@ async def js_client(url: str, token: str, transport: str, *topics: str) -> Async
     assert node, "node is required (test.sh installs it)"
     assert (JS_DIR / "node_modules" / "socket.io-client").is_dir(), "run `npm ci` in tests/e2e/js (test.sh does)"
     process = await asyncio.create_subprocess_exec(
-        node, str(JS_DIR / "client.mjs"), url, token, transport, *topics,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=JS_DIR,
+        node,
+        str(JS_DIR / "client.mjs"),
+        url,
+        token,
+        transport,
+        *topics,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=JS_DIR,
     )
     try:
         yield JsClient(process)
@@ -69,7 +76,9 @@ def ticker(seq: int) -> Ticker:
 
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
 async def test_official_client_receives_snapshot_live_data_and_notifications(
-    redis_client: redis.asyncio.Redis, redis_url: str, transport: str,
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
+    transport: str,
 ) -> None:
     publisher = AsyncPublisher(redis_client)
     await publisher.publish_market([ticker(1)])
@@ -81,8 +90,9 @@ async def test_official_client_receives_snapshot_live_data_and_notifications(
         assert snapshot["topic"] == TOPIC and snapshot["data"]["seq"] == 1 and snapshot["data"]["bid"] == "3000.01"
         await publisher.publish_market([ticker(2)])
         assert (await js.next("market"))["data"]["seq"] == 2
-        position = await publisher.publish(Notification(
-            id="n1", user_id="dana", type="success", title="Filled", message="1 ETH", created_at=1))
+        position = await publisher.publish(
+            Notification(id="n1", user_id="dana", type="success", title="Filled", message="1 ETH", created_at=1)
+        )
         got = await js.next("notification")
         assert got["notification"]["id"] == "n1" and got["position"] == position
 

@@ -142,9 +142,7 @@ _levels = st.lists(st.tuples(_price, _size), max_size=30)
     ops=st.lists(st.one_of(_update, _truncate), max_size=80),
     n=st.integers(min_value=1, max_value=20),
 )
-def test_book_matches_a_naive_model(
-    bids: list[Level], asks: list[Level], ops: list[tuple[Any, ...]], n: int
-) -> None:
+def test_book_matches_a_naive_model(bids: list[Level], asks: list[Level], ops: list[tuple[Any, ...]], n: int) -> None:
     book = OrderBook()
     book.apply_snapshot(bids, asks)
     model: dict[BookSide, dict[Decimal, Level]] = {BookSide.BID: {}, BookSide.ASK: {}}
@@ -363,9 +361,7 @@ def test_bybit_real_snapshot_then_delta(pair: dict[str, Any]) -> None:
     snapshot, delta = [f for f in frames("bybit/" + pair["fixture"].split("/")[1]) if "topic" in f][:2]
     sequencer = BybitSequencer()
     book = OrderBook()
-    assert sequencer.check(snapshot["data"]["u"], snapshot=snapshot["type"] == "snapshot") is (
-        Action.REPLACE
-    )
+    assert sequencer.check(snapshot["data"]["u"], snapshot=snapshot["type"] == "snapshot") is (Action.REPLACE)
     book.apply_snapshot(pairs(snapshot["data"]["b"]), pairs(snapshot["data"]["a"]))
     assert snapshot["data"]["u"] == pair["snapshot_u"]
     assert sequencer.check(delta["data"]["u"], snapshot=delta["type"] == "snapshot") is Action.APPLY
@@ -422,15 +418,14 @@ def test_okx_real_seqid_chain() -> None:
 
 
 def test_okx_real_snapshot_and_update_2026() -> None:
-    books = [f for f in frames("okx/v5_real_frames_trimmed_2026-09.jsonl")
-             if f.get("arg", {}).get("channel") == "books"]
+    books = [
+        f for f in frames("okx/v5_real_frames_trimmed_2026-09.jsonl") if f.get("arg", {}).get("channel") == "books"
+    ]
     sequencers: dict[str, OkxSequencer] = {}
     for frame in books:
         data = frame["data"][0]
         sequencer = sequencers.setdefault(frame["arg"]["instId"], OkxSequencer())
-        action = sequencer.check(
-            data["seqId"], data.get("prevSeqId", -1), snapshot=frame["action"] == "snapshot"
-        )
+        action = sequencer.check(data["seqId"], data.get("prevSeqId", -1), snapshot=frame["action"] == "snapshot")
         assert action is (Action.REPLACE if frame["action"] == "snapshot" else Action.APPLY)
     assert set(sequencers) == {"BTC-USDT", "SOL-USDT"}
 
@@ -446,9 +441,7 @@ def test_okx_documented_exceptions() -> None:
 def test_okx_gap_then_skip_until_snapshot() -> None:
     sequencer = OkxSequencer()
     sequencer.check(27329772739, -1, snapshot=True)
-    with pytest.raises(
-        SyncError, match=r"^gap: expected prevSeqId=27329772739, got prevSeqId=27329772750$"
-    ):
+    with pytest.raises(SyncError, match=r"^gap: expected prevSeqId=27329772739, got prevSeqId=27329772750$"):
         sequencer.check(27329772800, 27329772750, snapshot=False)
     assert sequencer.check(27329772807, 27329772800, snapshot=False) is Action.SKIP
     assert sequencer.check(27329772900, -1, snapshot=True) is Action.REPLACE

@@ -56,22 +56,40 @@ def test_ohlcv_and_close_emission() -> None:
     agg = aggregator()
     [c1] = agg.add("100.50", "1.5", T0, 10.0)
     assert (c1.open, c1.high, c1.low, c1.close, c1.volume, c1.closed) == (
-        "100.50", "100.50", "100.50", "100.50", "1.5", False)
+        "100.50",
+        "100.50",
+        "100.50",
+        "100.50",
+        "1.5",
+        False,
+    )
     agg.add("101.25", "0.5", T0 + 1_000, 11.0)
     agg.add("99.75", "2", T0 + 2_000, 12.0)
     [c4] = agg.add("100.00", "1", T0 + 3_000, 13.0)
-    assert (c4.open, c4.high, c4.low, c4.close, c4.volume) == (
-        "100.50", "101.25", "99.75", "100.00", "5.0")
+    assert (c4.open, c4.high, c4.low, c4.close, c4.volume) == ("100.50", "101.25", "99.75", "100.00", "5.0")
     assert (c4.ts, c4.recv_ts, c4.seq) == (T0 + 3_000, 13.0, 0)
 
     closed, current = agg.add("98", "3", T0 + MINUTE, 14.0)
     assert closed == Candle(
-        exchange=Exchange.BINANCE, symbol="BTC/USDT", ts=T0 + MINUTE, recv_ts=14.0,
-        timeframe=Timeframe.M1, open_time=c4.open_time, open="100.50", high="101.25",
-        low="99.75", close="100.00", volume="5.0", closed=True,
+        exchange=Exchange.BINANCE,
+        symbol="BTC/USDT",
+        ts=T0 + MINUTE,
+        recv_ts=14.0,
+        timeframe=Timeframe.M1,
+        open_time=c4.open_time,
+        open="100.50",
+        high="101.25",
+        low="99.75",
+        close="100.00",
+        volume="5.0",
+        closed=True,
     )
     assert (current.open_time, current.open, current.volume, current.closed) == (
-        c4.open_time + MINUTE, "98", "3", False)
+        c4.open_time + MINUTE,
+        "98",
+        "3",
+        False,
+    )
 
 
 def test_quiet_buckets_produce_no_candle() -> None:
@@ -110,15 +128,19 @@ def test_real_bybit_trades_fold_into_one_candle() -> None:
      "RPI":false,"seq":549792210006}, ...]}
     """
     path = FIXTURES / "bybit/v5_linear_orderbook50_trade_BTCUSDT_2026-03.jsonl"
-    [frame] = [f for f in map(json.loads, path.read_text().splitlines())
-               if f.get("topic") == "publicTrade.BTCUSDT"]
+    [frame] = [f for f in map(json.loads, path.read_text().splitlines()) if f.get("topic") == "publicTrade.BTCUSDT"]
     agg = CandleAggregator(exchange=Exchange.BYBIT, symbol="BTC/USDT", timeframe=Timeframe.M1)
     out: list[Candle] = []
     for trade in frame["data"]:
         out = agg.add(trade["p"], trade["v"], trade["T"], frame["ts"] / 1000)
     [candle] = out
     assert (candle.open, candle.high, candle.low, candle.close, candle.volume) == (
-        "69916.80", "69916.80", "69914.20", "69914.20", "0.049")
+        "69916.80",
+        "69916.80",
+        "69914.20",
+        "69914.20",
+        "0.049",
+    )
     assert candle.open_time == 1774021140000
     assert codec.decode_market(codec.encode(candle)) == candle
 
@@ -147,8 +169,7 @@ def test_close_due() -> None:
     assert agg.close_due(start + MINUTE - 1, 0.0) is None
     closed = agg.close_due(start + MINUTE, 5.0)
     assert closed is not None
-    assert (closed.closed, closed.open_time, closed.ts, closed.recv_ts) == (
-        True, start, start + MINUTE, 5.0)
+    assert (closed.closed, closed.open_time, closed.ts, closed.recv_ts) == (True, start, start + MINUTE, 5.0)
     assert agg.close_due(start + 2 * MINUTE, 0.0) is None
     assert agg.add("10", "1", start + 100, 0.0) == []  # its bucket is closed
     [candle] = agg.add("11", "2", start + MINUTE + 1, 0.0)  # the next one opens normally

@@ -18,8 +18,7 @@ from collectors.book import BookSide, Level, OrderBook, SyncError, SyncReason
 from collectors.checksums import kraken_checksum, okx_checksum, verify_kraken, verify_okx
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "exchanges"
-VECTORS = {vector["id"]: vector for vector in json.loads(
-    (FIXTURES / "checksums.json").read_text())["vectors"]}
+VECTORS = {vector["id"]: vector for vector in json.loads((FIXTURES / "checksums.json").read_text())["vectors"]}
 
 
 def lines(relative: str) -> Iterator[str]:
@@ -147,8 +146,7 @@ def replay_kraken_v2(relative: str, parse_float: Any = str) -> int:
 
 def test_kraken_v2_real_ethbtc_needs_raw_tokens() -> None:
     assert replay_kraken_v2("kraken/v2_book10_ETHBTC_2026-08-26.jsonl") == 2
-    assert [r["expected"] for r in VECTORS["kraken_v2_real_ETHBTC_2026-08-26"]["results"]] == [
-        3619791617, 2505869009]
+    assert [r["expected"] for r in VECTORS["kraken_v2_real_ETHBTC_2026-08-26"]["results"]] == [3619791617, 2505869009]
     # Through float, 0.031340 becomes "0.03134" and the checksum no longer matches.
     with pytest.raises(SyncError, match=r"^checksum: expected 3619791617, computed"):
         replay_kraken_v2("kraken/v2_book10_ETHBTC_2026-08-26.jsonl", parse_float=float)
@@ -207,14 +205,12 @@ def levels_from_doc_string(text: str, bid_count: int) -> tuple[list[Level], list
     """Undo OKX's interleaving for a doc string whose shorter side holds `bid_count` levels."""
     tokens = text.split(":")
     levels = [(tokens[i], tokens[i + 1]) for i in range(0, len(tokens), 2)]
-    bids = levels[0:2 * bid_count:2]
-    asks = levels[1:2 * bid_count:2] + levels[2 * bid_count:]
+    bids = levels[0 : 2 * bid_count : 2]
+    asks = levels[1 : 2 * bid_count : 2] + levels[2 * bid_count :]
     return bids, asks
 
 
-@pytest.mark.parametrize(
-    ("vector_id", "bid_count"), [("okx_doc_string_3366.1", 1), ("okx_doc_string_43231.1", 2)]
-)
+@pytest.mark.parametrize(("vector_id", "bid_count"), [("okx_doc_string_3366.1", 1), ("okx_doc_string_43231.1", 2)])
 def test_okx_doc_strings(vector_id: str, bid_count: int) -> None:
     vector = VECTORS[vector_id]
     bids, asks = levels_from_doc_string(vector["checksum_string"], bid_count)
@@ -226,9 +222,9 @@ def test_okx_doc_string_order() -> None:
     assert bids == [("3366.1", "7")]
     assert asks == [("3366.8", "9"), ("3368", "8"), ("3372", "8")]
     assert okx_checksum(bids, asks) == 831078360
-    assert okx_checksum(
-        [("43231.1", "4"), ("43231", "6")], [("43232.8", "9"), ("43232.9", "8")]
-    ) == -1504501796  # signed: the unsigned CRC is 2790465500
+    assert (
+        okx_checksum([("43231.1", "4"), ("43231", "6")], [("43232.8", "9"), ("43232.9", "8")]) == -1504501796
+    )  # signed: the unsigned CRC is 2790465500
 
 
 def replay_okx(relative: str) -> dict[str, int]:
@@ -277,8 +273,9 @@ def test_okx_first_real_vectors() -> None:
 def test_okx_zero_checksum_is_not_checked() -> None:
     """Since the deprecation OKX sends checksum 0; only the seqId chain then guards the book."""
     frames = [json.loads(line) for line in lines("okx/v5_real_frames_trimmed_2026-09.jsonl")]
-    snapshot, update = [f["data"][0] for f in frames if f.get("arg", {}).get("instId") == "SOL-USDT"
-                        and f["arg"]["channel"] == "books"]
+    snapshot, update = [
+        f["data"][0] for f in frames if f.get("arg", {}).get("instId") == "SOL-USDT" and f["arg"]["channel"] == "books"
+    ]
     assert snapshot["checksum"] == update["checksum"] == 0
     book = OrderBook()
     book.apply_snapshot(pairs(snapshot["bids"]), pairs(snapshot["asks"]))
