@@ -107,5 +107,6 @@ def markdown_table(cls: type[Any]) -> str:
         else:
             shown = "" if default is None else str(default)
         meta = field.metadata
-        rows.append(f"| `{meta['env']}` | `{meta['flag']}` | `{shown}` | {meta['help']} |")
+        shown = f"`{shown}`" if shown else "(empty)"
+        rows.append(f"| `{meta['env']}` | `{meta['flag']}` | {shown} | {meta['help']} |")
     return "\n".join(rows)
