@@ -58,14 +58,27 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
         return eio_sid
 
     def close_transport(self, eio_sid: str, reason: str) -> None:
-        """Close a transport (the client sees a transport close and may reconnect)."""
+        """Drop a transport without an Engine.IO CLOSE packet.
+
+        Clients treat a CLOSE packet as a deliberate server disconnect and do
+        not reconnect (python-engineio), whereas a closed transport makes both
+        socket.io-client and python-socketio reconnect, through the load
+        balancer, to a node that is still serving.
+        """
         socket = self.engineio_socket(eio_sid)
         if socket is None or socket.closed or socket.closing:
             return
         self._on_protocol_close(reason)
-        task = asyncio.get_running_loop().create_task(socket.close(wait=False, abort=False))
+        task = asyncio.get_running_loop().create_task(self._abort(socket))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _abort(socket: Any) -> None:
+        await socket.close(wait=False, abort=True)
+        # Wakes the socket's writer, which then closes the WebSocket (or ends
+        # the pending long-poll); the next poll finds no session and fails.
+        socket.queue.put_nowait(None)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
         await super()._handle_eio_connect(eio_sid, environ)
