@@ -1,0 +1,157 @@
+"""Quick fan-out benchmark of one gateway process (not a pytest test).
+
+Starts a private Redis and one gateway process, connects N lightweight
+clients (a minimal Engine.IO/Socket.IO WebSocket client, so the load client
+is cheap), subscribes them all to one topic, publishes market events at a
+fixed rate and reports deliveries/s achieved vs offered, the fraction
+delivered, publish-to-receive latency and deliveries per gateway CPU-second.
+
+    python -m loadtests.relay_bench --clients 200 --rate 100 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import jwt
+import redis.asyncio
+import uvloop
+
+from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.events import Ticker
+from shared.publisher import AsyncPublisher
+
+SECRET = "benchmark-secret-benchmark-secret-0123"
+TOPIC = "binance:ticker:BTC/USDT"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+@dataclass
+class Stats:
+    received: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+async def client(session: aiohttp.ClientSession, url: str, token: str, stats: Stats, ready: asyncio.Event,
+                 subscribed: list[int]) -> None:
+    async with session.ws_connect(f"{url}/socket.io/?EIO=4&transport=websocket", max_msg_size=0) as ws:
+        await ws.receive_str()  # Engine.IO OPEN
+        await ws.send_str("40" + json.dumps({"token": token}))
+        await ws.receive_str()  # Socket.IO CONNECT
+        await ws.send_str('420["subscribe",["' + TOPIC + '"]]')
+        async for message in ws:
+            data = message.data
+            if data == "2":
+                await ws.send_str("3")
+            elif data.startswith("42["):
+                stats.received += 1
+                at = data.find('"recv_ts":')
+                if at > 0 and stats.received % 10 == 0:
+                    end = data.find(",", at)
+                    stats.latencies_ms.append(time.time() * 1000 - float(data[at + 10 : end]))
+            elif data.startswith("430"):
+                subscribed[0] += 1
+                if subscribed[0] == subscribed[1]:
+                    ready.set()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run(clients: int, rate: int, seconds: float) -> dict[str, float]:
+    with EmbeddedRedis() as server:
+        port = free_port()
+        env = {**os.environ, "REDIS_URL": server.url, "GATEWAY_JWT_SECRET": SECRET, "GATEWAY_PORT": str(port),
+               "GATEWAY_HOST": "127.0.0.1", "GATEWAY_LOG_LEVEL": "warning", "GATEWAY_TRANSPORTS": "websocket"}
+        gateway = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", env=env)
+        url = f"http://127.0.0.1:{port}"
+        stats = Stats()
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+                for _ in range(200):
+                    try:
+                        async with session.get(url + "/readyz") as response:
+                            if response.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.05)
+                token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, SECRET)
+                ready = asyncio.Event()
+                subscribed = [0, clients]
+                tasks = [asyncio.create_task(client(session, url, token, stats, ready, subscribed))
+                         for _ in range(clients)]
+                await asyncio.wait_for(ready.wait(), 60)
+                stats.received = 0
+                stats.latencies_ms.clear()
+                redis_client = redis.asyncio.Redis.from_url(server.url)
+                publisher = AsyncPublisher(redis_client)
+                cpu_before = cpu_seconds(gateway.pid)
+                started = time.monotonic()
+                sent = 0
+                while (elapsed := time.monotonic() - started) < seconds:
+                    due = int(elapsed * rate) - sent
+                    if due > 0:
+                        now = time.time() * 1000
+                        await publisher.publish_market([
+                            Ticker(exchange="binance", symbol="BTC/USDT", ts=int(now), recv_ts=now, seq=sent + i + 1,
+                                   bid="37000.10", ask="37000.20", last="37000.15")
+                            for i in range(due)
+                        ])
+                        sent += due
+                    await asyncio.sleep(0.001)
+                await asyncio.sleep(1.0)  # let in-flight deliveries land
+                cpu = cpu_seconds(gateway.pid) - cpu_before
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await redis_client.aclose()
+        finally:
+            gateway.terminate()
+            await gateway.wait()
+    offered = sent * clients
+    return {
+        "clients": clients,
+        "offered_deliveries_per_s": offered / seconds,
+        "delivered_per_s": stats.received / seconds,
+        "fraction_delivered": stats.received / offered if offered else 0.0,
+        "latency_p50_ms": percentile(stats.latencies_ms, 0.50),
+        "latency_p99_ms": percentile(stats.latencies_ms, 0.99),
+        "latency_max_ms": max(stats.latencies_ms, default=float("nan")),
+        "gateway_cpu_s": cpu,
+        "deliveries_per_cpu_s": stats.received / cpu if cpu else float("nan"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--rate", type=int, default=100, help="messages published per second")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    result = uvloop.run(run(args.clients, args.rate, args.seconds))
+    print(json.dumps(result))
+    for key, value in result.items():
+        print(f"{key:>26}  {value:,.2f}")
+
+
+if __name__ == "__main__":
+    main()
