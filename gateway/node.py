@@ -37,6 +37,7 @@ from shared.topics import Topic
 logger = logging.getLogger(__name__)
 
 SOCKETIO_PATH: Final = "socket.io"
+REDIS_POOL_SIZE: Final = 16
 
 
 class TopicResult:
@@ -94,7 +95,11 @@ class GatewayNode:
         )
         self.fanout = Fanout(self.server, self.metrics)
         self.relay = Relay(redis_url, self.fanout.on_messages, on_state=self._redis_state)
-        self.redis = redis.asyncio.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        # A bounded pool that queues bursts (200 sockets subscribing at once)
+        # instead of failing them with "Too many connections".
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            redis_url, max_connections=REDIS_POOL_SIZE, timeout=5, socket_timeout=5, socket_connect_timeout=5)
+        self.redis = redis.asyncio.Redis(connection_pool=pool)
         self.app = web.Application()
         self.server.attach(self.app, socketio_path=SOCKETIO_PATH)
         ops.add_routes(self.app, self)
