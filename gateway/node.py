@@ -98,8 +98,9 @@ class GatewayNode:
         # A bounded pool that queues bursts (200 sockets subscribing at once)
         # instead of failing them with "Too many connections".
         pool = redis.asyncio.BlockingConnectionPool.from_url(
-            redis_url, max_connections=REDIS_POOL_SIZE, timeout=5, socket_timeout=5, socket_connect_timeout=5)
-        self.redis = redis.asyncio.Redis(connection_pool=pool)
+            redis_url, max_connections=REDIS_POOL_SIZE, timeout=5, socket_timeout=5, socket_connect_timeout=5
+        )
+        self.redis = redis.asyncio.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self.app = web.Application()
         self.server.attach(self.app, socketio_path=SOCKETIO_PATH)
         ops.add_routes(self.app, self)
@@ -109,12 +110,20 @@ class GatewayNode:
         self.server.on("unsubscribe", self._on_unsubscribe)
         self.server.on("refresh", self._on_refresh)
         self.app.on_startup.append(self._start)
+        self.app.on_shutdown.append(self._close_transports)
         self.app.on_cleanup.append(self._cleanup)
 
     # Lifecycle
 
     async def _start(self, _app: web.Application) -> None:
         self._spawn(self.relay.run())
+
+    async def _close_transports(self, _app: web.Application) -> None:
+        """End every transport before aiohttp waits for its handlers (a long-poll would wait a ping interval)."""
+        self.accepting = False
+        for eio_sid in list(self.server.eio.sockets):
+            self.server.close_transport(eio_sid, "shutdown")
+        await self.server.closed()
 
     async def _cleanup(self, _app: web.Application) -> None:
         for task in list(self._tasks):

@@ -73,12 +73,15 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
+    async def closed(self) -> None:
+        """Wait for the transports being closed by `close_transport`."""
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
     @staticmethod
     async def _abort(socket: Any) -> None:
+        # The disconnect handler wakes the socket's writer, which then closes
+        # the WebSocket (or ends the pending long-poll).
         await socket.close(wait=False, abort=True)
-        # Wakes the socket's writer, which then closes the WebSocket (or ends
-        # the pending long-poll); the next poll finds no session and fails.
-        socket.queue.put_nowait(None)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
         await super()._handle_eio_connect(eio_sid, environ)
@@ -95,6 +98,11 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
         deadline = self._deadlines.pop(eio_sid, None)
         if deadline is not None:
             deadline.cancel()
+        socket = self.engineio_socket(eio_sid)
+        if socket is not None:
+            # python-engineio leaves a pending long-poll hanging until the next
+            # ping after a client's CLOSE; ending it now frees the client at once.
+            socket.queue.put_nowait(None)
         await super()._handle_eio_disconnect(eio_sid, reason)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:

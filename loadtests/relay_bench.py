@@ -46,8 +46,9 @@ class Stats:
     latencies_ms: list[float] = field(default_factory=list)
 
 
-async def client(session: aiohttp.ClientSession, url: str, token: str, stats: Stats, ready: asyncio.Event,
-                 subscribed: list[int]) -> None:
+async def client(
+    session: aiohttp.ClientSession, url: str, token: str, stats: Stats, ready: asyncio.Event, subscribed: list[int]
+) -> None:
     async with session.ws_connect(f"{url}/socket.io/?EIO=4&transport=websocket", max_msg_size=0) as ws:
         await ws.receive_str()  # Engine.IO OPEN
         await ws.send_str("40" + json.dumps({"token": token}))
@@ -79,8 +80,15 @@ def percentile(values: list[float], q: float) -> float:
 async def run(clients: int, rate: int, seconds: float) -> dict[str, float]:
     with EmbeddedRedis() as server:
         port = free_port()
-        env = {**os.environ, "REDIS_URL": server.url, "GATEWAY_JWT_SECRET": SECRET, "GATEWAY_PORT": str(port),
-               "GATEWAY_HOST": "127.0.0.1", "GATEWAY_LOG_LEVEL": "warning", "GATEWAY_TRANSPORTS": "websocket"}
+        env = {
+            **os.environ,
+            "REDIS_URL": server.url,
+            "GATEWAY_JWT_SECRET": SECRET,
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_LOG_LEVEL": "warning",
+            "GATEWAY_TRANSPORTS": "websocket",
+        }
         gateway = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", env=env)
         url = f"http://127.0.0.1:{port}"
         stats = Stats()
@@ -97,8 +105,9 @@ async def run(clients: int, rate: int, seconds: float) -> dict[str, float]:
                 token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, SECRET)
                 ready = asyncio.Event()
                 subscribed = [0, clients]
-                tasks = [asyncio.create_task(client(session, url, token, stats, ready, subscribed))
-                         for _ in range(clients)]
+                tasks = [
+                    asyncio.create_task(client(session, url, token, stats, ready, subscribed)) for _ in range(clients)
+                ]
                 await asyncio.wait_for(ready.wait(), 60)
                 stats.received = 0
                 stats.latencies_ms.clear()
@@ -111,11 +120,21 @@ async def run(clients: int, rate: int, seconds: float) -> dict[str, float]:
                     due = int(elapsed * rate) - sent
                     if due > 0:
                         now = time.time() * 1000
-                        await publisher.publish_market([
-                            Ticker(exchange="binance", symbol="BTC/USDT", ts=int(now), recv_ts=now, seq=sent + i + 1,
-                                   bid="37000.10", ask="37000.20", last="37000.15")
-                            for i in range(due)
-                        ])
+                        await publisher.publish_market(
+                            [
+                                Ticker(
+                                    exchange="binance",
+                                    symbol="BTC/USDT",
+                                    ts=int(now),
+                                    recv_ts=now,
+                                    seq=sent + i + 1,
+                                    bid="37000.10",
+                                    ask="37000.20",
+                                    last="37000.15",
+                                )
+                                for i in range(due)
+                            ]
+                        )
                         sent += due
                     await asyncio.sleep(0.001)
                 await asyncio.sleep(1.0)  # let in-flight deliveries land

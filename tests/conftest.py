@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio
-import uvloop
 
 from shared.embedded_redis import EmbeddedRedis
 
@@ -29,8 +28,3 @@ async def redis_client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
     await client.flushall()
     yield client
     await client.aclose()
-
-
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Callable[[], object]]:
-    """Run every test on uvloop, the loop production uses."""
-    return {"uvloop": uvloop.new_event_loop}
