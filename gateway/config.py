@@ -77,6 +77,16 @@ class GatewayConfig:
     )
     ping_interval_s: float = setting(25.0, "GATEWAY_PING_INTERVAL_S", "Engine.IO ping interval, in seconds.")
     ping_timeout_s: float = setting(20.0, "GATEWAY_PING_TIMEOUT_S", "Engine.IO ping timeout, in seconds.")
+    max_recovery: int = setting(
+        1000,
+        "GATEWAY_MAX_RECOVERY",
+        "Records replayed per stream on reconnect; beyond it the client is told to resync by listing.",
+    )
+    history_max_age_s: float = setting(
+        604800.0,
+        "GATEWAY_HISTORY_MAX_AGE_S",
+        "Age of the oldest notification or execution update publishers keep (must match their retention).",
+    )
     shutdown_timeout_s: float = setting(
         10.0, "GATEWAY_SHUTDOWN_TIMEOUT_S", "Deadline for a graceful shutdown on SIGTERM, in seconds."
     )
@@ -86,7 +96,13 @@ class GatewayConfig:
             raise ValueError("one of GATEWAY_JWT_SECRET, GATEWAY_JWT_PUBLIC_KEY or GATEWAY_JWKS_URL is required")
         if not self.transports:
             raise ValueError("GATEWAY_TRANSPORTS must name at least one transport")
-        for name in ("max_subscriptions", "max_topics_per_request", "max_event_bytes", "max_packet_bytes"):
+        for name in (
+            "max_subscriptions",
+            "max_topics_per_request",
+            "max_event_bytes",
+            "max_packet_bytes",
+            "max_recovery",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
 

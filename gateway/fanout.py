@@ -36,16 +36,17 @@ class Fanout:
         # Latest packet of every market topic this node is subscribed to: a new
         # subscriber gets it at once, with no Redis round trip and no gap.
         self._latest: dict[str, object] = {}
+        # Newest position relayed per user and team channel: recovery reads
+        # history until it has caught up with this, then joins the room.
+        self._live: dict[str, str] = {}
 
     def on_messages(self, messages: list[Message]) -> None:
         for channel, payload in messages:
             try:
                 if channel.startswith(_MARKET):
                     self._market(channel.decode(), payload)
-                elif channel.startswith(_USER):
-                    self._stream(channel.decode(), payload, StreamKind.NOTIFICATION)
-                elif channel.startswith(_TEAM):
-                    self._stream(channel.decode(), payload, StreamKind.EXECUTION)
+                elif channel.startswith((_USER, _TEAM)):
+                    self._stream(channel.decode(), payload)
             except (PayloadError, UnicodeDecodeError) as exc:
                 kind = channel.split(b":", 1)[0].decode(errors="replace")
                 self._metrics.messages_rejected.labels(kind).inc()
@@ -55,6 +56,10 @@ class Fanout:
 
     def latest(self, channel: str) -> object | None:
         return self._latest.get(channel)
+
+    def live_position(self, channel: str) -> str | None:
+        """The newest position this node has relayed on a user or team channel."""
+        return self._live.get(channel)
 
     def remember(self, channel: str, payload: bytes) -> None:
         """Keep a value read from Redis unless live traffic already brought a newer one."""
@@ -67,7 +72,22 @@ class Fanout:
             logger.warning("ignored an invalid latest value", extra={"channel": channel, "error": str(exc)})
 
     def forget(self, channel: str) -> None:
+        """Drop what is kept for a channel this node no longer subscribes to."""
         self._latest.pop(channel, None)
+        self._live.pop(channel, None)
+
+    def stream_packet(self, channel: str, position: str, data: bytes) -> object:
+        """The packet of a stored notification or execution update; raises PayloadError."""
+        owner = channel.split(":", 1)[1]
+        if channel.startswith(names.USER_PREFIX):
+            if codec.decode_notification(data).user_id != owner:
+                raise PayloadError(f"a notification for another user was published on {channel}")
+            kind = StreamKind.NOTIFICATION
+        else:
+            if codec.decode_execution(data).team_id != owner:
+                raise PayloadError(f"an execution update of another team was published on {channel}")
+            kind = StreamKind.EXECUTION
+        return message_packet(f'2["{kind}",{data.decode()},"{position}"]')
 
     def _market_packet(self, channel: str, payload: bytes) -> tuple[object, AnyMarketEvent]:
         event = codec.decode_market(payload)
@@ -85,18 +105,18 @@ class Fanout:
         sent = deliver(self._server, room_members(self._server, channel), pkt)
         self._metrics.messages_out.labels("market").inc(sent)
 
-    def _stream(self, channel: str, payload: bytes, expected: StreamKind) -> None:
+    def _stream(self, channel: str, payload: bytes) -> None:
         envelope = codec.decode_envelope(payload)
-        owner = channel.split(":", 1)[1]
-        if envelope.kind is not expected:
+        expected = StreamKind.NOTIFICATION if channel.startswith(names.USER_PREFIX) else StreamKind.EXECUTION
+        if envelope.kind is StreamKind.READ and expected is StreamKind.NOTIFICATION:
+            marks = bytes(envelope.data)
+            codec.decode_read_marks(marks)
+            pkt = message_packet(f'2["notifications_read",{marks.decode()}]')
+        elif envelope.kind is expected:
+            pkt = self.stream_packet(channel, envelope.pos, bytes(envelope.data))
+            self._live[channel] = envelope.pos
+        else:
             raise PayloadError(f"a {envelope.kind} was published on {channel}")
-        if expected is StreamKind.NOTIFICATION:
-            if codec.decode_notification(envelope.data).user_id != owner:
-                raise PayloadError(f"a notification for another user was published on {channel}")
-        elif codec.decode_execution(envelope.data).team_id != owner:
-            raise PayloadError(f"an execution update of another team was published on {channel}")
-        self._metrics.messages_in.labels(str(expected)).inc()
-        data = bytes(envelope.data).decode()
-        pkt = message_packet(f'2["{expected}",{data},"{envelope.pos}"]')
+        self._metrics.messages_in.labels(str(envelope.kind)).inc()
         sent = deliver(self._server, room_members(self._server, channel), pkt)
-        self._metrics.messages_out.labels(str(expected)).inc(sent)
+        self._metrics.messages_out.labels(str(envelope.kind)).inc(sent)

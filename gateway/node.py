@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import redis.asyncio
@@ -25,11 +25,14 @@ from gateway.auth import TokenVerifier
 from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError, RequestError
 from gateway.fanout import Fanout
+from gateway.history import History
 from gateway.metrics import GatewayMetrics
+from gateway.notifications import NotificationRequests
 from gateway.policy import TopicPolicy
 from gateway.relay import Relay
 from gateway.sessions import Session
 from gateway.sio import GuardedServer, deliver, join_room, leave_room
+from gateway.streams import Resume, StreamSync
 from shared import names
 from shared.errors import TopicError
 from shared.topics import Topic
@@ -93,14 +96,17 @@ class GatewayNode:
             on_protocol_close=lambda reason: self.metrics.protocol_closes.labels(reason).inc(),
             on_oversized=lambda: self.metrics.client_errors.labels("payload_too_large").inc(),
         )
-        self.fanout = Fanout(self.server, self.metrics)
-        self.relay = Relay(redis_url, self.fanout.on_messages, on_state=self._redis_state)
         # A bounded pool that queues bursts (200 sockets subscribing at once)
         # instead of failing them with "Too many connections".
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             redis_url, max_connections=REDIS_POOL_SIZE, timeout=5, socket_timeout=5, socket_connect_timeout=5
         )
         self.redis = redis.asyncio.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+        self.fanout = Fanout(self.server, self.metrics)
+        self.history = History(self.redis, max_age_ms=int(config.history_max_age_s * 1000))
+        self.streams = StreamSync(self.server, self.fanout, self.history, max_recovery=config.max_recovery)
+        self.relay = Relay(redis_url, self.fanout.on_messages, on_state=self._redis_state)
+        self.notifications = NotificationRequests(self.history, self.redis, self.metrics)
         self.app = web.Application()
         self.server.attach(self.app, socketio_path=SOCKETIO_PATH)
         ops.add_routes(self.app, self)
@@ -109,6 +115,9 @@ class GatewayNode:
         self.server.on("subscribe", self._on_subscribe)
         self.server.on("unsubscribe", self._on_unsubscribe)
         self.server.on("refresh", self._on_refresh)
+        self.server.on("notifications:list", self._with_session(self.notifications.page))
+        self.server.on("notifications:read", self._with_session(self.notifications.mark_read))
+        self.server.on("notifications:unread", self._with_session(self.notifications.unread))
         self.app.on_startup.append(self._start)
         self.app.on_shutdown.append(self._close_transports)
         self.app.on_cleanup.append(self._cleanup)
@@ -181,6 +190,11 @@ class GatewayNode:
         session = Session(sid, identity, self.policy.user_patterns(identity.claims))
         channels = session.personal_channels
         acquired = await self._acquire_all(channels)
+        resume, resume_valid = Resume.from_auth(auth)
+        try:
+            fresh_start = await self.streams.start_position(session, resume)
+        except (redis.exceptions.RedisError, OSError):
+            fresh_start, resume_valid = None, False
         eio_sid = self.server.eio_sid(sid)
         socket = self.server.engineio_socket(eio_sid) if eio_sid else None
         if len(acquired) < len(channels) or socket is None or socket.closed or socket.closing:
@@ -192,14 +206,27 @@ class GatewayNode:
                     "unavailable", {"code": AuthCode.UNAVAILABLE, "message": "the node cannot reach Redis"}
                 )
             return False
-        for channel in channels:
-            await self.server.enter_room(sid, channel)
         self.sessions[sid] = session
         self._schedule_expiry(session)
+        session.sync_task = self._spawn(self._sync(session, resume, resume_valid, fresh_start))
         self.metrics.connections.inc()
         self.metrics.redis_channels.set(len(self.relay.channels))
         logger.debug("connected", extra={"sid": sid, "user": identity.user_id})
         return True
+
+    async def _sync(self, session: Session, resume: Resume, resume_valid: bool, fresh_start: str | None) -> None:
+        """Catch the socket up on its streams (runs once the CONNECT reply is queued)."""
+        try:
+            status = await self.streams.sync(session, resume, fresh_start)
+            status["complete"] = resume_valid and status["complete"]
+        except (redis.exceptions.RedisError, OSError) as exc:
+            logger.warning("stream sync failed; live only", extra={"sid": session.sid, "error": str(exc)})
+            for channel in session.personal_channels:
+                if not session.closed:
+                    join_room(self.server, session.sid, channel)
+            status = {"complete": False, "error": "unavailable"}
+        if not session.closed:
+            await self.server.emit("sync", status, to=session.sid)
 
     async def _on_disconnect(self, sid: str, reason: object = None) -> None:
         session = self.sessions.pop(sid, None)
@@ -208,8 +235,10 @@ class GatewayNode:
         session.closed = True
         if session.expiry is not None:
             session.expiry.cancel()
+        if session.sync_task is not None:
+            session.sync_task.cancel()
         for channel in session.personal_channels:
-            self.relay.release(channel)
+            self._release(channel)
         for topic in session.topics:
             self._release_topic(topic)
         self.metrics.subscriptions.dec(len(session.topics))
@@ -363,10 +392,27 @@ class GatewayNode:
         return {"ok": True, "results": results}
 
     def _release_topic(self, topic: str) -> None:
-        channel = names.market_channel(topic)
+        self._release(names.market_channel(topic))
+
+    def _release(self, channel: str) -> None:
         self.relay.release(channel)
         if channel not in self.relay.channels:
             self.fanout.forget(channel)
+
+    def _with_session(self, handler: Callable[[Session, object], Awaitable[dict[str, object]]]) -> Callable[..., Any]:
+        """Adapt a request handler to a Socket.IO event handler of a connected socket."""
+
+        async def event(sid: str, data: object = None) -> dict[str, object]:
+            session = self.sessions.get(sid)
+            if session is None:
+                return _error_ack(RequestError("not_connected", "the socket is not connected"))
+            try:
+                return await handler(session, data)
+            except RequestError as exc:
+                self.metrics.client_errors.labels(exc.code).inc()
+                return _error_ack(exc)
+
+        return event
 
     async def _acquire_all(self, channels: list[str]) -> set[str]:
         """Subscribe the channels in Redis; returns those confirmed in time."""

@@ -25,6 +25,7 @@ class Session:
     topics: set[str] = field(default_factory=set)
     pending: set[str] = field(default_factory=set)
     expiry: asyncio.TimerHandle | None = None
+    sync_task: asyncio.Task[None] | None = None
     closed: bool = False
 
     @property

@@ -31,20 +31,32 @@ class StreamKind(StrEnum):
 
     NOTIFICATION = "notification"
     EXECUTION = "execution"
+    READ = "read"  # a user marked notifications read: not stored, only announced
+
+
+Position = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$")]
 
 
 class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A user or team channel message: the record plus its stream position."""
 
-    pos: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$")]
+    pos: Position
     kind: StreamKind
     data: msgspec.Raw
+
+
+class ReadMarks(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Which notifications a user marked read: some positions, or all."""
+
+    positions: Annotated[list[Position], msgspec.Meta(max_length=1000)] = []
+    all: bool = False
 
 
 _market_decoder: Final = msgspec.json.Decoder(AnyMarketEvent)
 _envelope_decoder: Final = msgspec.json.Decoder(Envelope)
 _notification_decoder: Final = msgspec.json.Decoder(Notification)
 _execution_decoder: Final = msgspec.json.Decoder(ExecutionUpdate)
+_read_marks_decoder: Final = msgspec.json.Decoder(ReadMarks)
 _encoder: Final = msgspec.json.Encoder()
 
 encode = _encoder.encode
@@ -88,6 +100,14 @@ def decode_execution(data: bytes | str) -> ExecutionUpdate:
         raise PayloadError(f"bad execution update: {exc}") from exc
 
 
+def decode_read_marks(data: bytes | str) -> ReadMarks:
+    _check_size(data)
+    try:
+        return _read_marks_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"bad read marks: {exc}") from exc
+
+
 def to_builtins(record: msgspec.Struct) -> dict[str, object]:
     """The plain-JSON form of a record, as a client receives it."""
     result = msgspec.to_builtins(record)
@@ -98,11 +118,13 @@ def to_builtins(record: msgspec.Struct) -> dict[str, object]:
 __all__ = [
     "AnyMarketEvent",
     "Envelope",
+    "ReadMarks",
     "StreamKind",
     "decode_envelope",
     "decode_execution",
     "decode_market",
     "decode_notification",
+    "decode_read_marks",
     "encode",
     "to_builtins",
 ]

@@ -146,6 +146,14 @@ FINAL_STATUSES: Final = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.FA
 
 
 class ExecutionUpdate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One state of an execution.
+
+    ``version`` grows with every update of one execution (a counter, or
+    ``updated_at``); the store refuses an update whose version is not newer
+    than the one it holds, so no client ever shows an older state over a
+    newer one.
+    """
+
     execution_id: Ident
     team_id: Ident
     status: ExecutionStatus
@@ -154,3 +162,4 @@ class ExecutionUpdate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     result: Any = None
     error: Annotated[str, msgspec.Meta(max_length=4000)] | None = None
     updated_at: Millis
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**53)]

@@ -42,9 +42,24 @@ def notification_stream(user_id: str) -> str:
     return f"notifications:{{{user_id}}}"
 
 
+def unread_notifications(user_id: str) -> str:
+    """Sorted set of the positions of a user's unread notifications (score: position's milliseconds)."""
+    return f"notifications:{{{user_id}}}:unread"
+
+
 def execution_stream(team_id: str) -> str:
     """Stream of one team's execution updates; entry ids are their positions."""
     return f"executions:{{{team_id}}}"
+
+
+def execution_states(team_id: str) -> str:
+    """Hash of a team's latest execution states: execution id -> "version position json"."""
+    return f"executions:{{{team_id}}}:latest"
+
+
+def finished_executions(team_id: str) -> str:
+    """Sorted set of a team's finished executions, scored by when their state expires (ms)."""
+    return f"executions:{{{team_id}}}:finished"
 
 
 def collector_status_key(collector_id: str) -> str:

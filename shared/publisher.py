@@ -16,26 +16,54 @@ import redis
 import redis.asyncio
 
 from shared import codec, names
-from shared.codec import StreamKind
 from shared.errors import PayloadError
-from shared.events import AnyMarketEvent, ExecutionUpdate, Notification
+from shared.events import FINAL_STATUSES, AnyMarketEvent, ExecutionUpdate, Notification
 
-# Stores a record in its stream and announces it, atomically, so a record is
-# never announced without being stored nor stored without its position being
-# announced. Entry ids are the positions clients resume from.
-#   KEYS[1] stream   ARGV: channel, kind, json, max entries, max age (ms)
-PUBLISH_SCRIPT: Final = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'kind', ARGV[2], 'data', ARGV[3])
+# Stores a notification in its user's stream (and, unless already read, in
+# the unread set) and announces it, atomically: a record is never announced
+# without being stored. Entry ids are the positions clients resume from.
+NOTIFICATION_SCRIPT: Final = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'data', ARGV[2])
 local now = tonumber(string.match(id, '^(%d+)'))
-redis.call('XTRIM', KEYS[1], 'MINID', '~', tostring(now - tonumber(ARGV[5])))
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PUBLISH', ARGV[1], '{"pos":"' .. id .. '","kind":"' .. ARGV[2] .. '","data":' .. ARGV[3] .. '}')
+local oldest = now - tonumber(ARGV[4])
+redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest)
+if ARGV[5] == '1' then redis.call('ZADD', KEYS[2], now, id) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. oldest)
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[3]) - 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[1], '{"pos":"' .. id .. '","kind":"notification","data":' .. ARGV[2] .. '}')
+return id
+"""
+
+# Stores an execution update unless the team already holds a newer (or the
+# same) version of that execution, keeps it as the execution's latest state
+# (finished ones expire after ARGV[7] ms), and announces it, atomically.
+EXECUTION_SCRIPT: Final = """
+local held = redis.call('HGET', KEYS[2], ARGV[5])
+if held and tonumber(string.match(held, '^(%d+)')) >= tonumber(ARGV[6]) then return false end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'data', ARGV[2])
+local now = tonumber(string.match(id, '^(%d+)'))
+redis.call('XTRIM', KEYS[1], 'MINID', '~', now - tonumber(ARGV[4]))
+redis.call('HSET', KEYS[2], ARGV[5], ARGV[6] .. ' ' .. id .. ' ' .. ARGV[2])
+if ARGV[7] ~= '0' then
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[7]), ARGV[5])
+else
+  redis.call('ZREM', KEYS[3], ARGV[5])
+end
+for _, expired in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
+  redis.call('HDEL', KEYS[2], expired)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+redis.call('PUBLISH', ARGV[1], '{"pos":"' .. id .. '","kind":"execution","data":' .. ARGV[2] .. '}')
 return id
 """
 
 DEFAULT_MAX_ENTRIES: Final = 1000
 DEFAULT_MAX_AGE_MS: Final = 7 * 24 * 3600 * 1000
 DEFAULT_LATEST_TTL_S: Final = 3600
+DEFAULT_FINISHED_TTL_MS: Final = 24 * 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +72,7 @@ class Retention:
 
     max_entries: int = DEFAULT_MAX_ENTRIES
     max_age_ms: int = DEFAULT_MAX_AGE_MS
+    finished_ttl_ms: int = DEFAULT_FINISHED_TTL_MS  # how long a finished execution's state is kept
 
 
 def _validated(record: msgspec.Struct) -> bytes:
@@ -59,26 +88,39 @@ def _validated(record: msgspec.Struct) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class _Commands:
-    """The Redis commands of each publish, shared by both publishers."""
+    """The Redis commands of each publish, shared by both publishers: (script, keys, args)."""
 
     retention: Retention
     latest_ttl_s: int
 
-    def stream_args(self, record: Notification | ExecutionUpdate) -> tuple[list[str], list[str]]:
+    def record(self, record: Notification | ExecutionUpdate) -> tuple[str, list[str], list[str]]:
+        data = _validated(record).decode()
+        limits = [str(self.retention.max_entries), str(self.retention.max_age_ms)]
         if isinstance(record, Notification):
-            stream = names.notification_stream(record.user_id)
-            channel, kind = names.user_channel(record.user_id), StreamKind.NOTIFICATION
-        else:
-            stream = names.execution_stream(record.team_id)
-            channel, kind = names.team_channel(record.team_id), StreamKind.EXECUTION
-        args = [
-            channel,
-            str(kind),
-            _validated(record).decode(),
-            str(self.retention.max_entries),
-            str(self.retention.max_age_ms),
+            keys = [names.notification_stream(record.user_id), names.unread_notifications(record.user_id)]
+            args = [names.user_channel(record.user_id), data, *limits, "0" if record.read else "1"]
+            return NOTIFICATION_SCRIPT, keys, args
+        keys = [
+            names.execution_stream(record.team_id),
+            names.execution_states(record.team_id),
+            names.finished_executions(record.team_id),
         ]
-        return [stream], args
+        keep_ms = self.retention.finished_ttl_ms if record.status in FINAL_STATUSES else 0
+        args = [
+            names.team_channel(record.team_id),
+            data,
+            *limits,
+            record.execution_id,
+            str(record.version),
+            str(keep_ms),
+        ]
+        return EXECUTION_SCRIPT, keys, args
+
+
+def _position(reply: object) -> str | None:
+    if reply is None:
+        return None
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
 class AsyncPublisher:
@@ -93,7 +135,7 @@ class AsyncPublisher:
     ) -> None:
         self._redis = client
         self._commands = _Commands(retention or Retention(), latest_ttl_s)
-        self._script = client.register_script(PUBLISH_SCRIPT)
+        self._scripts = {text: client.register_script(text) for text in (NOTIFICATION_SCRIPT, EXECUTION_SCRIPT)}
 
     async def publish_market(self, events: list[AnyMarketEvent]) -> None:
         """Publish a batch of market events in one pipeline round trip."""
@@ -106,11 +148,10 @@ class AsyncPublisher:
                 pipe.set(names.latest_key(topic), data, ex=self._commands.latest_ttl_s)
         await pipe.execute()
 
-    async def publish(self, record: Notification | ExecutionUpdate) -> str:
-        """Store and announce one record; returns its position."""
-        keys, args = self._commands.stream_args(record)
-        position = await self._script(keys=keys, args=args)
-        return position.decode() if isinstance(position, bytes) else str(position)
+    async def publish(self, record: Notification | ExecutionUpdate) -> str | None:
+        """Store and announce one record; returns its position, or None for a stale execution update."""
+        script, keys, args = self._commands.record(record)
+        return _position(await self._scripts[script](keys=keys, args=args))
 
 
 class SyncPublisher:
@@ -125,9 +166,9 @@ class SyncPublisher:
     ) -> None:
         self._redis = client
         self._commands = _Commands(retention or Retention(), latest_ttl_s)
-        self._script = client.register_script(PUBLISH_SCRIPT)
+        self._scripts = {text: client.register_script(text) for text in (NOTIFICATION_SCRIPT, EXECUTION_SCRIPT)}
 
-    def publish(self, record: Notification | ExecutionUpdate) -> str:
-        keys, args = self._commands.stream_args(record)
-        position = self._script(keys=keys, args=args)
-        return position.decode() if isinstance(position, bytes) else str(position)
+    def publish(self, record: Notification | ExecutionUpdate) -> str | None:
+        """Store and announce one record; returns its position, or None for a stale execution update."""
+        script, keys, args = self._commands.record(record)
+        return _position(self._scripts[script](keys=keys, args=args))

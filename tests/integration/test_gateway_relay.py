@@ -47,7 +47,9 @@ def notification(user: str, n: int) -> Notification:
 
 
 def execution(team: str, n: int) -> ExecutionUpdate:
-    return ExecutionUpdate(execution_id=f"e{n}", team_id=team, status="running", progress=n, updated_at=1)
+    return ExecutionUpdate(
+        execution_id=f"e{n}", team_id=team, status="running", progress=n, updated_at=1, version=n + 1
+    )
 
 
 async def pubsub_channels(client: redis.asyncio.Redis) -> set[str]:

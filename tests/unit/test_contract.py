@@ -122,7 +122,14 @@ def test_notification_and_execution_schemas_are_strict() -> None:
         with pytest.raises(PayloadError):
             codec.decode_notification(bad)
     update = ExecutionUpdate(
-        execution_id="e1", team_id="t1", status="failed", progress=100, error="boom", result={"fills": 3}, updated_at=1
+        execution_id="e1",
+        team_id="t1",
+        status="failed",
+        progress=100,
+        error="boom",
+        result={"fills": 3},
+        updated_at=1,
+        version=1,
     )
     assert codec.decode_execution(codec.encode(update)) == update
     with pytest.raises(PayloadError):

@@ -1,0 +1,137 @@
+"""Reads of what Redis keeps for recovery: notification and execution streams, states, read marks.
+
+Positions are stream entry ids (``<ms>-<n>``). They only grow within one
+stream, which is what makes "everything after position P" well defined.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis.asyncio
+
+from shared import names
+
+POSITION_RE: Final = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+ORIGIN: Final = "0-0"
+
+
+def position_key(position: str) -> tuple[int, int]:
+    """Order of positions: numeric on both parts."""
+    ms, _, seq = position.partition("-")
+    return int(ms), int(seq)
+
+
+def newer(a: str | None, b: str) -> bool:
+    """Whether position `a` is after `b` (None is before everything)."""
+    return a is not None and position_key(a) > position_key(b)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    position: str
+    data: bytes
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _entry(entry_id: Any, fields: Any) -> Entry:
+    data = fields.get(b"data", b"") if isinstance(fields, dict) else b""
+    return Entry(_text(entry_id), data if isinstance(data, bytes) else str(data).encode())
+
+
+class History:
+    """Stream reads for one node; every method is one or two Redis round trips."""
+
+    def __init__(self, client: redis.asyncio.Redis, *, max_age_ms: int) -> None:
+        self._redis = client
+        self._max_age_ms = max_age_ms
+
+    async def after(self, stream: str, position: str, count: int) -> list[Entry]:
+        """Up to `count` entries after `position`, oldest first."""
+        rows = await self._redis.xrange(stream, min="(" + position, max="+", count=count)
+        return [_entry(entry_id, fields) for entry_id, fields in rows or ()]
+
+    async def last_position(self, stream: str) -> str:
+        rows = await self._redis.xrevrange(stream, max="+", min="-", count=1)
+        return _text(rows[0][0]) if rows else ORIGIN
+
+    async def retained_since(self, stream: str, position: str, now_ms: int) -> bool:
+        """Whether every entry after `position` is still stored (none trimmed or expired)."""
+        try:
+            info = await self._redis.xinfo_stream(stream)
+        except redis.exceptions.ResponseError:
+            # No stream: nothing was published within the retention age, or
+            # everything expired. Only the first is a complete history.
+            return now_ms - position_key(position)[0] < self._max_age_ms
+        deleted = info.get("max-deleted-entry-id")
+        return deleted is None or not newer(_text(deleted), position)
+
+    async def execution_states(self, team_id: str, now_ms: int) -> list[Entry]:
+        """The latest state of each of the team's executions still kept, oldest position first."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(names.execution_states(team_id))
+        pipe.zrangebyscore(names.finished_executions(team_id), "-inf", now_ms)
+        states, expired = await pipe.execute()
+        gone = {_text(e) for e in expired}
+        entries = []
+        for execution_id, value in states.items():
+            if _text(execution_id) in gone:
+                continue
+            _version, position, data = bytes(value).split(b" ", 2)
+            entries.append(Entry(position.decode(), data))
+        entries.sort(key=lambda e: position_key(e.position))
+        return entries
+
+    async def unread_count(self, user_id: str) -> int:
+        return int(await self._redis.zcard(names.unread_notifications(user_id)))
+
+    async def mark_read(self, user_id: str, positions: list[str] | None) -> int:
+        """Mark positions (None: all) read; returns the unread count afterwards."""
+        key = names.unread_notifications(user_id)
+        pipe = self._redis.pipeline(transaction=True)
+        if positions is None:
+            pipe.delete(key)
+        elif positions:
+            pipe.zrem(key, *positions)
+        pipe.zcard(key)
+        results = await pipe.execute()
+        return int(results[-1])
+
+    async def unread_page(self, user_id: str, offset: int, limit: int) -> list[Entry]:
+        """Unread notifications, newest first."""
+        positions = [
+            _text(p)
+            for p in await self._redis.zrevrange(names.unread_notifications(user_id), offset, offset + limit - 1)
+        ]
+        return await self._entries(names.notification_stream(user_id), positions)
+
+    async def read_page(self, user_id: str, before: str | None, limit: int) -> tuple[list[Entry], str | None]:
+        """Read notifications, newest first, older than `before`; and the cursor of the next page."""
+        stream, unread = names.notification_stream(user_id), names.unread_notifications(user_id)
+        collected: list[Entry] = []
+        cursor = before
+        while True:
+            rows = await self._redis.xrevrange(stream, max="(" + cursor if cursor else "+", min="-", count=limit)
+            if not rows:
+                return collected, None
+            batch = [_entry(i, f) for i, f in rows]
+            scores = await self._redis.zmscore(unread, [e.position for e in batch])
+            for entry, score in zip(batch, scores, strict=True):
+                cursor = entry.position
+                if score is None:
+                    collected.append(entry)
+                    if len(collected) == limit:
+                        return collected, entry.position
+            if len(rows) < limit:
+                return collected, None
+
+    async def _entries(self, stream: str, positions: list[str]) -> list[Entry]:
+        pipe = self._redis.pipeline(transaction=False)
+        for position in positions:
+            pipe.xrange(stream, min=position, max=position, count=1)
+        return [_entry(*rows[0]) for rows in await pipe.execute() if rows]
