@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import Final
 
+from gateway.history import ORIGIN, newer
 from gateway.metrics import GatewayMetrics
 from gateway.pubsub import Message
 from gateway.sio import GuardedServer, deliver, message_packet, room_members
@@ -39,6 +41,9 @@ class Fanout:
         # Newest position relayed per user and team channel: recovery reads
         # history until it has caught up with this, then joins the room.
         self._live: dict[str, str] = {}
+        # Channels being caught up from their stream after a Redis outage:
+        # live records wait here so that order holds and none is sent twice.
+        self._held: dict[str, list[tuple[str, object]]] = {}
 
     def on_messages(self, messages: list[Message]) -> None:
         for channel, payload in messages:
@@ -75,6 +80,40 @@ class Fanout:
         """Drop what is kept for a channel this node no longer subscribes to."""
         self._latest.pop(channel, None)
         self._live.pop(channel, None)
+        self._held.pop(channel, None)
+
+    def joined_at(self, channel: str, position: str) -> None:
+        """A socket joined `channel` caught up to `position`: the room is at least there."""
+        if not newer(self._live.get(channel), position):
+            self._live[channel] = position
+
+    def hold(self, channels: Iterable[str]) -> None:
+        """Hold live records of these user and team channels until `release_held` (Redis outage)."""
+        for channel in channels:
+            if channel.startswith((names.USER_PREFIX, names.TEAM_PREFIX)):
+                self._held.setdefault(channel, [])
+
+    def deliver_recovered(self, channel: str, position: str, data: bytes) -> None:
+        """Send a record read from the stream to the room, unless the room already has it."""
+        if not newer(position, self._live.get(channel, ORIGIN)):
+            return
+        try:
+            pkt = self.stream_packet(channel, position, data)
+        except PayloadError as exc:
+            self._metrics.messages_rejected.labels("stored").inc()
+            logger.warning("skipped an invalid stored record", extra={"channel": channel, "error": str(exc)})
+            return
+        self._live[channel] = position
+        self._send_stream(channel, pkt, "recovered")
+
+    def release_held(self, channel: str) -> None:
+        """End a catch-up: send the held live records the stream read did not already cover."""
+        for position, pkt in self._held.pop(channel, []):
+            if newer(position, self._live.get(channel, ORIGIN)):
+                self._live[channel] = position
+                self._send_stream(
+                    channel, pkt, "notification" if channel.startswith(names.USER_PREFIX) else "execution"
+                )
 
     def stream_packet(self, channel: str, position: str, data: bytes) -> object:
         """The packet of a stored notification or execution update; raises PayloadError."""
@@ -112,11 +151,21 @@ class Fanout:
             marks = bytes(envelope.data)
             codec.decode_read_marks(marks)
             pkt = message_packet(f'2["notifications_read",{marks.decode()}]')
+            self._metrics.messages_in.labels(str(envelope.kind)).inc()
         elif envelope.kind is expected:
             pkt = self.stream_packet(channel, envelope.pos, bytes(envelope.data))
+            self._metrics.messages_in.labels(str(envelope.kind)).inc()
+            held = self._held.get(channel)
+            if held is not None:
+                held.append((envelope.pos, pkt))
+                return
+            if not newer(envelope.pos, self._live.get(channel, ORIGIN)):
+                return  # already sent (read from the stream after an outage)
             self._live[channel] = envelope.pos
         else:
             raise PayloadError(f"a {envelope.kind} was published on {channel}")
-        self._metrics.messages_in.labels(str(envelope.kind)).inc()
+        self._send_stream(channel, pkt, str(envelope.kind))
+
+    def _send_stream(self, channel: str, pkt: object, kind: str) -> None:
         sent = deliver(self._server, room_members(self._server, channel), pkt)
-        self._metrics.messages_out.labels(str(envelope.kind)).inc(sent)
+        self._metrics.messages_out.labels(kind).inc(sent)

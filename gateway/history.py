@@ -61,15 +61,18 @@ class History:
         return _text(rows[0][0]) if rows else ORIGIN
 
     async def retained_since(self, stream: str, position: str, now_ms: int) -> bool:
-        """Whether every entry after `position` is still stored (none trimmed or expired)."""
-        try:
-            info = await self._redis.xinfo_stream(stream)
-        except redis.exceptions.ResponseError:
-            # No stream: nothing was published within the retention age, or
-            # everything expired. Only the first is a complete history.
-            return now_ms - position_key(position)[0] < self._max_age_ms
-        deleted = info.get("max-deleted-entry-id")
-        return deleted is None or not newer(_text(deleted), position)
+        """Whether every entry after `position` is still stored (none trimmed or expired).
+
+        Positions are ``<ms>-<n>`` with n counting the stream's entries, so the
+        first stored entry tells whether any after the client's were trimmed.
+        """
+        rows = await self._redis.xrange(stream, min="-", max="+", count=1)
+        since_ms, since_n = position_key(position)
+        if not rows:
+            # No stream: nothing published within the retention age, or all of it expired.
+            return now_ms - since_ms < self._max_age_ms
+        first_ms, first_n = position_key(_text(rows[0][0]))
+        return first_n <= since_n + 1 and first_ms - since_ms < self._max_age_ms
 
     async def execution_states(self, team_id: str, now_ms: int) -> list[Entry]:
         """The latest state of each of the team's executions still kept, oldest position first."""

@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 SOCKETIO_PATH: Final = "socket.io"
 REDIS_POOL_SIZE: Final = 16
+CATCH_UP_BACKOFF_S: Final = 0.1
+CATCH_UP_BACKOFF_MAX_S: Final = 5.0
 
 
 class TopicResult:
@@ -105,7 +107,9 @@ class GatewayNode:
         self.fanout = Fanout(self.server, self.metrics)
         self.history = History(self.redis, max_age_ms=int(config.history_max_age_s * 1000))
         self.streams = StreamSync(self.server, self.fanout, self.history, max_recovery=config.max_recovery)
-        self.relay = Relay(redis_url, self.fanout.on_messages, on_state=self._redis_state)
+        self.relay = Relay(
+            redis_url, self.fanout.on_messages, on_state=self._redis_state, on_restored=self._channel_restored
+        )
         self.notifications = NotificationRequests(self.history, self.redis, self.metrics)
         self.app = web.Application()
         self.server.attach(self.app, socketio_path=SOCKETIO_PATH)
@@ -165,6 +169,26 @@ class GatewayNode:
 
     def _redis_state(self, connected: bool) -> None:
         self.metrics.redis_connected.set(1 if connected else 0)
+        if not connected:
+            # Until each channel is caught up from its stream, live records wait.
+            self.fanout.hold(self.relay.confirmed)
+
+    def _channel_restored(self, channel: str) -> None:
+        if channel.startswith((names.USER_PREFIX, names.TEAM_PREFIX)):
+            self._spawn(self._catch_up(channel))
+
+    async def _catch_up(self, channel: str) -> None:
+        """Send a room what was published on its channel while Redis was unreachable."""
+        delay = CATCH_UP_BACKOFF_S
+        while channel in self.relay.channels:
+            try:
+                await self.streams.catch_up(channel)
+            except (redis.exceptions.RedisError, OSError) as exc:
+                logger.warning("catch-up failed; retrying", extra={"channel": channel, "error": str(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CATCH_UP_BACKOFF_MAX_S)
+            else:
+                return
 
     @property
     def ready(self) -> bool:

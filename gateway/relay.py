@@ -35,10 +35,15 @@ class Relay:
         on_messages: Callable[[list[Message]], None],
         *,
         on_state: Callable[[bool], None] | None = None,
+        on_restored: Callable[[str], None] | None = None,
     ) -> None:
         self._url = redis_url
         self._on_messages = on_messages
         self._on_state = on_state or (lambda _ready: None)
+        self._on_restored = on_restored or (lambda _channel: None)
+        # Channels subscribed again after a reconnect and not yet confirmed:
+        # their confirmation means "messages may have been missed meanwhile".
+        self._restoring: set[str] = set()
         self._counts: dict[str, int] = {}
         self._confirmed: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -48,6 +53,11 @@ class Relay:
     @property
     def ready(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def confirmed(self) -> frozenset[str]:
+        """The channels Redis confirmed on the current (or the last lost) connection."""
+        return frozenset(self._confirmed)
 
     @property
     def channels(self) -> frozenset[str]:
@@ -76,6 +86,7 @@ class Relay:
     async def _hold(self, connection: PubSubConnection) -> None:
         """Subscribe everything needed on a fresh connection, then wait for it to end."""
         self._connection = connection
+        self._restoring = set(self._confirmed)
         self._confirmed.clear()
         channels = list(self._counts)
         for start in range(0, len(channels), SUBSCRIBE_BATCH):
@@ -122,6 +133,7 @@ class Relay:
             return
         self._counts.pop(channel, None)
         self._confirmed.discard(channel)
+        self._restoring.discard(channel)
         if count == 1 and self._connection is not None:
             self._connection.unsubscribe([channel])
 
@@ -130,6 +142,9 @@ class Relay:
         if channel not in self._counts:
             return  # released while the SUBSCRIBE was in flight; its UNSUBSCRIBE follows
         self._confirmed.add(channel)
+        if channel in self._restoring:
+            self._restoring.discard(channel)
+            self._on_restored(channel)
         for waiter in self._waiters.pop(channel, []):
             if not waiter.done():
                 waiter.set_result(None)

@@ -136,7 +136,26 @@ class StreamSync:
         # No await between the last check above and the join: the seam is exact.
         if not session.closed:
             join_room(self._server, session.sid, channel)
+            self._fanout.joined_at(channel, position)
         return {"position": position, "recovered": recovered, "complete": complete}
+
+    async def catch_up(self, channel: str) -> None:
+        """After a Redis outage: send a room what it missed, then the live records held meanwhile."""
+        start = self._fanout.live_position(channel)
+        if start is not None:
+            kind, owner = channel.split(":", 1)
+            stream = (
+                names.notification_stream(owner) if kind + ":" == names.USER_PREFIX else names.execution_stream(owner)
+            )
+            position = start
+            while True:
+                entries = await self._history.after(stream, position, READ_BATCH)
+                for entry in entries:
+                    self._fanout.deliver_recovered(channel, entry.position, entry.data)
+                if len(entries) < READ_BATCH:
+                    break
+                position = entries[-1].position
+        self._fanout.release_held(channel)
 
     def _send(self, session: Session, channel: str, entry: Entry) -> None:
         eio_sid = self._server.eio_sid(session.sid)

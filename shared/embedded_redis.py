@@ -57,9 +57,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedRedis:
     """A redis-server child process on a free loopback port."""
 
-    def __init__(self, *, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(self, *, port: int | None = None, binary: str | None = None, data_dir: str | None = None) -> None:
+        """`data_dir` makes the server durable (append-only file there, kept on stop); default: memory only."""
         self.port = port or free_port()
         self.binary = binary or find_server_binary()
+        self._data_dir = data_dir
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: str | None = None
 
@@ -68,24 +70,12 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> EmbeddedRedis:
-        self._dir = tempfile.mkdtemp(prefix="fanout-redis-")
+        self._dir = self._data_dir or tempfile.mkdtemp(prefix="fanout-redis-")
+        durable = ["--appendonly", "yes", "--appendfsync", "always"] if self._data_dir else ["--appendonly", "no"]
         args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            self._dir,
-            "--daemonize",
-            "no",
-            "--loglevel",
-            "warning",
-        ]
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *durable,
+            "--dir", self._dir, "--daemonize", "no", "--loglevel", "warning",
+        ]  # fmt: skip
         self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             args,
             stdout=subprocess.DEVNULL,
@@ -116,9 +106,9 @@ class EmbeddedRedis:
             if self._process.stderr:
                 self._process.stderr.close()
             self._process = None
-        if self._dir is not None:
+        if self._dir is not None and self._data_dir is None:
             shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        self._dir = None
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()

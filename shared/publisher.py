@@ -19,12 +19,31 @@ from shared import codec, names
 from shared.errors import PayloadError
 from shared.events import FINAL_STATUSES, AnyMarketEvent, ExecutionUpdate, Notification
 
+# The next entry id of a stream: "<ms>-<n>", where n counts the stream's
+# entries (it never repeats while the stream lives) and ms is Redis's clock,
+# never going back. A reader compares a client's n with the first stored n
+# to know whether anything after the client's position was trimmed.
+NEXT_ID_LUA: Final = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local clock = redis.call('TIME')
+local ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local n = 1
+if last[1] then
+  local last_ms, last_n = string.match(last[1][1], '^(%d+)-(%d+)$')
+  n = tonumber(last_n) + 1
+  if tonumber(last_ms) > ms then ms = tonumber(last_ms) end
+end
+local next_id = string.format('%d-%d', ms, n)
+"""
+
 # Stores a notification in its user's stream (and, unless already read, in
 # the unread set) and announces it, atomically: a record is never announced
 # without being stored. Entry ids are the positions clients resume from.
-NOTIFICATION_SCRIPT: Final = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'data', ARGV[2])
-local now = tonumber(string.match(id, '^(%d+)'))
+NOTIFICATION_SCRIPT: Final = (
+    NEXT_ID_LUA
+    + """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], next_id, 'data', ARGV[2])
+local now = ms
 local oldest = now - tonumber(ARGV[4])
 redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest)
 if ARGV[5] == '1' then redis.call('ZADD', KEYS[2], now, id) end
@@ -35,15 +54,18 @@ redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[1], '{"pos":"' .. id .. '","kind":"notification","data":' .. ARGV[2] .. '}')
 return id
 """
+)
 
 # Stores an execution update unless the team already holds a newer (or the
 # same) version of that execution, keeps it as the execution's latest state
 # (finished ones expire after ARGV[7] ms), and announces it, atomically.
-EXECUTION_SCRIPT: Final = """
+EXECUTION_SCRIPT: Final = (
+    NEXT_ID_LUA
+    + """
 local held = redis.call('HGET', KEYS[2], ARGV[5])
 if held and tonumber(string.match(held, '^(%d+)')) >= tonumber(ARGV[6]) then return false end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'data', ARGV[2])
-local now = tonumber(string.match(id, '^(%d+)'))
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], next_id, 'data', ARGV[2])
+local now = ms
 redis.call('XTRIM', KEYS[1], 'MINID', '~', now - tonumber(ARGV[4]))
 redis.call('HSET', KEYS[2], ARGV[5], ARGV[6] .. ' ' .. id .. ' ' .. ARGV[2])
 if ARGV[7] ~= '0' then
@@ -59,6 +81,7 @@ for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 redis.call('PUBLISH', ARGV[1], '{"pos":"' .. id .. '","kind":"execution","data":' .. ARGV[2] .. '}')
 return id
 """
+)
 
 DEFAULT_MAX_ENTRIES: Final = 1000
 DEFAULT_MAX_AGE_MS: Final = 7 * 24 * 3600 * 1000

@@ -127,12 +127,17 @@ def new_client(reconnection: bool = False) -> Client:
 
 @asynccontextmanager
 async def connected(
-    url: str, token: str | None, *, transport: str = "websocket", reconnection: bool = False
+    url: str,
+    token: str | None,
+    *,
+    transport: str = "websocket",
+    reconnection: bool = False,
+    auth: dict[str, Any] | None = None,
 ) -> AsyncIterator[Client]:
+    """A connected client; `auth` replaces the plain `{token}` payload when given."""
     client = new_client(reconnection)
-    await client.sio.connect(
-        url, auth={"token": token} if token is not None else None, transports=[transport], wait_timeout=5
-    )
+    payload = auth if auth is not None else ({"token": token} if token is not None else None)
+    await client.sio.connect(url, auth=payload, transports=[transport], wait_timeout=5)
     try:
         yield client
     finally:

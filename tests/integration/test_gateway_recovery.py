@@ -1,0 +1,255 @@
+"""Nothing lost, nothing twice: recovery across disconnects, node changes and a Redis restart.
+
+Every scenario counts what was published and what the client received,
+and checks the order; the counts are printed for the closing notes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio
+
+from shared.embedded_redis import EmbeddedRedis
+from shared.events import ExecutionUpdate, Notification
+from shared.publisher import AsyncPublisher, Retention
+from tests.harness import Client, connected, make_token, running_node, wait_until
+
+
+def note(user: str, n: int, *, read: bool = False) -> Notification:
+    return Notification(id=f"n{n}", user_id=user, type="info", title=f"t{n}", message="m", created_at=n, read=read)
+
+
+def update(team: str, execution: str, version: int, status: str = "running") -> ExecutionUpdate:
+    return ExecutionUpdate(
+        execution_id=execution,
+        team_id=team,
+        status=status,
+        progress=min(version, 100),
+        updated_at=version,
+        version=version,
+    )
+
+
+class Tally:
+    """What one client received, per stream, with its positions."""
+
+    def __init__(self) -> None:
+        self.notifications: list[str] = []
+        self.executions: list[tuple[str, int]] = []
+        self.positions: dict[str, Any] = {"executions": {}}
+
+    async def drain(self, client: Client, *, notifications: int = 0, executions: int = 0, timeout: float = 10) -> None:
+        for _ in range(notifications):
+            data, position = await client.next("notification", timeout)
+            self.notifications.append(data["id"])
+            self.positions["notifications"] = position
+        for _ in range(executions):
+            data, position = await client.next("execution", timeout)
+            self.executions.append((data["execution_id"], data["version"]))
+            self.positions["executions"][data["team_id"]] = position
+
+    def take_sync(self, status: dict[str, Any]) -> None:
+        self.positions["notifications"] = status["notifications"]["position"]
+        for team, part in status["executions"].items():
+            self.positions["executions"][team] = part["position"]
+
+
+def report(scenario: str, published: int, received: list[Any]) -> None:
+    lost = published - len(set(received))
+    duplicated = len(received) - len(set(received))
+    print(f"[recovery] {scenario}: published={published} received={len(received)} lost={lost} duplicated={duplicated}")
+
+
+async def test_everything_missed_while_away_arrives_once_in_order(
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
+) -> None:
+    publisher = AsyncPublisher(redis_client)
+    tally = Tally()
+    token = make_token(sub="grace", teams=["ops"])
+    async with running_node(redis_url) as node:
+        async with connected(node.url, token) as client:
+            (status,) = await client.next("sync")
+            assert status["complete"] is True and status["notifications"]["recovered"] == 0
+            tally.take_sync(status)
+            await publisher.publish(note("grace", 0))
+            await publisher.publish(update("ops", "e1", 1))
+            await tally.drain(client, notifications=1, executions=1)
+        for i in range(1, 51):  # while the client is away
+            await publisher.publish(note("grace", i))
+        for version in range(2, 32):
+            await publisher.publish(update("ops", "e1", version))
+        async with connected(node.url, None, auth={"token": token, "positions": tally.positions}) as client:
+            await tally.drain(client, notifications=50, executions=30)
+            (status,) = await client.next("sync")
+            assert status["complete"] is True
+            assert status["notifications"]["recovered"] == 50 and status["executions"]["ops"]["recovered"] == 30
+            for i in range(51, 56):  # live again, right after the seam
+                await publisher.publish(note("grace", i))
+            await tally.drain(client, notifications=5)
+            await client.nothing("notification")
+            await client.nothing("execution")
+    assert tally.notifications == [f"n{i}" for i in range(56)]
+    assert tally.executions == [("e1", v) for v in range(1, 32)]
+    report("disconnected, same node", 87, tally.notifications + tally.executions)
+
+
+async def test_reconnecting_to_another_node_while_publishing_continues(
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
+) -> None:
+    publisher = AsyncPublisher(redis_client)
+    total = 300
+    tally = Tally()
+    token = make_token(sub="heidi")
+
+    async def publish_all() -> None:
+        for i in range(total):
+            await publisher.publish(note("heidi", i))
+            await asyncio.sleep(0.001)
+
+    async with running_node(redis_url) as first, running_node(redis_url) as second:
+        async with connected(first.url, token) as client:
+            tally.take_sync((await client.next("sync"))[0])
+            publishing = asyncio.create_task(publish_all())
+            await tally.drain(client, notifications=60)
+        async with connected(second.url, None, auth={"token": token, "positions": tally.positions}) as client:
+            await publishing
+            remaining = total - len(tally.notifications)
+            await tally.drain(client, notifications=remaining)
+            await client.nothing("notification")
+    assert tally.notifications == [f"n{i}" for i in range(total)]
+    report("moved to another node mid-stream", total, tally.notifications)
+
+
+async def test_a_redis_restart_loses_nothing_stored(redis_client: redis.asyncio.Redis, tmp_path: Path) -> None:
+    server = EmbeddedRedis(data_dir=str(tmp_path)).start()
+    tally = Tally()
+    try:
+        async with running_node(server.url) as node, connected(node.url, make_token(sub="ivan")) as client:
+            tally.take_sync((await client.next("sync"))[0])
+            async with redis.asyncio.Redis.from_url(server.url) as r:
+                for i in range(20):
+                    await AsyncPublisher(r).publish(note("ivan", i))
+            await tally.drain(client, notifications=20)
+            server.stop()
+            await wait_until(lambda: not node.node.ready)
+            server = EmbeddedRedis(port=server.port, data_dir=str(tmp_path)).start()
+            # Published as soon as Redis is back, before the node has resubscribed.
+            async with redis.asyncio.Redis.from_url(server.url) as r:
+                for i in range(20, 40):
+                    await AsyncPublisher(r).publish(note("ivan", i))
+            await wait_until(lambda: node.node.ready, timeout=10)
+            async with redis.asyncio.Redis.from_url(server.url) as r:
+                for i in range(40, 50):
+                    await AsyncPublisher(r).publish(note("ivan", i))
+            await tally.drain(client, notifications=30)
+            await client.nothing("notification")
+            assert client.sio.connected
+    finally:
+        server.stop()
+    assert tally.notifications == [f"n{i}" for i in range(50)]
+    report("redis restarted", 50, tally.notifications)
+
+
+async def test_recovery_beyond_the_bound_says_incomplete(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
+    publisher = AsyncPublisher(redis_client, retention=Retention(max_entries=1000))
+    token = make_token(sub="judy")
+    async with running_node(redis_url, max_recovery=10) as node:
+        async with connected(node.url, token) as client:
+            position = (await client.next("sync"))[0]["notifications"]["position"]
+        for i in range(25):
+            await publisher.publish(note("judy", i))
+        async with connected(node.url, None, auth={"token": token, "positions": {"notifications": position}}) as c:
+            (status,) = await c.next("sync")
+            assert status["complete"] is False and status["notifications"]["complete"] is False
+            await c.nothing("notification")
+            await publisher.publish(note("judy", 99))
+            assert (await c.next("notification"))[0]["id"] == "n99"  # live continues
+            listing = await c.call("notifications:list", {"limit": 100})
+            assert [item["notification"]["id"] for item in listing["items"]][:3] == ["n99", "n24", "n23"]
+
+
+async def test_trimmed_history_says_incomplete(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
+    publisher = AsyncPublisher(redis_client, retention=Retention(max_entries=5))
+    token = make_token(sub="ken")
+    async with running_node(redis_url) as node:
+        async with connected(node.url, token) as client:
+            position = (await client.next("sync"))[0]["notifications"]["position"]
+        for i in range(300):  # far past the 5 kept: trimming has deleted some the client never saw
+            await publisher.publish(note("ken", i))
+        async with connected(node.url, None, auth={"token": token, "positions": {"notifications": position}}) as c:
+            (status,) = await c.next("sync")
+            assert status["notifications"]["complete"] is False
+        bad = {"token": token, "positions": {"notifications": "not-a-position"}}
+        async with connected(node.url, None, auth=bad) as c:
+            assert (await c.next("sync"))[0]["complete"] is False
+
+
+async def test_execution_states_on_connect_and_stale_versions(
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
+) -> None:
+    publisher = AsyncPublisher(redis_client, retention=Retention(finished_ttl_ms=200))
+    assert await publisher.publish(update("red", "run-1", 5)) is not None
+    assert await publisher.publish(update("red", "run-1", 4)) is None  # older: refused, never announced
+    assert await publisher.publish(update("red", "run-2", 1)) is not None
+    assert await publisher.publish(update("red", "done-1", 3, status="completed")) is not None
+    async with running_node(redis_url) as node:
+        async with connected(node.url, make_token(sub="leo", teams=["red", "blue"])) as client:
+            states = [(await client.next("execution"))[0] for _ in range(3)]
+            assert [(s["execution_id"], s["version"]) for s in states] == [("run-1", 5), ("run-2", 1), ("done-1", 3)]
+            (status,) = await client.next("sync")
+            assert status["executions"]["red"]["complete"] is True and "blue" in status["executions"]
+        await asyncio.sleep(0.3)  # the finished execution's state expires
+        await publisher.publish(update("red", "run-1", 6))
+        async with connected(node.url, make_token(sub="leo", teams=["red"])) as client:
+            states = [(await client.next("execution"))[0] for _ in range(2)]
+            assert [(s["execution_id"], s["version"]) for s in states] == [("run-2", 1), ("run-1", 6)]
+            await client.nothing("execution")
+
+
+async def test_list_read_and_unread_count_sync_across_sockets(
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
+) -> None:
+    publisher = AsyncPublisher(redis_client)
+    positions = [await publisher.publish(note("mia", i, read=(i == 0))) for i in range(6)]
+    token = make_token(sub="mia")
+    async with (
+        running_node(redis_url) as n1,
+        running_node(redis_url) as n2,
+        connected(n1.url, token) as tab1,
+        connected(n2.url, token) as tab2,
+    ):
+        await tab1.next("sync")
+        await tab2.next("sync")
+        assert await tab1.call("notifications:unread", None) == {"ok": True, "unread": 5}
+        page = await tab1.call("notifications:list", {"limit": 4})
+        assert [(i["notification"]["id"], i["notification"]["read"]) for i in page["items"]] == [
+            ("n5", False),
+            ("n4", False),
+            ("n3", False),
+            ("n2", False),
+        ]
+        rest = await tab1.call("notifications:list", {"limit": 4, "cursor": page["cursor"]})
+        assert [(i["notification"]["id"], i["notification"]["read"]) for i in rest["items"]] == [
+            ("n1", False),
+            ("n0", True),
+        ]
+        assert rest["cursor"] is None and rest["unread"] == 5
+        assert await tab1.call("notifications:read", {"positions": positions[4:6]}) == {"ok": True, "unread": 3}
+        (marks,) = await tab2.next("notifications_read")  # the other tab, on the other node
+        assert marks == {"positions": positions[4:6], "all": False}
+        assert await tab2.call("notifications:read", {"all": True}) == {"ok": True, "unread": 0}
+        assert (await tab1.next("notifications_read"))[0]["all"] is False  # its own first mark
+        assert (await tab1.next("notifications_read"))[0]["all"] is True
+        for bad in ({"positions": ["x"]}, {"positions": "1-0"}, [], {"limit": 0}):
+            reply = await tab1.call("notifications:read", bad)
+            assert reply["ok"] is False and reply["error"]["code"] == "bad_request"
+        for bad in ({"limit": 0}, {"limit": "5"}, {"cursor": "zz"}, [1]):
+            reply = await tab1.call("notifications:list", bad)
+            assert reply["ok"] is False and reply["error"]["code"] == "bad_request"
