@@ -77,6 +77,16 @@ class GatewayConfig:
     )
     ping_interval_s: float = setting(25.0, "GATEWAY_PING_INTERVAL_S", "Engine.IO ping interval, in seconds.")
     ping_timeout_s: float = setting(20.0, "GATEWAY_PING_TIMEOUT_S", "Engine.IO ping timeout, in seconds.")
+    conflate_above: int = setting(
+        64,
+        "GATEWAY_CONFLATE_ABOVE",
+        "Queued packets past which a socket is lagging: its market data is conflated per topic (newest wins).",
+    )
+    max_queued: int = setting(
+        1024,
+        "GATEWAY_MAX_QUEUED",
+        "Queued packets past which a socket that must not lose a message is disconnected (it recovers on reconnect).",
+    )
     max_recovery: int = setting(
         1000,
         "GATEWAY_MAX_RECOVERY",

@@ -16,7 +16,7 @@ from typing import Final
 from gateway.history import ORIGIN, newer
 from gateway.metrics import GatewayMetrics
 from gateway.pubsub import Message
-from gateway.sio import GuardedServer, deliver, message_packet, room_members
+from gateway.sio import GuardedServer, Outbox, message_packet, room_members
 from shared import codec, names
 from shared.codec import StreamKind
 from shared.errors import PayloadError
@@ -32,8 +32,9 @@ _TEAM: Final = names.TEAM_PREFIX.encode()
 class Fanout:
     """Routes each Redis message to the room of the same name."""
 
-    def __init__(self, server: GuardedServer, metrics: GatewayMetrics) -> None:
+    def __init__(self, server: GuardedServer, outbox: Outbox, metrics: GatewayMetrics) -> None:
         self._server = server
+        self._outbox = outbox
         self._metrics = metrics
         # Latest packet of every market topic this node is subscribed to: a new
         # subscriber gets it at once, with no Redis round trip and no gap.
@@ -141,7 +142,7 @@ class Fanout:
         self._metrics.relay_latency.observe(max(0.0, time.time() - event.recv_ts / 1000))
         if event.topic.has_snapshot:
             self._latest[channel] = pkt
-        sent = deliver(self._server, room_members(self._server, channel), pkt)
+        sent = self._outbox.send(room_members(self._server, channel), pkt, conflate_key=channel)
         self._metrics.messages_out.labels("market").inc(sent)
 
     def _stream(self, channel: str, payload: bytes) -> None:
@@ -167,5 +168,5 @@ class Fanout:
         self._send_stream(channel, pkt, str(envelope.kind))
 
     def _send_stream(self, channel: str, pkt: object, kind: str) -> None:
-        sent = deliver(self._server, room_members(self._server, channel), pkt)
+        sent = self._outbox.send(room_members(self._server, channel), pkt)
         self._metrics.messages_out.labels(kind).inc(sent)

@@ -34,6 +34,19 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
+        self.conflated = Counter(
+            "gateway_conflated_total",
+            "Market packets replaced by a newer one before a lagging socket took them.",
+            registry=r,
+        )
+        self.slow_consumer_disconnects = Counter(
+            "gateway_slow_consumer_disconnects_total",
+            "Sockets disconnected because their send queue was full.",
+            registry=r,
+        )
+        self.lagging_sockets = Gauge(
+            "gateway_lagging_sockets", "Sockets whose market data is being conflated.", registry=r
+        )
         self.relay_latency = Histogram(
             "gateway_relay_latency_seconds",
             "From a market event's receive stamp to its fan-out on this node.",

@@ -31,7 +31,7 @@ from gateway.notifications import NotificationRequests
 from gateway.policy import TopicPolicy
 from gateway.relay import Relay
 from gateway.sessions import Session
-from gateway.sio import GuardedServer, deliver, join_room, leave_room
+from gateway.sio import GuardedServer, Outbox, join_room, leave_room
 from gateway.streams import Resume, StreamSync
 from shared import names
 from shared.errors import TopicError
@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 SOCKETIO_PATH: Final = "socket.io"
 REDIS_POOL_SIZE: Final = 16
 CATCH_UP_BACKOFF_S: Final = 0.1
+# How often lagging sockets are checked; short enough that a socket that
+# caught up gets its conflated values without a visible delay.
+FLUSH_INTERVAL_S: Final = 0.02
 CATCH_UP_BACKOFF_MAX_S: Final = 5.0
 
 
@@ -104,9 +107,16 @@ class GatewayNode:
             redis_url, max_connections=REDIS_POOL_SIZE, timeout=5, socket_timeout=5, socket_connect_timeout=5
         )
         self.redis = redis.asyncio.Redis.from_pool(pool)  # owns the pool: aclose() closes it
-        self.fanout = Fanout(self.server, self.metrics)
+        self.outbox = Outbox(
+            self.server,
+            conflate_above=config.conflate_above,
+            max_queued=config.max_queued,
+            on_conflated=self.metrics.conflated.inc,
+            on_overflow=self.metrics.slow_consumer_disconnects.inc,
+        )
+        self.fanout = Fanout(self.server, self.outbox, self.metrics)
         self.history = History(self.redis, max_age_ms=int(config.history_max_age_s * 1000))
-        self.streams = StreamSync(self.server, self.fanout, self.history, max_recovery=config.max_recovery)
+        self.streams = StreamSync(self.server, self.outbox, self.fanout, self.history, max_recovery=config.max_recovery)
         self.relay = Relay(
             redis_url, self.fanout.on_messages, on_state=self._redis_state, on_restored=self._channel_restored
         )
@@ -130,6 +140,14 @@ class GatewayNode:
 
     async def _start(self, _app: web.Application) -> None:
         self._spawn(self.relay.run())
+        self._spawn(self._flush_lagging())
+
+    async def _flush_lagging(self) -> None:
+        """Hand conflated market data to sockets that caught up."""
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            self.outbox.flush()
+            self.metrics.lagging_sockets.set(self.outbox.lagging)
 
     async def _close_transports(self, _app: web.Application) -> None:
         """End every transport before aiohttp waits for its handlers (a long-poll would wait a ping interval)."""
@@ -383,7 +401,7 @@ class GatewayNode:
             # slip in between, so the client sees no gap and no older value.
             latest = self.fanout.latest(channel)
             if latest is not None and eio_sid is not None:
-                deliver(self.server, (eio_sid,), latest)
+                self.outbox.send((eio_sid,), latest, conflate_key=channel)
             join_room(self.server, session.sid, channel)
             session.topics.add(str(topic))
         self.metrics.subscriptions.inc(len(topics) - len(failed))

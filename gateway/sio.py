@@ -172,16 +172,72 @@ def message_packet(text: str) -> eio_packet.Packet:
     return eio_packet.Packet(eio_packet.MESSAGE, data=text)
 
 
-def deliver(server: GuardedServer, eio_sids: Iterable[str], pkt: object) -> int:
-    """Queue `pkt` to each open socket; returns how many it was queued to."""
-    sockets = server.eio.sockets
-    sent = 0
-    for eio_sid in eio_sids:
-        socket = sockets.get(eio_sid)
-        if socket is not None and not socket.closed and not socket.closing:
-            socket.queue.put_nowait(pkt)
+class Outbox:
+    """Bounded per-socket send queues, with conflation for market data.
+
+    A socket whose queue holds `conflate_above` packets is lagging: its market
+    packets then wait in a per-topic slot where the newest replaces an unsent
+    older one, and `flush()` moves them on once the queue has drained. Other
+    packets (notifications, execution updates, acks) are never dropped: past
+    `max_queued` the socket is disconnected instead, and recovers by position
+    on reconnect. One stalled socket costs at most `max_queued` references to
+    shared packets plus one per topic, and never delays another socket.
+    """
+
+    def __init__(
+        self,
+        server: GuardedServer,
+        *,
+        conflate_above: int,
+        max_queued: int,
+        on_conflated: Callable[[], None],
+        on_overflow: Callable[[], None],
+    ) -> None:
+        self._server = server
+        self._conflate_above = conflate_above
+        self._max_queued = max_queued
+        self._on_conflated = on_conflated
+        self._on_overflow = on_overflow
+        self._lagging: dict[str, dict[str, object]] = {}
+
+    @property
+    def lagging(self) -> int:
+        return len(self._lagging)
+
+    def send(self, eio_sids: Iterable[str], pkt: object, conflate_key: str | None = None) -> int:
+        """Queue `pkt` to each open socket; returns how many it was queued (or conflated) to."""
+        sockets = self._server.eio.sockets
+        lagging = self._lagging
+        sent = 0
+        for eio_sid in eio_sids:
+            socket = sockets.get(eio_sid)
+            if socket is None or socket.closed or socket.closing:
+                continue
+            queue = socket.queue
+            if conflate_key is not None and (eio_sid in lagging or queue.qsize() >= self._conflate_above):
+                slots = lagging.setdefault(eio_sid, {})
+                if conflate_key in slots:
+                    self._on_conflated()
+                slots[conflate_key] = pkt
+            elif queue.qsize() < self._max_queued:
+                queue.put_nowait(pkt)
+            else:
+                self._on_overflow()
+                self._server.close_transport(eio_sid, "slow_consumer")
+                continue
             sent += 1
-    return sent
+        return sent
+
+    def flush(self) -> None:
+        """Move conflated packets of sockets whose queue has drained (called periodically)."""
+        sockets = self._server.eio.sockets
+        for eio_sid in list(self._lagging):
+            socket = sockets.get(eio_sid)
+            if socket is None or socket.closed or socket.closing:
+                del self._lagging[eio_sid]
+            elif socket.queue.qsize() < self._conflate_above // 2:
+                for pkt in self._lagging.pop(eio_sid).values():
+                    socket.queue.put_nowait(pkt)
 
 
 def room_members(server: GuardedServer, room: str) -> Iterable[str]:

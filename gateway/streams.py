@@ -19,7 +19,7 @@ from typing import Final
 from gateway.fanout import Fanout
 from gateway.history import ORIGIN, POSITION_RE, Entry, History, newer
 from gateway.sessions import Session
-from gateway.sio import GuardedServer, deliver, join_room
+from gateway.sio import GuardedServer, Outbox, join_room
 from shared import names
 from shared.errors import PayloadError
 
@@ -63,8 +63,17 @@ class Resume:
 class StreamSync:
     """Per-connection catch-up of the user's and teams' streams."""
 
-    def __init__(self, server: GuardedServer, fanout: Fanout, history: History, *, max_recovery: int) -> None:
+    def __init__(
+        self,
+        server: GuardedServer,
+        outbox: Outbox,
+        fanout: Fanout,
+        history: History,
+        *,
+        max_recovery: int,
+    ) -> None:
         self._server = server
+        self._outbox = outbox
         self._fanout = fanout
         self._history = history
         self._max_recovery = max_recovery
@@ -165,4 +174,4 @@ class StreamSync:
             logger.warning("skipped an invalid stored record", extra={"channel": channel, "error": str(exc)})
             return
         if eio_sid is not None:
-            deliver(self._server, (eio_sid,), pkt)
+            self._outbox.send((eio_sid,), pkt)
