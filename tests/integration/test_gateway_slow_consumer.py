@@ -1,0 +1,106 @@
+"""A client that stops reading: conflated, then disconnected; nobody else notices."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import struct
+import time
+
+import redis.asyncio
+
+from shared.events import Book, Notification
+from shared.publisher import AsyncPublisher
+from tests.harness import connected, make_token, running_node, wait_until
+
+TOPIC = "bybit:book:BTC/USDT"
+
+
+def book(seq: int) -> Book:
+    levels = [(f"{100 + i}.5", "1.25") for i in range(50)]
+    return Book(
+        exchange="bybit", symbol="BTC/USDT", ts=1, recv_ts=time.time() * 1000, seq=seq, bids=levels, asks=levels
+    )
+
+
+def ws_frame(text: str) -> bytes:
+    """A masked client text frame."""
+    payload = text.encode()
+    mask = os.urandom(4)
+    header = bytes([0x81])
+    if len(payload) < 126:
+        header += bytes([0x80 | len(payload)])
+    else:
+        header += bytes([0x80 | 126]) + struct.pack("!H", len(payload))
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def stalled_client(url: str, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect and subscribe over a raw WebSocket with a tiny receive buffer, then never read again."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(ws_frame("40" + json.dumps({"token": token})))
+    writer.write(ws_frame('420["subscribe",["' + TOPIC + '"]]'))
+    await writer.drain()
+    return reader, writer
+
+
+async def test_stalled_socket_is_conflated_then_disconnected(
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
+) -> None:
+    publisher = AsyncPublisher(redis_client)
+    async with (
+        running_node(redis_url, conflate_above=150, max_queued=300) as node,
+        connected(node.url, make_token(sub="watcher")) as watcher,
+    ):
+        await watcher.call("subscribe", [TOPIC])
+        reader, writer = await stalled_client(node.url, make_token(sub="sleeper"))
+        await wait_until(lambda: len(node.node.sessions) == 2 and all(s.topics for s in node.node.sessions.values()))
+        sleeper_sid = next(s.sid for s in node.node.sessions.values() if s.identity.user_id == "sleeper")
+        eio_sid = node.node.server.eio_sid(sleeper_sid)
+        sleeper_queue = node.node.server.engineio_socket(eio_sid).queue
+        published, deepest, latencies = 0, 0, []
+        for batch in range(40):  # 4000 books of ~2.4 KB: far more than the socket buffers hold
+            await publisher.publish_market([book(batch * 100 + i + 1) for i in range(100)])
+            published += 100
+            for _ in range(100):
+                _, data = await watcher.next("market")
+                latencies.append(time.time() * 1000 - data["recv_ts"])
+            deepest = max(deepest, sleeper_queue.qsize())
+        assert deepest <= 300  # the stalled socket's queue stayed bounded
+        assert node.node.metrics.conflated._value.get() > 0
+        assert node.node.outbox.lagging == 1
+        latencies.sort()
+        print(
+            f"[slow consumer] watcher received {len(latencies)}/{published}, "
+            f"p50 {latencies[len(latencies) // 2]:.1f} ms, p99 {latencies[int(len(latencies) * 0.99)]:.1f} ms, "
+            f"stalled queue max {deepest}"
+        )
+        # Notifications are never dropped: once they cannot be queued, the socket goes.
+        for i in range(200):
+            await publisher.publish(
+                Notification(id=f"n{i}", user_id="sleeper", type="info", title="t", message="m" * 1000, created_at=1)
+            )
+        await wait_until(lambda: sleeper_sid not in node.node.sessions, timeout=10)
+        assert node.node.metrics.slow_consumer_disconnects._value.get() == 1
+        assert watcher.sio.connected
+        await watcher.call("subscribe", [TOPIC])  # the node is still serving
+        writer.close()
+        del reader
