@@ -87,6 +87,24 @@ class GatewayConfig:
         "GATEWAY_MAX_QUEUED",
         "Queued packets past which a socket that must not lose a message is disconnected (it recovers on reconnect).",
     )
+    connect_rate_per_ip: float = setting(
+        10.0, "GATEWAY_CONNECT_RATE_PER_IP", "Socket.IO connection attempts per second allowed from one address."
+    )
+    connect_burst_per_ip: int = setting(
+        50, "GATEWAY_CONNECT_BURST_PER_IP", "Connection attempts one address may make at once before the rate applies."
+    )
+    trust_forwarded_for: bool = setting(
+        False,
+        "GATEWAY_TRUST_FORWARDED_FOR",
+        "Take the client address from the last X-Forwarded-For entry (only behind a proxy that sets it).",
+    )
+    max_connections_per_user: int = setting(
+        50, "GATEWAY_MAX_CONNECTIONS_PER_USER", "Sockets one user may hold on one node."
+    )
+    event_rate: float = setting(50.0, "GATEWAY_EVENT_RATE", "Events per second one socket may send.")
+    event_burst: int = setting(
+        100, "GATEWAY_EVENT_BURST", "Events one socket may send at once before the rate applies."
+    )
     max_recovery: int = setting(
         1000,
         "GATEWAY_MAX_RECOVERY",

@@ -19,6 +19,9 @@ class AuthCode(StrEnum):
     TOKEN_NOT_YET_VALID = "token_not_yet_valid"
     CLAIMS_INVALID = "claims_invalid"
     FORBIDDEN = "forbidden"
+    TOKEN_REVOKED = "token_revoked"
+    RATE_LIMITED = "rate_limited"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
     UNAVAILABLE = "unavailable"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from gateway.history import ORIGIN, newer
@@ -18,7 +18,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.pubsub import Message
 from gateway.sio import GuardedServer, Outbox, message_packet, room_members
 from shared import codec, names
-from shared.codec import StreamKind
+from shared.codec import Revocation, StreamKind
 from shared.errors import PayloadError
 from shared.events import AnyMarketEvent
 
@@ -27,13 +27,22 @@ logger = logging.getLogger(__name__)
 _MARKET: Final = names.MARKET_PREFIX.encode()
 _USER: Final = names.USER_PREFIX.encode()
 _TEAM: Final = names.TEAM_PREFIX.encode()
+_CONTROL: Final = names.CONTROL_CHANNEL.encode()
 
 
 class Fanout:
     """Routes each Redis message to the room of the same name."""
 
-    def __init__(self, server: GuardedServer, outbox: Outbox, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        server: GuardedServer,
+        outbox: Outbox,
+        metrics: GatewayMetrics,
+        *,
+        on_revocation: Callable[[Revocation], None],
+    ) -> None:
         self._server = server
+        self._on_revocation = on_revocation
         self._outbox = outbox
         self._metrics = metrics
         # Latest packet of every market topic this node is subscribed to: a new
@@ -53,6 +62,8 @@ class Fanout:
                     self._market(channel.decode(), payload)
                 elif channel.startswith((_USER, _TEAM)):
                     self._stream(channel.decode(), payload)
+                elif channel == _CONTROL:
+                    self._on_revocation(codec.decode_revocation(payload))
             except (PayloadError, UnicodeDecodeError) as exc:
                 kind = channel.split(b":", 1)[0].decode(errors="replace")
                 self._metrics.messages_rejected.labels(kind).inc()

@@ -21,11 +21,12 @@ import socketio
 from aiohttp import web
 
 from gateway import ops
-from gateway.auth import TokenVerifier
+from gateway.auth import Identity, TokenVerifier
 from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError, RequestError
 from gateway.fanout import Fanout
 from gateway.history import History
+from gateway.limits import KeyedBuckets
 from gateway.metrics import GatewayMetrics
 from gateway.notifications import NotificationRequests
 from gateway.policy import TopicPolicy
@@ -34,6 +35,7 @@ from gateway.sessions import Session
 from gateway.sio import GuardedServer, Outbox, join_room, leave_room
 from gateway.streams import Resume, StreamSync
 from shared import names
+from shared.codec import Revocation
 from shared.errors import TopicError
 from shared.topics import Topic
 
@@ -68,6 +70,15 @@ def _error_ack(exc: RequestError) -> dict[str, object]:
     return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
 
 
+def client_address(environ: Mapping[str, Any], *, trust_forwarded_for: bool) -> str:
+    """The client's address; behind a trusted proxy, the one the proxy appended last."""
+    if trust_forwarded_for:
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR", "")
+        if forwarded:
+            return str(forwarded.rsplit(",", 1)[-1].strip())
+    return str(environ.get("REMOTE_ADDR", ""))
+
+
 def bearer_token(environ: Mapping[str, Any]) -> str | None:
     header = environ.get("HTTP_AUTHORIZATION", "")
     scheme, _, token = header.partition(" ")
@@ -83,6 +94,8 @@ class GatewayNode:
         self.verifier = TokenVerifier(config)
         self.policy = TopicPolicy(config.allowed_topics, config.topics_claim)
         self.sessions: dict[str, Session] = {}
+        self._user_sockets: dict[str, int] = {}
+        self._connect_buckets = KeyedBuckets(config.connect_rate_per_ip, config.connect_burst_per_ip)
         self.accepting = True
         self._drained = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -99,7 +112,9 @@ class GatewayNode:
             connect_timeout_s=config.connect_timeout_s,
             max_event_bytes=config.max_event_bytes,
             on_protocol_close=lambda reason: self.metrics.protocol_closes.labels(reason).inc(),
-            on_oversized=lambda: self.metrics.client_errors.labels("payload_too_large").inc(),
+            event_rate=config.event_rate,
+            event_burst=config.event_burst,
+            on_refused=lambda code: self.metrics.client_errors.labels(code).inc(),
         )
         # A bounded pool that queues bursts (200 sockets subscribing at once)
         # instead of failing them with "Too many connections".
@@ -114,11 +129,15 @@ class GatewayNode:
             on_conflated=self.metrics.conflated.inc,
             on_overflow=self.metrics.slow_consumer_disconnects.inc,
         )
-        self.fanout = Fanout(self.server, self.outbox, self.metrics)
+        self.fanout = Fanout(self.server, self.outbox, self.metrics, on_revocation=self._revoked)
         self.history = History(self.redis, max_age_ms=int(config.history_max_age_s * 1000))
         self.streams = StreamSync(self.server, self.outbox, self.fanout, self.history, max_recovery=config.max_recovery)
         self.relay = Relay(
-            redis_url, self.fanout.on_messages, on_state=self._redis_state, on_restored=self._channel_restored
+            redis_url,
+            self.fanout.on_messages,
+            on_state=self._redis_state,
+            on_restored=self._channel_restored,
+            permanent=(names.CONTROL_CHANNEL,),
         )
         self.notifications = NotificationRequests(self.history, self.redis, self.metrics)
         self.app = web.Application()
@@ -215,15 +234,8 @@ class GatewayNode:
     # Connection
 
     async def _on_connect(self, sid: str, environ: Mapping[str, Any], auth: object) -> bool:
-        if not self.accepting:
-            raise socketio.exceptions.ConnectionRefusedError(
-                "unavailable", {"code": AuthCode.UNAVAILABLE, "message": "this node is shutting down"}
-            )
-        token = auth.get("token") if isinstance(auth, dict) else None
-        if token is None:
-            token = bearer_token(environ)
         try:
-            identity = await self.verifier.verify(token)
+            identity = await self._admit(environ, auth)
         except AuthError as exc:
             self.metrics.auth_failures.labels(exc.code).inc()
             raise socketio.exceptions.ConnectionRefusedError(
@@ -249,12 +261,51 @@ class GatewayNode:
                 )
             return False
         self.sessions[sid] = session
+        self._user_sockets[identity.user_id] = self._user_sockets.get(identity.user_id, 0) + 1
         self._schedule_expiry(session)
         session.sync_task = self._spawn(self._sync(session, resume, resume_valid, fresh_start))
         self.metrics.connections.inc()
         self.metrics.redis_channels.set(len(self.relay.channels))
         logger.debug("connected", extra={"sid": sid, "user": identity.user_id})
         return True
+
+    async def _admit(self, environ: Mapping[str, Any], auth: object) -> Identity:
+        """Who may connect: node accepting, address under its rate, token valid and not revoked, user under cap."""
+        if not self.accepting:
+            raise AuthError(AuthCode.UNAVAILABLE, "this node is shutting down")
+        if not self._connect_buckets.take(client_address(environ, trust_forwarded_for=self.config.trust_forwarded_for)):
+            raise AuthError(AuthCode.RATE_LIMITED, "too many connection attempts from this address; retry later")
+        token = auth.get("token") if isinstance(auth, dict) else None
+        identity = await self.verifier.verify(bearer_token(environ) if token is None else token)
+        await self._check_revoked(identity)
+        if self._user_sockets.get(identity.user_id, 0) >= self.config.max_connections_per_user:
+            raise AuthError(AuthCode.TOO_MANY_CONNECTIONS, "this user holds too many connections on this node")
+        return identity
+
+    async def _check_revoked(self, identity: Identity) -> None:
+        keys = [names.revoked_user(identity.user_id)]
+        if identity.token_id is not None:
+            keys.append(names.revoked_token(identity.token_id))
+        try:
+            values = await self.redis.mget(keys)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise AuthError(AuthCode.UNAVAILABLE, "cannot check revocations; retry") from exc
+        issued_ms = (
+            float(identity.claims.get("iat", 0)) * 1000 if isinstance(identity.claims.get("iat"), int | float) else 0
+        )
+        if values[0] is not None and issued_ms <= float(values[0]):
+            raise AuthError(AuthCode.TOKEN_REVOKED, "this user's tokens issued before the revocation are refused")
+        if len(values) > 1 and values[1] is not None:
+            raise AuthError(AuthCode.TOKEN_REVOKED, "this token was revoked")
+
+    def _revoked(self, revocation: Revocation) -> None:
+        """A control message: close the matching sockets on this node within the second."""
+        for session in list(self.sessions.values()):
+            identity = session.identity
+            if revocation.user_id == identity.user_id or (
+                revocation.token_id is not None and revocation.token_id == identity.token_id
+            ):
+                self._spawn(self._disconnect_with(session.sid, "session_revoked", AuthCode.TOKEN_REVOKED))
 
     async def _sync(self, session: Session, resume: Resume, resume_valid: bool, fresh_start: str | None) -> None:
         """Catch the socket up on its streams (runs once the CONNECT reply is queued)."""
@@ -275,6 +326,11 @@ class GatewayNode:
         if session is None:
             return
         session.closed = True
+        user_id = session.identity.user_id
+        if self._user_sockets.get(user_id, 0) <= 1:
+            self._user_sockets.pop(user_id, None)
+        else:
+            self._user_sockets[user_id] -= 1
         if session.expiry is not None:
             session.expiry.cancel()
         if session.sync_task is not None:
@@ -299,14 +355,15 @@ class GatewayNode:
     def _expire(self, session: Session) -> None:
         if session.closed:
             return
-        self._spawn(self._disconnect_expired(session.sid))
+        self._spawn(self._disconnect_with(session.sid, "session_expired", AuthCode.TOKEN_EXPIRED))
 
-    async def _disconnect_expired(self, sid: str) -> None:
-        await self.server.emit(
-            "session_expired",
-            {"code": AuthCode.TOKEN_EXPIRED, "message": "the token expired; reconnect with a new one"},
-            to=sid,
-        )
+    async def _disconnect_with(self, sid: str, event: str, code: AuthCode) -> None:
+        """Tell the client why, then disconnect it (a server disconnect: the client does not retry by itself)."""
+        messages = {
+            AuthCode.TOKEN_EXPIRED: "the token expired; reconnect with a new one",
+            AuthCode.TOKEN_REVOKED: "access was revoked",
+        }
+        await self.server.emit(event, {"code": code, "message": messages.get(code, str(code))}, to=sid)
         await self.server.disconnect(sid)
 
     async def _on_refresh(self, sid: str, data: object = None) -> dict[str, object]:
@@ -317,6 +374,7 @@ class GatewayNode:
         token = data.get("token") if isinstance(data, dict) else None
         try:
             identity = await self.verifier.verify(token)
+            await self._check_revoked(identity)
         except AuthError as exc:
             self.metrics.auth_failures.labels(exc.code).inc()
             return _error_ack(RequestError(str(exc.code), exc.message))

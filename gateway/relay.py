@@ -36,6 +36,7 @@ class Relay:
         *,
         on_state: Callable[[bool], None] | None = None,
         on_restored: Callable[[str], None] | None = None,
+        permanent: tuple[str, ...] = (),
     ) -> None:
         self._url = redis_url
         self._on_messages = on_messages
@@ -44,7 +45,8 @@ class Relay:
         # Channels subscribed again after a reconnect and not yet confirmed:
         # their confirmation means "messages may have been missed meanwhile".
         self._restoring: set[str] = set()
-        self._counts: dict[str, int] = {}
+        # Channels held for the node itself (the control channel) start counted.
+        self._counts: dict[str, int] = dict.fromkeys(permanent, 1)
         self._confirmed: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._connection: PubSubConnection | None = None

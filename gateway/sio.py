@@ -19,6 +19,8 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
+from gateway.limits import TokenBucket
+
 logger = logging.getLogger(__name__)
 
 NAMESPACE: Final = "/"
@@ -38,14 +40,19 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
         *,
         connect_timeout_s: float,
         max_event_bytes: int,
+        event_rate: float,
+        event_burst: int,
         on_protocol_close: Callable[[str], None],
-        on_oversized: Callable[[], None],
+        on_refused: Callable[[str], None],
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._connect_timeout_s = connect_timeout_s
         self._max_event_bytes = max_event_bytes
-        self._on_oversized = on_oversized
+        self._event_rate = event_rate
+        self._event_burst = event_burst
+        self._event_buckets: dict[str, TokenBucket] = {}
+        self._on_refused = on_refused
         self._on_protocol_close = on_protocol_close
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -95,6 +102,7 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
             self.close_transport(eio_sid, "connect_timeout")
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        self._event_buckets.pop(eio_sid, None)
         deadline = self._deadlines.pop(eio_sid, None)
         if deadline is not None:
             deadline.cancel()
@@ -108,7 +116,15 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         """Decode strictly; anything unexpected closes the transport."""
         if isinstance(data, str) and len(data) > self._max_event_bytes:
-            await self._refuse_oversized(eio_sid, data)
+            await self._refuse(
+                eio_sid, data, "payload_too_large", f"events are limited to {self._max_event_bytes} bytes"
+            )
+            return
+        bucket = self._event_buckets.get(eio_sid)
+        if bucket is None:
+            bucket = self._event_buckets[eio_sid] = TokenBucket(self._event_rate, self._event_burst)
+        if isinstance(data, str) and data[:1] == "2" and not bucket.take():  # EVENT packets only
+            await self._refuse(eio_sid, data, "rate_limited", "too many events; slow down")
             return
         try:
             pkt = self._decode(eio_sid, data)
@@ -130,16 +146,13 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
         else:
             await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
 
-    async def _refuse_oversized(self, eio_sid: str, data: str) -> None:
-        """Answer an oversized event with an error ack, read from its header only."""
-        self._on_oversized()
-        match = _EVENT_HEADER.match(data)
+    async def _refuse(self, eio_sid: str, data: object, code: str, message: str) -> None:
+        """Answer a refused event with an error ack, read from its header only (no JSON parsing)."""
+        self._on_refused(code)
+        match = _EVENT_HEADER.match(data) if isinstance(data, str) else None
         if match is None or match.group("id") is None:
             return
-        error = {
-            "ok": False,
-            "error": {"code": "payload_too_large", "message": f"events are limited to {self._max_event_bytes} bytes"},
-        }
+        error = {"ok": False, "error": {"code": code, "message": message}}
         ack = self.packet_class(sio_packet.ACK, namespace=NAMESPACE, id=int(match.group("id")), data=[error])
         await self._send_packet(eio_sid, ack)
 

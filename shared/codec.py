@@ -52,11 +52,19 @@ class ReadMarks(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     all: bool = False
 
 
+class Revocation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A control message: disconnect a user's sockets, or those of one token."""
+
+    user_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")] | None = None
+    token_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+
+
 _market_decoder: Final = msgspec.json.Decoder(AnyMarketEvent)
 _envelope_decoder: Final = msgspec.json.Decoder(Envelope)
 _notification_decoder: Final = msgspec.json.Decoder(Notification)
 _execution_decoder: Final = msgspec.json.Decoder(ExecutionUpdate)
 _read_marks_decoder: Final = msgspec.json.Decoder(ReadMarks)
+_revocation_decoder: Final = msgspec.json.Decoder(Revocation)
 _encoder: Final = msgspec.json.Encoder()
 
 encode = _encoder.encode
@@ -108,6 +116,17 @@ def decode_read_marks(data: bytes | str) -> ReadMarks:
         raise PayloadError(f"bad read marks: {exc}") from exc
 
 
+def decode_revocation(data: bytes | str) -> Revocation:
+    _check_size(data)
+    try:
+        revocation: Revocation = _revocation_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"bad revocation: {exc}") from exc
+    if revocation.user_id is None and revocation.token_id is None:
+        raise PayloadError("a revocation names a user_id or a token_id")
+    return revocation
+
+
 def to_builtins(record: msgspec.Struct) -> dict[str, object]:
     """The plain-JSON form of a record, as a client receives it."""
     result = msgspec.to_builtins(record)
@@ -119,12 +138,14 @@ __all__ = [
     "AnyMarketEvent",
     "Envelope",
     "ReadMarks",
+    "Revocation",
     "StreamKind",
     "decode_envelope",
     "decode_execution",
     "decode_market",
     "decode_notification",
     "decode_read_marks",
+    "decode_revocation",
     "encode",
     "to_builtins",
 ]

@@ -17,6 +17,8 @@ USER_PREFIX: Final = "user:"
 TEAM_PREFIX: Final = "team:"
 COLLECTOR_STATUS_CHANNEL: Final = "collector:status"
 COLLECTOR_STATUS_PREFIX: Final = "collector:status:"
+# Every gateway node listens here for revocations.
+CONTROL_CHANNEL: Final = "gateway:control"
 
 
 def market_channel(topic: Topic | str) -> str:
@@ -64,3 +66,13 @@ def finished_executions(team_id: str) -> str:
 
 def collector_status_key(collector_id: str) -> str:
     return f"{COLLECTOR_STATUS_PREFIX}{collector_id}"
+
+
+def revoked_user(user_id: str) -> str:
+    """String key: tokens of this user issued (iat) before the stored time (ms) are refused."""
+    return f"revoked:user:{user_id}"
+
+
+def revoked_token(token_id: str) -> str:
+    """String key: the token with this `jti` is refused (expires with the token)."""
+    return f"revoked:token:{token_id}"

@@ -8,14 +8,18 @@ documented in docs/protocol.md ("Redis contract").
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Final
 
 import msgspec
 import redis
 import redis.asyncio
+import redis.asyncio.client
+import redis.client
 
 from shared import codec, names
+from shared.codec import Revocation
 from shared.errors import PayloadError
 from shared.events import FINAL_STATUSES, AnyMarketEvent, ExecutionUpdate, Notification
 
@@ -87,6 +91,9 @@ DEFAULT_MAX_ENTRIES: Final = 1000
 DEFAULT_MAX_AGE_MS: Final = 7 * 24 * 3600 * 1000
 DEFAULT_LATEST_TTL_S: Final = 3600
 DEFAULT_FINISHED_TTL_MS: Final = 24 * 3600 * 1000
+# How long a user revocation refuses tokens issued before it: make it at
+# least the longest lifetime of the tokens you issue.
+DEFAULT_REVOCATION_TTL_S: Final = 7 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +147,19 @@ class _Commands:
         return EXECUTION_SCRIPT, keys, args
 
 
+def _revocation_commands(
+    pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline,
+    revocation: Revocation,
+    ttl_s: int,
+) -> None:
+    """Store a revocation (so new connections are refused) and announce it (so open sockets close)."""
+    if revocation.user_id is not None:
+        pipe.set(names.revoked_user(revocation.user_id), int(time.time() * 1000), ex=ttl_s)
+    if revocation.token_id is not None:
+        pipe.set(names.revoked_token(revocation.token_id), 1, ex=ttl_s)
+    pipe.publish(names.CONTROL_CHANNEL, codec.encode(revocation))
+
+
 def _position(reply: object) -> str | None:
     if reply is None:
         return None
@@ -176,6 +196,19 @@ class AsyncPublisher:
         script, keys, args = self._commands.record(record)
         return _position(await self._scripts[script](keys=keys, args=args))
 
+    async def revoke(
+        self,
+        *,
+        user_id: str | None = None,
+        token_id: str | None = None,
+        ttl_s: int = DEFAULT_REVOCATION_TTL_S,
+    ) -> None:
+        """Disconnect a user's sockets (or one token's) on every node, and refuse them from now on."""
+        revocation = codec.decode_revocation(codec.encode(Revocation(user_id=user_id, token_id=token_id)))
+        pipe = self._redis.pipeline(transaction=True)
+        _revocation_commands(pipe, revocation, ttl_s)
+        await pipe.execute()
+
 
 class SyncPublisher:
     """The blocking twin of AsyncPublisher for services without an event loop."""
@@ -195,3 +228,16 @@ class SyncPublisher:
         """Store and announce one record; returns its position, or None for a stale execution update."""
         script, keys, args = self._commands.record(record)
         return _position(self._scripts[script](keys=keys, args=args))
+
+    def revoke(
+        self,
+        *,
+        user_id: str | None = None,
+        token_id: str | None = None,
+        ttl_s: int = DEFAULT_REVOCATION_TTL_S,
+    ) -> None:
+        """Disconnect a user's sockets (or one token's) on every node, and refuse them from now on."""
+        revocation = codec.decode_revocation(codec.encode(Revocation(user_id=user_id, token_id=token_id)))
+        pipe = self._redis.pipeline(transaction=True)
+        _revocation_commands(pipe, revocation, ttl_s)
+        pipe.execute()

@@ -32,7 +32,7 @@ async def test_health_readiness_and_metrics(redis_client: redis.asyncio.Redis, r
         assert status == 200
         assert "gateway_connections 1.0" in metrics
         assert "gateway_subscriptions 1.0" in metrics
-        assert "gateway_redis_channels 2.0" in metrics  # user:alice and the topic
+        assert "gateway_redis_channels 3.0" in metrics  # user:alice, the topic and the control channel
         assert "gateway_redis_connected 1.0" in metrics
 
 

@@ -141,7 +141,7 @@ async def test_unsubscribe_stops_delivery_and_redis_follows(redis_client: redis.
             await b.call("subscribe", [TRADES])
             await b.sio.disconnect()
         # Every channel (topics, users) is released once the last socket leaves.
-        await wait_until(lambda: not relay.channels)
+        await wait_until(lambda: relay.channels == {names.CONTROL_CHANNEL})
         await wait_until_async(redis_client, lambda chans: not any(c.startswith(("md:", "user:")) for c in chans))
 
 

@@ -1,0 +1,52 @@
+"""Token buckets for the gateway's rate limits (connection attempts per IP, events per socket)."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Final
+
+# Bounds the memory of per-IP buckets under a flood of distinct addresses;
+# the least recently seen address is forgotten first (it starts full again).
+MAX_TRACKED_KEYS: Final = 100_000
+
+
+class TokenBucket:
+    """`rate` tokens per second, at most `burst` saved up."""
+
+    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._stamp = time.monotonic()
+
+    def take(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class KeyedBuckets:
+    """One bucket per key (an IP address), with a bounded number of keys."""
+
+    def __init__(self, rate: float, burst: float, *, max_keys: int = MAX_TRACKED_KEYS) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._max_keys = max_keys
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def take(self, key: str) -> bool:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self._rate, self._burst)
+            if len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket.take()
