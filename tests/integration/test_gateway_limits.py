@@ -30,15 +30,18 @@ async def test_connection_attempts_per_address(redis_client: redis.asyncio.Redis
 
 
 async def test_connections_per_user(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
-    async with running_node(redis_url, max_connections_per_user=2) as node:
-        async with connected(node.url, make_token(sub="nia")), connected(node.url, make_token(sub="nia")) as second:
-            assert await refusal(node.url, make_token(sub="nia")) == "too_many_connections"
-            async with connected(node.url, make_token(sub="oscar")):
-                pass  # other users are not affected
-            await second.sio.disconnect()
-            await wait_until(lambda: len(node.node.sessions) == 1)
-            async with connected(node.url, make_token(sub="nia")) as third:
-                assert third.sio.connected
+    async with (
+        running_node(redis_url, max_connections_per_user=2) as node,
+        connected(node.url, make_token(sub="nia")),
+        connected(node.url, make_token(sub="nia")) as second,
+    ):
+        assert await refusal(node.url, make_token(sub="nia")) == "too_many_connections"
+        async with connected(node.url, make_token(sub="oscar")):
+            pass  # other users are not affected
+        await second.sio.disconnect()
+        await wait_until(lambda: len(node.node.sessions) == 1)
+        async with connected(node.url, make_token(sub="nia")) as third:
+            assert third.sio.connected
 
 
 async def test_events_per_socket(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
