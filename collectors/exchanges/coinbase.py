@@ -1,0 +1,155 @@
+"""Coinbase Advanced Trade: ``wss://advanced-trade-ws.coinbase.com``, public channels only.
+
+Protocol notes: one channel per subscribe request, with a list of product ids
+(``BTC-USD``); ``level2`` (messages on ``l2_data``) is a full book, public
+here, unlike the old Exchange feed whose level2 now needs authentication.
+Most channels close after a minute without updates unless the connection
+also subscribes to ``heartbeats`` (one a second), which every connection
+does first. ``sequence_num`` counts every message of a connection across
+all channels, so a gap cannot be pinned on one product: every book of that
+connection is resynced. Candles exist only as 5 minutes; other timeframes
+are built from trades. Public trades name the maker's side: it is flipped to
+the taker's, as the other exchanges report it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any, ClassVar, Final
+
+from collectors.book import Action, ConnectionSequencer, SnapshotGate, SyncError
+from collectors.feed.adapter import Adapter, Link, Op, Stream, iso_ms, to_json
+from shared.events import Side
+from shared.topics import Exchange, Kind, Timeframe
+
+_TAKER: Final = {"BUY": Side.SELL, "SELL": Side.BUY}  # the maker bought: the taker sold
+_HEARTBEATS: Final = to_json({"type": "subscribe", "channel": "heartbeats"})
+
+
+class Coinbase(Adapter[SnapshotGate]):
+    exchange: ClassVar[Exchange] = Exchange.COINBASE
+    endpoints: ClassVar[dict[str, str]] = {"ws": "wss://advanced-trade-ws.coinbase.com"}
+    channels: ClassVar[dict[Kind, str]] = {Kind.TICKER: "ticker", Kind.TRADES: "market_trades", Kind.BOOK: "level2"}
+    candle_channels: ClassVar[dict[Timeframe, str]] = {Timeframe.M5: "candles"}
+    # Coinbase disconnects slow consumers (ErrSlowConsume): keep full books of many products apart.
+    max_streams_per_connection: ClassVar[int] = 100
+    max_streams_per_request: ClassVar[int] = 100
+    # 8 unauthenticated messages a second per address, shared by all connections.
+    requests_per_second: ClassVar[float] = 4.0
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._sequences: dict[str, ConnectionSequencer] = {}
+
+    def market(self, symbol: str) -> str:
+        return symbol.replace("/", "-")
+
+    def new_sync(self) -> SnapshotGate:
+        return SnapshotGate()
+
+    def group(self, stream: Stream) -> Hashable:
+        return stream.channel
+
+    def render(self, op: Op, group: Hashable, streams: list[Stream]) -> str:
+        # {"type":"subscribe","product_ids":["BTC-USD","ETH-USD"],"channel":"level2"}
+        products = [stream.market for stream in streams]
+        return to_json({"type": str(op), "product_ids": products, "channel": str(group)})
+
+    def open_messages(self) -> list[str]:
+        # {"type":"subscribe","channel":"heartbeats"}
+        return [_HEARTBEATS]
+
+    def connection_opened(self, link: Link) -> None:
+        self._sequences[link.id] = ConnectionSequencer()  # numbering starts again per connection
+
+    def connection_lost(self, link: Link) -> None:
+        self._sequences.pop(link.id, None)
+        super().connection_lost(link)
+
+    def on_message(self, link: Link, data: str | bytes, recv_ts: float) -> None:
+        msg = self.decoder.decode(data)
+        sequence = msg.get("sequence_num")
+        if sequence is not None:
+            try:
+                self._sequences.setdefault(link.id, ConnectionSequencer()).check(sequence)
+            except SyncError as exc:
+                for stream in link.streams:
+                    if stream.kind is Kind.BOOK:
+                        self.resync(stream.symbol, exc)
+        channel = msg.get("channel")
+        if channel == "l2_data":
+            self._book(msg, recv_ts)
+        elif channel == "market_trades":
+            self._trades(msg, recv_ts)
+        elif channel == "ticker":
+            self._ticker(msg, recv_ts)
+        elif channel == "candles":
+            self._candle_update(msg, recv_ts)
+        elif msg.get("type") == "error":
+            # {"type":"error","message":"authentication failure"}
+            self.rejected(link, msg.get("message"))
+        # heartbeats and subscriptions acks need nothing beyond the sequence check
+
+    def _book(self, msg: dict[str, Any], recv_ts: float) -> None:
+        # {"channel":"l2_data","client_id":"","timestamp":"2026-04-07T14:30:01.456789Z",
+        #  "sequence_num":1,"events":[{"type":"update","product_id":"BTC-USD","updates":[
+        #  {"side":"bid","event_time":"2026-04-07T14:30:01.456789Z","price_level":"68900.00",
+        #  "new_quantity":"2.00000000"}]}]}
+        ts = iso_ms(msg["timestamp"])
+        for event in msg["events"]:
+            feed = self.book_feed(event["product_id"], recv_ts)
+            if feed is None:
+                continue
+            bids: list[tuple[str, str]] = []
+            asks: list[tuple[str, str]] = []
+            for update in event["updates"]:
+                level = (update["price_level"], update["new_quantity"])
+                (bids if update["side"] == "bid" else asks).append(level)
+            with self.syncing(feed):
+                action = feed.sync.check(snapshot=event["type"] == "snapshot")
+                feed.apply(action, bids, asks)
+                if action is not Action.SKIP:
+                    feed.changed(ts, recv_ts)
+
+    def _trades(self, msg: dict[str, Any], recv_ts: float) -> None:
+        # {"channel":"market_trades","client_id":"","timestamp":"2026-04-07T14:30:02.789012Z",
+        #  "sequence_num":5,"events":[{"type":"update","trades":[{"trade_id":"995098700",
+        #  "product_id":"BTC-USD","price":"68900.50","size":"0.00150000","side":"BUY",
+        #  "time":"2026-04-07T14:30:02.789012Z"}]}]}
+        for event in msg["events"]:
+            if event["type"] == "snapshot":
+                continue  # recent history sent on subscribe: already published before a reconnect
+            for trade in event["trades"]:
+                self.trade(
+                    trade["product_id"], trade_id=trade["trade_id"], price=trade["price"], size=trade["size"],
+                    side=_TAKER[trade["side"]], ts=iso_ms(trade["time"]), recv_ts=recv_ts,
+                )  # fmt: skip
+
+    def _ticker(self, msg: dict[str, Any], recv_ts: float) -> None:
+        # {"channel":"ticker","client_id":"","timestamp":"2026-04-07T14:30:03.000000Z",
+        #  "sequence_num":12,"events":[{"type":"snapshot","tickers":[{"type":"ticker",
+        #  "product_id":"BTC-USD","price":"68900.50","volume_24_h":"15328.12345678",
+        #  "low_24_h":"67500.00","high_24_h":"69200.00","low_52_w":"25000.00","high_52_w":"73800.00",
+        #  "price_percent_chg_24_h":"1.85","best_bid":"68900.00","best_bid_quantity":"1.50000000",
+        #  "best_ask":"68901.00","best_ask_quantity":"0.50000000"}]}]}
+        ts = iso_ms(msg["timestamp"])
+        for event in msg["events"]:
+            for item in event["tickers"]:
+                self.ticker(
+                    item["product_id"], ts, recv_ts,
+                    bid=item.get("best_bid"), bid_size=item.get("best_bid_quantity"),
+                    ask=item.get("best_ask"), ask_size=item.get("best_ask_quantity"), last=item["price"],
+                    high_24h=item["high_24_h"], low_24h=item["low_24_h"], volume_24h=item["volume_24_h"],
+                )  # fmt: skip
+
+    def _candle_update(self, msg: dict[str, Any], recv_ts: float) -> None:
+        # {"channel":"candles","client_id":"","timestamp":"2026-04-07T14:30:05.000000Z",
+        #  "sequence_num":3,"events":[{"type":"update","candles":[{"start":"1775521800",
+        #  "high":"68950.00","low":"68850.00","open":"68900.00","close":"68920.50",
+        #  "volume":"42.15000000","product_id":"BTC-USD"}]}]}
+        ts = iso_ms(msg["timestamp"])
+        for event in msg["events"]:
+            for item in event["candles"]:
+                ohlcv = (item["open"], item["high"], item["low"], item["close"], item["volume"])
+                open_time = int(item["start"]) * 1000
+                self.candle(item["product_id"], Timeframe.M5, open_time=open_time, ohlcv=ohlcv, ts=ts, recv_ts=recv_ts)

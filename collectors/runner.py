@@ -1,0 +1,108 @@
+"""Running collectors: each with its Redis sink, status publisher and admin API.
+
+`CollectorService` is one collector and everything around it; `run_all`
+runs any number of them in one process until SIGTERM or SIGINT, which is
+how a single host runs several exchanges from one config file. Building a
+service checks everything that can be checked before connecting (exchange,
+topics, URL overrides) and raises ConfigError or SubscriptionError, so bad
+input fails at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Final
+
+from collectors.admin import AdminApi, start_admin
+from collectors.config import URL_SETTINGS, CollectorConfig, ConfigError, parse_exchange
+from collectors.exchanges import ADAPTERS
+from collectors.feed.collector import Collector
+from collectors.metrics import CollectorMetrics
+from collectors.sink import Sink, redis_client
+from collectors.status import StatusPublisher
+from shared.publisher import AsyncPublisher
+
+logger = logging.getLogger(__name__)
+
+# Redis is local infrastructure: retry it quickly, so publishing resumes soon after it is back.
+REDIS_RETRY_INITIAL_S: Final = 0.1
+REDIS_RETRY_MAX_S: Final = 2.0
+
+
+class CollectorService:
+    """One collector, its sink to Redis, its status publisher and its admin API."""
+
+    def __init__(self, config: CollectorConfig) -> None:
+        exchange = parse_exchange(config.exchange)
+        adapter_class = ADAPTERS[exchange]
+        for name, endpoint in URL_SETTINGS.items():
+            if getattr(config, name) and endpoint not in adapter_class.endpoints:
+                raise ConfigError(f"{exchange} has no {endpoint} endpoint: drop --{name.replace('_', '-')}")
+        self.config = config
+        self.redis = redis_client(config.redis_url)
+        publisher = AsyncPublisher(self.redis, latest_ttl_s=config.latest_ttl_s)
+        self.sink = Sink(
+            publisher,
+            max_queue=config.queue_size,
+            batch_size=config.batch_size,
+            backoff_initial_s=REDIS_RETRY_INITIAL_S,
+            backoff_max_s=REDIS_RETRY_MAX_S,
+        )
+        self.collector = Collector(
+            config.name,
+            lambda host: adapter_class(
+                host=host, urls=config.urls, book_depth=config.book_depth, book_interval_s=config.book_interval_s
+            ),
+            outlet=self.sink,
+            settings=config.feed_settings(),
+        )
+        self.collector.add(config.topics)  # SubscriptionError for a topic the adapter cannot serve
+        self.metrics = CollectorMetrics(self.collector, self.sink)
+        self.status = StatusPublisher(
+            self.redis, self.collector.status, interval_s=config.status_interval_s, ttl_s=config.status_ttl_s
+        )
+        self.admin = AdminApi(self.collector, self.metrics)
+        self.admin_port = 0  # bound port, once running
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Run until `stop` is set; then close connections, flush the queue and publish a final status."""
+        config = self.config
+        admin, self.admin_port = await start_admin(self.admin, config.admin_host, config.admin_port)
+        logger.info(
+            "collector started",
+            extra={"collector": config.name, "topics": len(self.collector.topics), "admin_port": self.admin_port},
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                sink = tg.create_task(self.sink.run(), name=f"{config.name}-sink")
+                status = tg.create_task(self.status.run(), name=f"{config.name}-status")
+                collector = tg.create_task(self.collector.run(ready), name=f"{config.name}-collector")
+                await stop.wait()
+                self.collector.stop()
+                await collector
+                sink.cancel()
+                status.cancel()
+            await self.sink.drain(config.shutdown_timeout_s)
+            await self.status.publish_once()
+        finally:
+            await admin.cleanup()
+            await self.redis.aclose()
+        logger.info("collector finished", extra={"collector": config.name, "dropped": self.sink.dropped})
+
+
+async def run_all(services: Sequence[CollectorService], stop: asyncio.Event | None = None) -> None:
+    """Run every service until SIGTERM or SIGINT (or `stop`)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for service in services:
+                tg.create_task(service.run(stop), name=f"service-{service.config.name}")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,118 @@
+"""The bounded sink, with an autospec'd publisher: drops oldest, requeues, resumes, drains."""
+
+from __future__ import annotations
+
+import asyncio
+from unittest.mock import create_autospec
+
+import pytest
+import redis.exceptions
+
+from collectors.sink import Sink
+from shared.events import Ticker
+from shared.publisher import AsyncPublisher
+
+
+def tick(seq: int) -> Ticker:
+    return Ticker(exchange="binance", symbol="BTC/USDT", ts=seq, recv_ts=float(seq), seq=seq, last="1")
+
+
+def publisher() -> AsyncPublisher:
+    return create_autospec(AsyncPublisher, spec_set=True, instance=True)
+
+
+def test_a_full_queue_drops_the_oldest() -> None:
+    sink = Sink(publisher(), max_queue=3)
+    for seq in range(1, 6):
+        sink.put(tick(seq))
+    assert len(sink) == 3 and sink.dropped == 2
+    assert sink.status().queued == 3
+
+
+async def test_publishes_in_batches() -> None:
+    target = publisher()
+    sink = Sink(target, max_queue=100, batch_size=4)
+    for seq in range(1, 11):
+        sink.put(tick(seq))
+    task = asyncio.create_task(sink.run())
+    try:
+        while sink.published < 10:
+            await asyncio.sleep(0.001)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    batches = [[event.seq for event in call.args[0]] for call in target.publish_market.await_args_list]
+    assert batches == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+
+
+async def test_redis_down_keeps_the_bound_then_resumes_in_order() -> None:
+    target = publisher()
+    failures = [redis.exceptions.ConnectionError("down")] * 3
+
+    async def fail_then_ok(events: object) -> None:
+        if failures:
+            raise failures.pop()
+
+    target.publish_market.side_effect = fail_then_ok
+    sink = Sink(target, max_queue=5, batch_size=3, backoff_initial_s=0.001, backoff_max_s=0.002)
+    for seq in range(1, 5):
+        sink.put(tick(seq))
+    task = asyncio.create_task(sink.run())
+    try:
+        while sink.errors < 1:
+            await asyncio.sleep(0.001)
+        assert not sink.redis_up
+        for seq in range(5, 9):
+            sink.put(tick(seq))
+            assert len(sink) <= 5
+        while sink.published < 5 or len(sink):
+            await asyncio.sleep(0.001)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert sink.redis_up and sink.errors == 3
+    assert sink.published + sink.dropped == 8
+    delivered = [e.seq for call in target.publish_market.await_args_list[3:] for e in call.args[0]]
+    assert delivered == sorted(delivered) and delivered[-1] == 8  # the newest survive, in order
+
+
+async def test_a_batch_redis_refuses_is_dropped_not_retried_forever() -> None:
+    target = publisher()
+    target.publish_market.side_effect = redis.exceptions.ResponseError("OOM")
+    sink = Sink(target, max_queue=10, batch_size=10)
+    sink.put(tick(1))
+    sink.put(tick(2))
+    await sink.drain(1.0)
+    assert (sink.dropped, sink.errors, len(sink)) == (2, 1, 0)
+
+
+async def test_drain_gives_up_when_redis_is_away() -> None:
+    target = publisher()
+    target.publish_market.side_effect = OSError("refused")
+    sink = Sink(target, max_queue=10)
+    sink.put(tick(1))
+    await sink.drain(1.0)
+    assert len(sink) == 1 and not sink.redis_up
+
+    async def slow(events: object) -> None:
+        await asyncio.sleep(10)
+
+    target.publish_market.side_effect = slow
+    await sink.drain(0.05)
+    assert len(sink) == 1  # the cancelled batch went back to the queue
+
+
+def test_bad_bounds() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Sink(publisher(), max_queue=0)
+
+
+async def test_an_unexpected_error_drops_the_batch_and_backs_off() -> None:
+    target = publisher()
+    target.publish_market.side_effect = TypeError("a bug")
+    sink = Sink(target, max_queue=10)
+    sink.put(tick(1))
+    await sink.drain(1.0)
+    assert (sink.dropped, sink.errors, len(sink)) == (1, 1, 0)
