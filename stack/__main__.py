@@ -6,25 +6,91 @@ import asyncio
 import logging
 import os
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Sequence
+from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
 import jwt
 
+from collectors.config import URL_SETTINGS
+from collectors.exchanges import ADAPTERS
+from collectors.simulator.config import PORT_ORDER
 from shared.config import ConfigError, load
 from shared.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from shared.logs import setup_logging
-from stack.config import StackConfig
+from shared.topics import Exchange
+from stack.config import Simulate, StackConfig
 from stack.supervisor import Service, python_module, supervise
 
 logger = logging.getLogger(__name__)
 
 DEMO_TOKEN_TTL_S = 24 * 3600
+REACHABILITY_TIMEOUT_S = 3.0
+# Symbols each exchange lists for its demo collector.
+SYMBOLS: Final[dict[Exchange, str]] = {
+    Exchange.BINANCE: "BTC/USDT,ETH/USDT",
+    Exchange.COINBASE: "BTC/USD,ETH/USD",
+    Exchange.KRAKEN: "BTC/USD,ETH/USD",
+    Exchange.BYBIT: "BTC/USDT,ETH/USDT",
+    Exchange.OKX: "BTC/USDT,ETH/USDT",
+}
 
 
-def services(config: StackConfig) -> list[Service]:
-    gateways = [
+def exchanges_reachable() -> bool:
+    """Whether a real exchange answers (this machine may have no internet)."""
+    host, port = urlsplit(ADAPTERS[Exchange.BINANCE].endpoints["ws"]).hostname, 9443
+    try:
+        with socket.create_connection((host, port), REACHABILITY_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def simulated(url: str, exchange: Exchange, config: StackConfig) -> str:
+    """The simulator's stand-in for one of an exchange's real URLs (same path, local port)."""
+    parts = urlsplit(url)
+    scheme = {"wss": "ws", "https": "http"}.get(parts.scheme, parts.scheme)
+    port = config.simulator_port + PORT_ORDER.index(exchange)
+    return urlunsplit((scheme, f"127.0.0.1:{port}", parts.path, parts.query, ""))
+
+
+def services(config: StackConfig, *, simulate: bool) -> list[Service]:
+    result = []
+    if simulate and config.exchanges:
+        result.append(
+            python_module(
+                "simulator",
+                "collectors.simulator",
+                "--exchange",
+                ",".join(config.exchanges),
+                "--port",
+                str(config.simulator_port),
+                "--mode",
+                "synthetic",
+                "--rate",
+                str(config.simulator_rate),
+            )
+        )
+    for index, exchange in enumerate(config.exchanges):
+        args = [
+            str(exchange),
+            "--symbols",
+            SYMBOLS[exchange],
+            "--channels",
+            ",".join(config.channels),
+            "--admin-port",
+            str(config.admin_port + index),
+        ]
+        if simulate:
+            for setting_name, endpoint in URL_SETTINGS.items():
+                url = ADAPTERS[exchange].endpoints.get(endpoint)
+                if url:
+                    args += ["--" + setting_name.replace("_", "-"), simulated(url, exchange, config)]
+        result.append(python_module(f"collector-{exchange}", "collectors", *args))
+    result += [
         python_module(
             f"gateway-{i + 1}",
             "gateway",
@@ -36,7 +102,7 @@ def services(config: StackConfig) -> list[Service]:
         )
         for i in range(config.gateways)
     ]
-    return gateways
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,8 +121,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.exception("cannot start an embedded redis")
             return 1
         redis_url = embedded.url
+    simulate = config.simulate is Simulate.ALWAYS or (config.simulate is Simulate.AUTO and not exchanges_reachable())
     secret = config.jwt_secret or secrets.token_urlsafe(32)
-    env = {**os.environ, "REDIS_URL": redis_url, "GATEWAY_JWT_SECRET": secret, "GATEWAY_LOG_LEVEL": config.log_level}
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "GATEWAY_JWT_SECRET": secret,
+        "GATEWAY_LOG_LEVEL": config.log_level,
+        "COLLECTOR_LOG_LEVEL": config.log_level,
+    }
     token = jwt.encode({"sub": "demo", "teams": ["demo"], "exp": int(time.time()) + DEMO_TOKEN_TTL_S}, secret)
     logger.info(
         "stack starting",
@@ -64,10 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "redis_url": redis_url,
             "gateways": [f"http://{config.host}:{config.port + i}" for i in range(config.gateways)],
             "demo_token": token,
+            "simulated_exchanges": simulate,
         },
     )
     try:
-        return asyncio.run(supervise(services(config), env))
+        return asyncio.run(supervise(services(config, simulate=simulate), env))
     finally:
         if embedded is not None:
             embedded.stop()

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from shared.config import setting
+from shared.topics import Exchange
+
+
+class Simulate(StrEnum):
+    AUTO = "auto"  # simulate when the real exchanges cannot be reached
+    ALWAYS = "always"
+    NEVER = "never"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,6 +26,16 @@ class StackConfig:
     jwt_secret: str = setting(
         "", "GATEWAY_JWT_SECRET", "HS256 secret; empty generates one for this run.", flag="--jwt-secret"
     )
+    exchanges: list[Exchange] = setting(list(Exchange), "STACK_EXCHANGES", "Exchanges to collect (empty: none).")
+    channels: list[str] = setting(
+        ["ticker", "trades", "book", "candles:1m"], "STACK_CHANNELS", "Channels every collector subscribes."
+    )
+    simulate: Simulate = setting(
+        Simulate.AUTO, "STACK_SIMULATE", "Feed collectors from the local exchange simulator: auto, always or never."
+    )
+    simulator_port: int = setting(9400, "STACK_SIMULATOR_PORT", "First port of the simulator (one per exchange).")
+    simulator_rate: float = setting(20.0, "STACK_SIMULATOR_RATE", "Simulated book updates per second per symbol.")
+    admin_port: int = setting(9300, "STACK_ADMIN_PORT", "First admin API port of the collectors (one per exchange).")
     log_level: str = setting("info", "STACK_LOG_LEVEL", "Log level of every process.")
 
     def __post_init__(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -142,3 +144,21 @@ async def connected(
         yield client
     finally:
         await client.close()
+
+
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive loopback ports that are free now."""
+    for base in range(20000 + (os.getpid() % 1000) * 37, 60000, count + 7):
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return base
+    raise RuntimeError("no block of free ports")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from collectors.config import CollectorConfig
+from collectors.simulator.config import SimulatorConfig
 from gateway.config import GatewayConfig
 from shared.config import markdown_table
 from shared.publisher import EXECUTION_SCRIPT, NOTIFICATION_SCRIPT
@@ -15,7 +17,7 @@ DOC = Path(__file__).parents[2] / "docs" / "configuration.md"
 PROTOCOL = Path(__file__).parents[2] / "docs" / "protocol.md"
 
 
-@pytest.mark.parametrize("settings", [GatewayConfig, StackConfig])
+@pytest.mark.parametrize("settings", [GatewayConfig, CollectorConfig, SimulatorConfig, StackConfig])
 def test_table_is_current(settings: type) -> None:
     table = markdown_table(settings)
     assert table in DOC.read_text(), f"regenerate the {settings.__name__} table in {DOC}"
