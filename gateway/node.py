@@ -263,7 +263,8 @@ class GatewayNode:
         self.sessions[sid] = session
         self._user_sockets[identity.user_id] = self._user_sockets.get(identity.user_id, 0) + 1
         self._schedule_expiry(session)
-        session.sync_task = self._spawn(self._sync(session, resume, resume_valid, fresh_start))
+        topics = auth.get("subscriptions") if isinstance(auth, dict) else None
+        session.sync_task = self._spawn(self._sync(session, resume, resume_valid, fresh_start, topics))
         self.metrics.connections.inc()
         self.metrics.redis_channels.set(len(self.relay.channels))
         logger.debug("connected", extra={"sid": sid, "user": identity.user_id})
@@ -307,8 +308,15 @@ class GatewayNode:
             ):
                 self._spawn(self._disconnect_with(session.sid, "session_revoked", AuthCode.TOKEN_REVOKED))
 
-    async def _sync(self, session: Session, resume: Resume, resume_valid: bool, fresh_start: str | None) -> None:
-        """Catch the socket up on its streams (runs once the CONNECT reply is queued)."""
+    async def _sync(
+        self,
+        session: Session,
+        resume: Resume,
+        resume_valid: bool,
+        fresh_start: str | None,
+        topics: object,
+    ) -> None:
+        """Catch the socket up on its streams and restore its topics (runs once the CONNECT reply is queued)."""
         try:
             status = await self.streams.sync(session, resume, fresh_start)
             status["complete"] = resume_valid and status["complete"]
@@ -318,6 +326,8 @@ class GatewayNode:
                 if not session.closed:
                     join_room(self.server, session.sid, channel)
             status = {"complete": False, "error": "unavailable"}
+        if topics is not None and not session.closed:
+            status["subscriptions"] = await self._subscribe_request(session, topics)
         if not session.closed:
             await self.server.emit("sync", status, to=session.sid)
 
@@ -400,6 +410,10 @@ class GatewayNode:
         session = self.sessions.get(sid)
         if session is None:
             return _error_ack(RequestError("not_connected", "the socket is not connected"))
+        return await self._subscribe_request(session, data)
+
+    async def _subscribe_request(self, session: Session, data: object) -> dict[str, object]:
+        """A subscribe request's answer (also used for the topics a reconnecting client restores)."""
         try:
             requested = self._topics_of(data)
         except RequestError as exc:

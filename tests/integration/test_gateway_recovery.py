@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio
 
 from shared.embedded_redis import EmbeddedRedis
-from shared.events import ExecutionUpdate, Notification
+from shared.events import ExecutionUpdate, Notification, Ticker, Trade
 from shared.publisher import AsyncPublisher, Retention
 from tests.harness import Client, connected, make_token, running_node, wait_until
 
@@ -253,3 +253,39 @@ async def test_list_read_and_unread_count_sync_across_sockets(
         for bad in ({"limit": 0}, {"limit": "5"}, {"cursor": "zz"}, [1]):
             reply = await tab1.call("notifications:list", bad)
             assert reply["ok"] is False and reply["error"]["code"] == "bad_request"
+
+
+async def test_market_subscriptions_are_restored_on_reconnect(
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
+) -> None:
+    publisher = AsyncPublisher(redis_client)
+    topics = ["kraken:ticker:BTC/USD", "kraken:trades:BTC/USD", "nope"]
+    await publisher.publish_market([Ticker(exchange="kraken", symbol="BTC/USD", ts=1, recv_ts=1, seq=7, bid="1.5")])
+    token = make_token(sub="uma")
+    async with running_node(redis_url) as first, running_node(redis_url) as second:
+        async with connected(first.url, None, auth={"token": token, "subscriptions": topics}) as client:
+            (status,) = await client.next("sync")
+            assert [r["ok"] for r in status["subscriptions"]["results"]] == [True, True, False]
+            topic, data = await client.next("market")
+            assert (topic, data["seq"]) == ("kraken:ticker:BTC/USD", 7)  # the latest value, at once
+        await publisher.publish_market([Ticker(exchange="kraken", symbol="BTC/USD", ts=1, recv_ts=1, seq=8)])
+        async with connected(second.url, None, auth={"token": token, "subscriptions": topics[:2]}) as client:
+            topic, data = await client.next("market")
+            assert (topic, data["seq"]) == ("kraken:ticker:BTC/USD", 8)  # seq shows what was missed
+            await publisher.publish_market(
+                [
+                    Trade(
+                        exchange="kraken",
+                        symbol="BTC/USD",
+                        ts=1,
+                        recv_ts=1,
+                        seq=1,
+                        trade_id="t",
+                        price="1",
+                        size="1",
+                        side="sell",
+                    )
+                ]
+            )
+            assert (await client.next("market"))[0] == "kraken:trades:BTC/USD"
