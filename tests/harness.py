@@ -47,8 +47,13 @@ class RunningNode:
     url: str
     runner: web.AppRunner
 
+    stopped: bool = False
+
     async def stop(self) -> None:
-        await self.runner.cleanup()
+        """Stop the node (once; the context manager's exit does nothing after this)."""
+        if not self.stopped:
+            self.stopped = True
+            await self.runner.cleanup()
 
 
 @asynccontextmanager

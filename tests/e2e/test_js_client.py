@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from shared.embedded_redis import free_port
 from shared.events import Notification, Ticker
 from shared.publisher import AsyncPublisher
 from tests.harness import make_token, running_node
@@ -43,7 +45,13 @@ class JsClient:
 
 
 @asynccontextmanager
-async def js_client(url: str, token: str, transport: str, *topics: str) -> AsyncIterator[JsClient]:
+async def js_client(
+    url: str,
+    token: str,
+    transport: str,
+    *topics: str,
+    resume: bool = False,
+) -> AsyncIterator[JsClient]:
     node = shutil.which("node")
     assert node, "node is required (test.sh installs it)"
     assert (JS_DIR / "node_modules" / "socket.io-client").is_dir(), "run `npm ci` in tests/e2e/js (test.sh does)"
@@ -57,6 +65,7 @@ async def js_client(url: str, token: str, transport: str, *topics: str) -> Async
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         cwd=JS_DIR,
+        env={**os.environ, "RESUME": "1" if resume else "0"},
     )
     try:
         yield JsClient(process)
@@ -102,3 +111,33 @@ async def test_official_client_sees_the_refusal_code(redis_client: redis.asyncio
         refused = await js.next("connect_error")
         assert refused["message"] == "token_expired"
         assert refused["data"]["code"] == "token_expired"
+
+
+async def test_official_client_resumes_after_its_node_goes_away(
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
+) -> None:
+    publisher = AsyncPublisher(redis_client)
+
+    def note(n: int) -> Notification:
+        return Notification(id=f"n{n}", user_id="vic", type="info", title="t", message="m", created_at=n)
+
+    port = free_port()
+    async with (
+        running_node(redis_url, port=port) as node,
+        js_client(node.url, make_token(sub="vic"), "websocket", TOPIC, resume=True) as js,
+    ):
+        await js.next("sync")
+        await publisher.publish(note(0))
+        assert (await js.next("notification"))["notification"]["id"] == "n0"
+        await node.stop()  # the node goes away; the client keeps retrying
+        assert (await js.next("disconnect"))["reason"] == "transport close"
+        for n in range(1, 6):  # published while no node serves the client
+            await publisher.publish(note(n))
+        async with running_node(redis_url, port=port):
+            status = (await js.next("sync", timeout=15))["status"]
+            assert status["notifications"]["recovered"] == 5 and status["complete"] is True
+            ids = [(await js.next("notification"))["notification"]["id"] for _ in range(5)]
+            assert ids == [f"n{n}" for n in range(1, 6)]
+            await publisher.publish(note(6))
+            assert (await js.next("notification"))["notification"]["id"] == "n6"

@@ -1,16 +1,30 @@
 // Drives the official socket.io-client the way a Next.js app does, and
 // prints what it sees as JSON lines for the Python test to check.
 // usage: node client.mjs URL TOKEN TRANSPORT TOPIC...
+// With RESUME=1 it reconnects by itself, resuming from the positions it saw,
+// as the Next.js snippet in docs/protocol.md does.
 import { io } from "socket.io-client";
 
 const [url, token, transport, ...topics] = process.argv.slice(2);
+const resume = process.env.RESUME === "1";
 const out = (record) => process.stdout.write(JSON.stringify(record) + "\n");
+const positions = { executions: {} };
 
-const socket = io(url, { auth: { token }, transports: [transport], reconnection: false });
+const socket = io(url, {
+  auth: resume ? (cb) => cb({ token, positions }) : { token },
+  transports: [transport],
+  reconnection: resume,
+  reconnectionDelay: 100,
+  reconnectionDelayMax: 500,
+});
 
 socket.on("connect_error", (err) => {
   out({ event: "connect_error", message: err.message, data: err.data });
-  process.exit(0);
+  if (!resume) process.exit(0);
+});
+socket.on("sync", (status) => {
+  positions.notifications = status.notifications?.position ?? positions.notifications;
+  out({ event: "sync", status });
 });
 socket.on("connect", async () => {
   out({ event: "connect", transport: socket.io.engine.transport.name });
@@ -18,7 +32,10 @@ socket.on("connect", async () => {
   out({ event: "subscribed", reply });
 });
 socket.on("market", (topic, data) => out({ event: "market", topic, data }));
-socket.on("notification", (notification, position) => out({ event: "notification", notification, position }));
+socket.on("notification", (notification, position) => {
+  positions.notifications = position;
+  out({ event: "notification", notification, position });
+});
 socket.on("execution", (update, position) => out({ event: "execution", update, position }));
 socket.on("disconnect", (reason) => out({ event: "disconnect", reason }));
 
