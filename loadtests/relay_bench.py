@@ -88,6 +88,8 @@ async def run(clients: int, rate: int, seconds: float) -> dict[str, float]:
             "GATEWAY_HOST": "127.0.0.1",
             "GATEWAY_LOG_LEVEL": "warning",
             "GATEWAY_TRANSPORTS": "websocket",
+            # Every load client connects from 127.0.0.1: lift the per-address connect rate.
+            "GATEWAY_CONNECT_BURST_PER_IP": str(clients * 2),
         }
         gateway = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", env=env)
         url = f"http://127.0.0.1:{port}"
@@ -102,11 +104,21 @@ async def run(clients: int, rate: int, seconds: float) -> dict[str, float]:
                     except aiohttp.ClientError:
                         pass
                     await asyncio.sleep(0.05)
-                token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, SECRET)
+                expires = int(time.time()) + 3600
                 ready = asyncio.Event()
                 subscribed = [0, clients]
                 tasks = [
-                    asyncio.create_task(client(session, url, token, stats, ready, subscribed)) for _ in range(clients)
+                    asyncio.create_task(
+                        client(
+                            session,
+                            url,
+                            jwt.encode({"sub": f"bench-{i}", "exp": expires}, SECRET),
+                            stats,
+                            ready,
+                            subscribed,
+                        )
+                    )
+                    for i in range(clients)
                 ]
                 await asyncio.wait_for(ready.wait(), 60)
                 stats.received = 0
