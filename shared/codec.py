@@ -7,7 +7,7 @@ schema raises PayloadError with a message fit for a log line.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Final
+from typing import Annotated, Any, Final, Generic, TypeVar
 
 import msgspec
 
@@ -59,69 +59,39 @@ class Revocation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     token_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
 
 
-_market_decoder: Final = msgspec.json.Decoder(AnyMarketEvent)
-_envelope_decoder: Final = msgspec.json.Decoder(Envelope)
-_notification_decoder: Final = msgspec.json.Decoder(Notification)
-_execution_decoder: Final = msgspec.json.Decoder(ExecutionUpdate)
-_read_marks_decoder: Final = msgspec.json.Decoder(ReadMarks)
-_revocation_decoder: Final = msgspec.json.Decoder(Revocation)
 _encoder: Final = msgspec.json.Encoder()
 
 encode = _encoder.encode
 
-
-def _check_size(data: bytes | str) -> None:
-    if len(data) > MAX_PAYLOAD_BYTES:
-        raise PayloadError(f"payload of {len(data)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+T = TypeVar("T")
 
 
-def decode_market(data: bytes | str) -> Ticker | Trade | Book | Candle:
-    _check_size(data)
-    try:
-        event: Ticker | Trade | Book | Candle = _market_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise PayloadError(f"bad market event: {exc}") from exc
-    return event
+class _Decoder(Generic[T]):
+    """A strict JSON decoder whose every failure is a PayloadError naming what was expected."""
+
+    def __init__(self, kind: Any, what: str) -> None:
+        self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(kind)
+        self._what = what
+
+    def __call__(self, data: bytes | str) -> T:
+        if len(data) > MAX_PAYLOAD_BYTES:
+            raise PayloadError(f"payload of {len(data)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+        try:
+            return self._decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise PayloadError(f"bad {self._what}: {exc}") from exc
 
 
-def decode_envelope(data: bytes | str) -> Envelope:
-    _check_size(data)
-    try:
-        return _envelope_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise PayloadError(f"bad envelope: {exc}") from exc
-
-
-def decode_notification(data: bytes | str) -> Notification:
-    _check_size(data)
-    try:
-        return _notification_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise PayloadError(f"bad notification: {exc}") from exc
-
-
-def decode_execution(data: bytes | str) -> ExecutionUpdate:
-    _check_size(data)
-    try:
-        return _execution_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise PayloadError(f"bad execution update: {exc}") from exc
-
-
-def decode_read_marks(data: bytes | str) -> ReadMarks:
-    _check_size(data)
-    try:
-        return _read_marks_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise PayloadError(f"bad read marks: {exc}") from exc
+decode_market: Final = _Decoder[Ticker | Trade | Book | Candle](AnyMarketEvent, "market event")
+decode_envelope: Final = _Decoder[Envelope](Envelope, "envelope")
+decode_notification: Final = _Decoder[Notification](Notification, "notification")
+decode_execution: Final = _Decoder[ExecutionUpdate](ExecutionUpdate, "execution update")
+decode_read_marks: Final = _Decoder[ReadMarks](ReadMarks, "read marks")
+_decode_revocation: Final = _Decoder[Revocation](Revocation, "revocation")
 
 
 def decode_revocation(data: bytes | str) -> Revocation:
-    _check_size(data)
-    try:
-        revocation: Revocation = _revocation_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise PayloadError(f"bad revocation: {exc}") from exc
+    revocation = _decode_revocation(data)
     if revocation.user_id is None and revocation.token_id is None:
         raise PayloadError("a revocation names a user_id or a token_id")
     return revocation
