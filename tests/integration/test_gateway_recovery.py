@@ -104,55 +104,59 @@ async def test_reconnecting_to_another_node_while_publishing_continues(
     publisher = AsyncPublisher(redis_client)
     total = 300
     tally = Tally()
-    token = make_token(sub="heidi")
+    token = make_token(sub="heidi", teams=["night"])
 
     async def publish_all() -> None:
         for i in range(total):
             await publisher.publish(note("heidi", i))
+            await publisher.publish(update("night", "job", i + 1))
             await asyncio.sleep(0.001)
 
     async with running_node(redis_url) as first, running_node(redis_url) as second:
         async with connected(first.url, token) as client:
             tally.take_sync((await client.next("sync"))[0])
             publishing = asyncio.create_task(publish_all())
-            await tally.drain(client, notifications=60)
+            await tally.drain(client, notifications=60, executions=60)
         async with connected(second.url, None, auth={"token": token, "positions": tally.positions}) as client:
             await publishing
-            remaining = total - len(tally.notifications)
-            await tally.drain(client, notifications=remaining)
+            await tally.drain(client, notifications=total - 60, executions=total - 60)
             await client.nothing("notification")
+            await client.nothing("execution")
     assert tally.notifications == [f"n{i}" for i in range(total)]
-    report("moved to another node mid-stream", total, tally.notifications)
+    assert tally.executions == [("job", v) for v in range(1, total + 1)]
+    report("moved to another node mid-stream", 2 * total, tally.notifications + tally.executions)
 
 
 async def test_a_redis_restart_loses_nothing_stored(redis_client: redis.asyncio.Redis, tmp_path: Path) -> None:
     server = EmbeddedRedis(data_dir=str(tmp_path)).start()
     tally = Tally()
+
+    async def publish(numbers: range) -> None:
+        async with redis.asyncio.Redis.from_url(server.url) as r:
+            for i in numbers:
+                await AsyncPublisher(r).publish(note("ivan", i))
+                await AsyncPublisher(r).publish(update("ops", "run", i + 1))
+
     try:
-        async with running_node(server.url) as node, connected(node.url, make_token(sub="ivan")) as client:
-            tally.take_sync((await client.next("sync"))[0])
-            async with redis.asyncio.Redis.from_url(server.url) as r:
-                for i in range(20):
-                    await AsyncPublisher(r).publish(note("ivan", i))
-            await tally.drain(client, notifications=20)
+        async with running_node(server.url) as node, connected(node.url, make_token(sub="ivan", teams=["ops"])) as c:
+            tally.take_sync((await c.next("sync"))[0])
+            await publish(range(20))
+            await tally.drain(c, notifications=20, executions=20)
             server.stop()
             await wait_until(lambda: not node.node.ready)
             server = EmbeddedRedis(port=server.port, data_dir=str(tmp_path)).start()
-            # Published as soon as Redis is back, before the node has resubscribed.
-            async with redis.asyncio.Redis.from_url(server.url) as r:
-                for i in range(20, 40):
-                    await AsyncPublisher(r).publish(note("ivan", i))
+            await publish(range(20, 40))  # as soon as Redis is back, before the node has resubscribed
             await wait_until(lambda: node.node.ready, timeout=10)
-            async with redis.asyncio.Redis.from_url(server.url) as r:
-                for i in range(40, 50):
-                    await AsyncPublisher(r).publish(note("ivan", i))
-            await tally.drain(client, notifications=30)
-            await client.nothing("notification")
-            assert client.sio.connected
+            await publish(range(40, 50))
+            await tally.drain(c, notifications=30, executions=30)
+            await c.nothing("notification")
+            await c.nothing("execution")
+            assert c.sio.connected
     finally:
         server.stop()
     assert tally.notifications == [f"n{i}" for i in range(50)]
-    report("redis restarted", 50, tally.notifications)
+    assert tally.executions == [("run", v) for v in range(1, 51)]
+    report("redis restarted", 100, tally.notifications + tally.executions)
 
 
 async def test_recovery_beyond_the_bound_says_incomplete(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
