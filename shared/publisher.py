@@ -123,6 +123,15 @@ class _Commands:
     retention: Retention
     latest_ttl_s: int
 
+    def market(self, pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, events: list[AnyMarketEvent]) -> None:
+        """Queue each event's PUBLISH (and latest-value SET for snapshot topics) on `pipe`."""
+        for event in events:
+            topic = event.topic
+            data = codec.encode(event)
+            pipe.publish(names.market_channel(topic), data)
+            if topic.has_snapshot:
+                pipe.set(names.latest_key(topic), data, ex=self.latest_ttl_s)
+
     def record(self, record: Notification | ExecutionUpdate) -> tuple[str, list[str], list[str]]:
         data = _validated(record).decode()
         limits = [str(self.retention.max_entries), str(self.retention.max_age_ms)]
@@ -183,12 +192,7 @@ class AsyncPublisher:
     async def publish_market(self, events: list[AnyMarketEvent]) -> None:
         """Publish a batch of market events in one pipeline round trip."""
         pipe = self._redis.pipeline(transaction=False)
-        for event in events:
-            topic = event.topic
-            data = codec.encode(event)
-            pipe.publish(names.market_channel(topic), data)
-            if topic.has_snapshot:
-                pipe.set(names.latest_key(topic), data, ex=self._commands.latest_ttl_s)
+        self._commands.market(pipe, events)
         await pipe.execute()
 
     async def publish(self, record: Notification | ExecutionUpdate) -> str | None:
@@ -223,6 +227,12 @@ class SyncPublisher:
         self._redis = client
         self._commands = _Commands(retention or Retention(), latest_ttl_s)
         self._scripts = {text: client.register_script(text) for text in (NOTIFICATION_SCRIPT, EXECUTION_SCRIPT)}
+
+    def publish_market(self, events: list[AnyMarketEvent]) -> None:
+        """Publish a batch of market events in one pipeline round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        self._commands.market(pipe, events)
+        pipe.execute()
 
     def publish(self, record: Notification | ExecutionUpdate) -> str | None:
         """Store and announce one record; returns its position, or None for a stale execution update."""

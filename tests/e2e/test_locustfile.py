@@ -1,0 +1,60 @@
+"""A short, bounded headless locust run against a real gateway, so the locustfile cannot rot."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.harness import SECRET, running_node
+
+LOCUSTFILE = Path(__file__).parents[2] / "loadtests" / "locustfile.py"
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_headless_locust_run_reports_every_measure(redis_url: str, tmp_path: Path) -> None:
+    async with running_node(redis_url, connect_burst_per_ip=1000) as node:
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "GATEWAY_JWT_SECRET": SECRET,
+            "PUBLISH_RATE": "20",
+            "NOTIFIED_USERS": "2",
+            "PYTHONPATH": str(LOCUSTFILE.parents[1]),
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "--users",
+            "10",
+            "--spawn-rate",
+            "10",
+            "--run-time",
+            "6s",
+            "--host",
+            node.url,
+            "--csv",
+            str(tmp_path / "run"),
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, output.decode()[-3000:]
+    with (tmp_path / "run_stats.csv").open() as stats_file:
+        rows = {row["Name"]: row for row in csv.DictReader(stats_file)}
+    for name in ("connect", "subscribe", "market", "notification", "notifications:unread"):
+        assert int(rows[name]["Request Count"]) > 0, f"no {name} measured: {sorted(rows)}"
+        assert int(rows[name]["Failure Count"]) == 0, rows[name]
