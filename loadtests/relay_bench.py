@@ -28,6 +28,7 @@ import uvloop
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.events import Ticker
 from shared.publisher import AsyncPublisher
+from shared.topics import Exchange
 
 SECRET = "benchmark-secret-benchmark-secret-0123"
 TOPIC = "binance:ticker:BTC/USDT"
@@ -135,7 +136,7 @@ async def run(clients: int, rate: int, seconds: float) -> dict[str, float]:
                         await publisher.publish_market(
                             [
                                 Ticker(
-                                    exchange="binance",
+                                    exchange=Exchange.BINANCE,
                                     symbol="BTC/USDT",
                                     ts=int(now),
                                     recv_ts=now,
