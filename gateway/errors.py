@@ -41,3 +41,7 @@ class RequestError(GatewayError, ValueError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+    def ack(self) -> dict[str, object]:
+        """The error ack a client receives (client contract)."""
+        return {"ok": False, "error": {"code": self.code, "message": self.message}}

@@ -21,23 +21,22 @@ import socketio
 from aiohttp import web
 
 from gateway import ops
-from gateway.auth import Identity, TokenVerifier
+from gateway.admission import Admission
+from gateway.auth import TokenVerifier
 from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError, RequestError
 from gateway.fanout import Fanout
 from gateway.history import History
-from gateway.limits import KeyedBuckets
 from gateway.metrics import GatewayMetrics
 from gateway.notifications import NotificationRequests
 from gateway.policy import TopicPolicy
 from gateway.relay import Relay
 from gateway.sessions import Session
-from gateway.sio import GuardedServer, Outbox, join_room, leave_room
+from gateway.sio import GuardedServer, Outbox, join_room
 from gateway.streams import Resume, StreamSync
+from gateway.subscriptions import Subscriptions
 from shared import names
 from shared.codec import Revocation
-from shared.errors import TopicError
-from shared.topics import Topic
 
 logger = logging.getLogger(__name__)
 
@@ -50,41 +49,6 @@ FLUSH_INTERVAL_S: Final = 0.02
 CATCH_UP_BACKOFF_MAX_S: Final = 5.0
 
 
-class TopicResult:
-    """Per-topic outcomes of subscribe and unsubscribe (client contract)."""
-
-    OK: Final = "ok"
-    INVALID_TOPIC: Final = "invalid_topic"
-    FORBIDDEN: Final = "forbidden"
-    LIMIT_REACHED: Final = "limit_reached"
-    UNAVAILABLE: Final = "unavailable"
-
-
-def _result(topic: object, error: str | None = None, message: str | None = None) -> dict[str, object]:
-    if error is None:
-        return {"topic": topic, "ok": True}
-    return {"topic": topic, "ok": False, "error": error, "message": message or error}
-
-
-def _error_ack(exc: RequestError) -> dict[str, object]:
-    return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
-
-
-def client_address(environ: Mapping[str, Any], *, trust_forwarded_for: bool) -> str:
-    """The client's address; behind a trusted proxy, the one the proxy appended last."""
-    if trust_forwarded_for:
-        forwarded = environ.get("HTTP_X_FORWARDED_FOR", "")
-        if forwarded:
-            return str(forwarded.rsplit(",", 1)[-1].strip())
-    return str(environ.get("REMOTE_ADDR", ""))
-
-
-def bearer_token(environ: Mapping[str, Any]) -> str | None:
-    header = environ.get("HTTP_AUTHORIZATION", "")
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
 class GatewayNode:
     """Everything one node runs: the Socket.IO server, the relay and the ops endpoints."""
 
@@ -94,8 +58,6 @@ class GatewayNode:
         self.verifier = TokenVerifier(config)
         self.policy = TopicPolicy(config.allowed_topics, config.topics_claim)
         self.sessions: dict[str, Session] = {}
-        self._user_sockets: dict[str, int] = {}
-        self._connect_buckets = KeyedBuckets(config.connect_rate_per_ip, config.connect_burst_per_ip)
         self.accepting = True
         self._drained = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -140,13 +102,24 @@ class GatewayNode:
             permanent=(names.CONTROL_CHANNEL,),
         )
         self.notifications = NotificationRequests(self.history, self.redis, self.metrics)
+        self.admission = Admission(config, self.verifier, self.redis)
+        self.subscriptions = Subscriptions(
+            config,
+            server=self.server,
+            outbox=self.outbox,
+            relay=self.relay,
+            fanout=self.fanout,
+            policy=self.policy,
+            client=self.redis,
+            metrics=self.metrics,
+        )
         self.app = web.Application()
         self.server.attach(self.app, socketio_path=SOCKETIO_PATH)
         ops.add_routes(self.app, self)
         self.server.on("connect", self._on_connect)
         self.server.on("disconnect", self._on_disconnect)
-        self.server.on("subscribe", self._on_subscribe)
-        self.server.on("unsubscribe", self._on_unsubscribe)
+        self.server.on("subscribe", self._with_session(self.subscriptions.subscribe))
+        self.server.on("unsubscribe", self._with_session(self.subscriptions.unsubscribe))
         self.server.on("refresh", self._on_refresh)
         self.server.on("notifications:list", self._with_session(self.notifications.page))
         self.server.on("notifications:read", self._with_session(self.notifications.mark_read))
@@ -235,7 +208,7 @@ class GatewayNode:
 
     async def _on_connect(self, sid: str, environ: Mapping[str, Any], auth: object) -> bool:
         try:
-            identity = await self._admit(environ, auth)
+            identity = await self.admission.admit(environ, auth, accepting=self.accepting)
         except AuthError as exc:
             self.metrics.auth_failures.labels(exc.code).inc()
             raise socketio.exceptions.ConnectionRefusedError(
@@ -243,7 +216,7 @@ class GatewayNode:
             ) from None
         session = Session(sid, identity, self.policy.user_patterns(identity.claims))
         channels = session.personal_channels
-        acquired = await self._acquire_all(channels)
+        acquired = await self.subscriptions.acquire_all(channels)
         resume, resume_valid = Resume.from_auth(auth)
         try:
             fresh_start = await self.streams.start_position(session, resume)
@@ -253,7 +226,7 @@ class GatewayNode:
         socket = self.server.engineio_socket(eio_sid) if eio_sid else None
         if len(acquired) < len(channels) or socket is None or socket.closed or socket.closing:
             for channel in acquired:
-                self.relay.release(channel)
+                self.subscriptions.release(channel)
             if len(acquired) < len(channels):
                 self.metrics.auth_failures.labels(AuthCode.UNAVAILABLE).inc()
                 raise socketio.exceptions.ConnectionRefusedError(
@@ -261,7 +234,7 @@ class GatewayNode:
                 )
             return False
         self.sessions[sid] = session
-        self._user_sockets[identity.user_id] = self._user_sockets.get(identity.user_id, 0) + 1
+        self.admission.joined(identity.user_id)
         self._schedule_expiry(session)
         topics = auth.get("subscriptions") if isinstance(auth, dict) else None
         session.sync_task = self._spawn(self._sync(session, resume, resume_valid, fresh_start, topics))
@@ -269,35 +242,6 @@ class GatewayNode:
         self.metrics.redis_channels.set(len(self.relay.channels))
         logger.debug("connected", extra={"sid": sid, "user": identity.user_id})
         return True
-
-    async def _admit(self, environ: Mapping[str, Any], auth: object) -> Identity:
-        """Who may connect: node accepting, address under its rate, token valid and not revoked, user under cap."""
-        if not self.accepting:
-            raise AuthError(AuthCode.UNAVAILABLE, "this node is shutting down")
-        if not self._connect_buckets.take(client_address(environ, trust_forwarded_for=self.config.trust_forwarded_for)):
-            raise AuthError(AuthCode.RATE_LIMITED, "too many connection attempts from this address; retry later")
-        token = auth.get("token") if isinstance(auth, dict) else None
-        identity = await self.verifier.verify(bearer_token(environ) if token is None else token)
-        await self._check_revoked(identity)
-        if self._user_sockets.get(identity.user_id, 0) >= self.config.max_connections_per_user:
-            raise AuthError(AuthCode.TOO_MANY_CONNECTIONS, "this user holds too many connections on this node")
-        return identity
-
-    async def _check_revoked(self, identity: Identity) -> None:
-        keys = [names.revoked_user(identity.user_id)]
-        if identity.token_id is not None:
-            keys.append(names.revoked_token(identity.token_id))
-        try:
-            values = await self.redis.mget(keys)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            raise AuthError(AuthCode.UNAVAILABLE, "cannot check revocations; retry") from exc
-        issued_ms = (
-            float(identity.claims.get("iat", 0)) * 1000 if isinstance(identity.claims.get("iat"), int | float) else 0
-        )
-        if values[0] is not None and issued_ms <= float(values[0]):
-            raise AuthError(AuthCode.TOKEN_REVOKED, "this user's tokens issued before the revocation are refused")
-        if len(values) > 1 and values[1] is not None:
-            raise AuthError(AuthCode.TOKEN_REVOKED, "this token was revoked")
 
     def _revoked(self, revocation: Revocation) -> None:
         """A control message: close the matching sockets on this node within the second."""
@@ -327,7 +271,10 @@ class GatewayNode:
                     join_room(self.server, session.sid, channel)
             status = {"complete": False, "error": "unavailable"}
         if topics is not None and not session.closed:
-            status["subscriptions"] = await self._subscribe_request(session, topics)
+            try:
+                status["subscriptions"] = await self.subscriptions.subscribe(session, topics)
+            except RequestError as exc:
+                status["subscriptions"] = exc.ack()
         if not session.closed:
             await self.server.emit("sync", status, to=session.sid)
 
@@ -336,22 +283,13 @@ class GatewayNode:
         if session is None:
             return
         session.closed = True
-        user_id = session.identity.user_id
-        if self._user_sockets.get(user_id, 0) <= 1:
-            self._user_sockets.pop(user_id, None)
-        else:
-            self._user_sockets[user_id] -= 1
+        self.admission.left(session.identity.user_id)
         if session.expiry is not None:
             session.expiry.cancel()
         if session.sync_task is not None:
             session.sync_task.cancel()
-        for channel in session.personal_channels:
-            self._release(channel)
-        for topic in session.topics:
-            self._release_topic(topic)
-        self.metrics.subscriptions.dec(len(session.topics))
+        self.subscriptions.release_session(session)
         self.metrics.connections.dec()
-        self.metrics.redis_channels.set(len(self.relay.channels))
         logger.debug("disconnected", extra={"sid": sid, "reason": str(reason)})
         if not self.accepting and not self.sessions:
             self._drained.set()
@@ -380,138 +318,21 @@ class GatewayNode:
         """Replace the socket's token with a fresh one for the same user."""
         session = self.sessions.get(sid)
         if session is None:
-            return _error_ack(RequestError("not_connected", "the socket is not connected"))
+            return RequestError("not_connected", "the socket is not connected").ack()
         token = data.get("token") if isinstance(data, dict) else None
         try:
-            identity = await self.verifier.verify(token)
-            await self._check_revoked(identity)
+            identity = await self.admission.verify(token)
         except AuthError as exc:
             self.metrics.auth_failures.labels(exc.code).inc()
-            return _error_ack(RequestError(str(exc.code), exc.message))
+            return RequestError(str(exc.code), exc.message).ack()
         if identity.user_id != session.identity.user_id:
-            return _error_ack(RequestError(AuthCode.FORBIDDEN, "a refresh token must be for the same user"))
+            return RequestError(AuthCode.FORBIDDEN, "a refresh token must be for the same user").ack()
         if set(identity.teams) != set(session.identity.teams):
-            return _error_ack(RequestError(AuthCode.FORBIDDEN, "teams changed; reconnect with the new token"))
+            return RequestError(AuthCode.FORBIDDEN, "teams changed; reconnect with the new token").ack()
         session.identity = identity
         session.user_patterns = self.policy.user_patterns(identity.claims)
         self._schedule_expiry(session)
         return {"ok": True, "expires_at": int(identity.expires_at)}
-
-    # Subscriptions
-
-    def _topics_of(self, data: object) -> list[object]:
-        if not isinstance(data, list):
-            raise RequestError("bad_request", "send a list of topic strings")
-        if len(data) > self.config.max_topics_per_request:
-            raise RequestError("bad_request", f"at most {self.config.max_topics_per_request} topics per request")
-        return data
-
-    async def _on_subscribe(self, sid: str, data: object = None) -> dict[str, object]:
-        session = self.sessions.get(sid)
-        if session is None:
-            return _error_ack(RequestError("not_connected", "the socket is not connected"))
-        return await self._subscribe_request(session, data)
-
-    async def _subscribe_request(self, session: Session, data: object) -> dict[str, object]:
-        """A subscribe request's answer (also used for the topics a reconnecting client restores)."""
-        try:
-            requested = self._topics_of(data)
-        except RequestError as exc:
-            self.metrics.client_errors.labels(exc.code).inc()
-            return _error_ack(exc)
-        results: list[dict[str, object]] = []
-        wanted: dict[str, Topic] = {}
-        for item in requested:
-            try:
-                topic = Topic.parse(item)
-            except TopicError as exc:
-                results.append(_result(item, TopicResult.INVALID_TOPIC, str(exc)))
-                continue
-            text = str(topic)
-            if text in session.topics or text in session.pending:
-                results.append(_result(text))
-            elif not self.policy.allows(text, session.user_patterns):
-                results.append(_result(text, TopicResult.FORBIDDEN, "this token may not subscribe to that topic"))
-            elif session.reserved() >= self.config.max_subscriptions:
-                results.append(
-                    _result(
-                        text,
-                        TopicResult.LIMIT_REACHED,
-                        f"at most {self.config.max_subscriptions} subscriptions per socket",
-                    )
-                )
-            else:
-                session.pending.add(text)
-                wanted[text] = topic
-                results.append(_result(text))
-        if wanted:
-            failed = await self._subscribe(session, list(wanted.values()))
-            for index, result in enumerate(results):
-                if result["topic"] in failed and result["ok"]:
-                    results[index] = _result(
-                        result["topic"], TopicResult.UNAVAILABLE, "the node cannot reach Redis; retry"
-                    )
-        return {"ok": True, "results": results}
-
-    async def _subscribe(self, session: Session, topics: list[Topic]) -> set[str]:
-        """Subscribe `session` to `topics`; returns the topics that could not be subscribed."""
-        channels = [names.market_channel(topic) for topic in topics]
-        acquired = await self._acquire_all(channels)
-        await self._load_latest([t for t, c in zip(topics, channels, strict=True) if c in acquired and t.has_snapshot])
-        session.pending.difference_update(str(topic) for topic in topics)
-        if session.closed:
-            for channel in acquired:
-                self._release_topic(channel.removeprefix(names.MARKET_PREFIX))
-            return set()
-        eio_sid = self.server.eio_sid(session.sid)
-        failed = set()
-        for topic, channel in zip(topics, channels, strict=True):
-            if channel not in acquired:
-                failed.add(str(topic))
-                continue
-            # No await between the snapshot and joining the room: nothing can
-            # slip in between, so the client sees no gap and no older value.
-            latest = self.fanout.latest(channel)
-            if latest is not None and eio_sid is not None:
-                self.outbox.send((eio_sid,), latest, conflate_key=channel)
-            join_room(self.server, session.sid, channel)
-            session.topics.add(str(topic))
-        self.metrics.subscriptions.inc(len(topics) - len(failed))
-        self.metrics.redis_channels.set(len(self.relay.channels))
-        return failed
-
-    async def _on_unsubscribe(self, sid: str, data: object = None) -> dict[str, object]:
-        session = self.sessions.get(sid)
-        if session is None:
-            return _error_ack(RequestError("not_connected", "the socket is not connected"))
-        try:
-            requested = self._topics_of(data)
-        except RequestError as exc:
-            self.metrics.client_errors.labels(exc.code).inc()
-            return _error_ack(exc)
-        results = []
-        for item in requested:
-            try:
-                text = str(Topic.parse(item))
-            except TopicError as exc:
-                results.append(_result(item, TopicResult.INVALID_TOPIC, str(exc)))
-                continue
-            if text in session.topics:
-                session.topics.discard(text)
-                leave_room(self.server, sid, names.market_channel(text))
-                self._release_topic(text)
-                self.metrics.subscriptions.dec()
-            results.append(_result(item))
-        self.metrics.redis_channels.set(len(self.relay.channels))
-        return {"ok": True, "results": results}
-
-    def _release_topic(self, topic: str) -> None:
-        self._release(names.market_channel(topic))
-
-    def _release(self, channel: str) -> None:
-        self.relay.release(channel)
-        if channel not in self.relay.channels:
-            self.fanout.forget(channel)
 
     def _with_session(self, handler: Callable[[Session, object], Awaitable[dict[str, object]]]) -> Callable[..., Any]:
         """Adapt a request handler to a Socket.IO event handler of a connected socket."""
@@ -519,39 +340,11 @@ class GatewayNode:
         async def event(sid: str, data: object = None) -> dict[str, object]:
             session = self.sessions.get(sid)
             if session is None:
-                return _error_ack(RequestError("not_connected", "the socket is not connected"))
+                return RequestError("not_connected", "the socket is not connected").ack()
             try:
                 return await handler(session, data)
             except RequestError as exc:
                 self.metrics.client_errors.labels(exc.code).inc()
-                return _error_ack(exc)
+                return exc.ack()
 
         return event
-
-    async def _acquire_all(self, channels: list[str]) -> set[str]:
-        """Subscribe the channels in Redis; returns those confirmed in time."""
-        outcomes = await asyncio.gather(*(self.relay.acquire(c) for c in channels), return_exceptions=True)
-        acquired = set()
-        for channel, outcome in zip(channels, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                if not isinstance(outcome, TimeoutError):
-                    raise outcome
-                logger.warning("redis subscribe timed out", extra={"channel": channel})
-            else:
-                acquired.add(channel)
-        return acquired
-
-    async def _load_latest(self, topics: list[Topic]) -> None:
-        """Read latest values the node has not seen live yet."""
-        channels = [names.market_channel(t) for t in topics]
-        missing = [(t, c) for t, c in zip(topics, channels, strict=True) if self.fanout.latest(c) is None]
-        if not missing:
-            return
-        try:
-            values = await self.redis.mget([names.latest_key(t) for t, _ in missing])
-        except (redis.exceptions.RedisError, OSError) as exc:
-            logger.warning("latest values unavailable", extra={"error": str(exc)})
-            return
-        for (_, channel), value in zip(missing, values, strict=True):
-            if isinstance(value, bytes):
-                self.fanout.remember(channel, value)

@@ -1,0 +1,80 @@
+"""Who may connect: node accepting, address under its rate, token valid and not revoked, user under cap."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import redis.asyncio
+import redis.exceptions
+
+from gateway.auth import Identity, TokenVerifier
+from gateway.config import GatewayConfig
+from gateway.errors import AuthCode, AuthError
+from gateway.limits import KeyedBuckets
+from shared import names
+
+
+def client_address(environ: Mapping[str, Any], *, trust_forwarded_for: bool) -> str:
+    """The client's address; behind a trusted proxy, the one the proxy appended last."""
+    if trust_forwarded_for:
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR", "")
+        if forwarded:
+            return str(forwarded.rsplit(",", 1)[-1].strip())
+    return str(environ.get("REMOTE_ADDR", ""))
+
+
+def bearer_token(environ: Mapping[str, Any]) -> str | None:
+    header = environ.get("HTTP_AUTHORIZATION", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+class Admission:
+    """The checks every connection (and every refreshed token) passes; each refusal is a coded AuthError."""
+
+    def __init__(self, config: GatewayConfig, verifier: TokenVerifier, client: redis.asyncio.Redis) -> None:
+        self._config = config
+        self._verifier = verifier
+        self._redis = client
+        self._connect_buckets = KeyedBuckets(config.connect_rate_per_ip, config.connect_burst_per_ip)
+        self._user_sockets: dict[str, int] = {}
+
+    async def admit(self, environ: Mapping[str, Any], auth: object, *, accepting: bool) -> Identity:
+        if not accepting:
+            raise AuthError(AuthCode.UNAVAILABLE, "this node is shutting down")
+        address = client_address(environ, trust_forwarded_for=self._config.trust_forwarded_for)
+        if not self._connect_buckets.take(address):
+            raise AuthError(AuthCode.RATE_LIMITED, "too many connection attempts from this address; retry later")
+        token = auth.get("token") if isinstance(auth, dict) else None
+        identity = await self.verify(bearer_token(environ) if token is None else token)
+        if self._user_sockets.get(identity.user_id, 0) >= self._config.max_connections_per_user:
+            raise AuthError(AuthCode.TOO_MANY_CONNECTIONS, "this user holds too many connections on this node")
+        return identity
+
+    async def verify(self, token: object) -> Identity:
+        """A valid token that was not revoked."""
+        identity = await self._verifier.verify(token)
+        keys = [names.revoked_user(identity.user_id)]
+        if identity.token_id is not None:
+            keys.append(names.revoked_token(identity.token_id))
+        try:
+            values = await self._redis.mget(keys)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise AuthError(AuthCode.UNAVAILABLE, "cannot check revocations; retry") from exc
+        issued_at = identity.claims.get("iat")
+        issued_ms = float(issued_at) * 1000 if isinstance(issued_at, int | float) else 0.0
+        if values[0] is not None and issued_ms <= float(values[0]):
+            raise AuthError(AuthCode.TOKEN_REVOKED, "this user's tokens issued before the revocation are refused")
+        if len(values) > 1 and values[1] is not None:
+            raise AuthError(AuthCode.TOKEN_REVOKED, "this token was revoked")
+        return identity
+
+    def joined(self, user_id: str) -> None:
+        self._user_sockets[user_id] = self._user_sockets.get(user_id, 0) + 1
+
+    def left(self, user_id: str) -> None:
+        if self._user_sockets.get(user_id, 0) <= 1:
+            self._user_sockets.pop(user_id, None)
+        else:
+            self._user_sockets[user_id] -= 1
