@@ -8,8 +8,10 @@ import os
 import secrets
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,6 +24,7 @@ from shared.config import ConfigError, load
 from shared.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from shared.logs import setup_logging
 from shared.topics import Exchange
+from stack.balancer import BalancerError, balancer_service
 from stack.config import Simulate, StackConfig
 from stack.supervisor import Service, python_module, supervise
 
@@ -57,7 +60,12 @@ def simulated(url: str, exchange: Exchange, config: StackConfig) -> str:
     return urlunsplit((scheme, f"127.0.0.1:{port}", parts.path, parts.query, ""))
 
 
-def services(config: StackConfig, *, simulate: bool) -> list[Service]:
+def gateway_ports(config: StackConfig) -> list[int]:
+    first = config.port + 1 if config.balancer else config.port
+    return [first + i for i in range(config.gateways)]
+
+
+def services(config: StackConfig, *, simulate: bool, workdir: Path) -> list[Service]:
     result = []
     if simulate and config.exchanges:
         result.append(
@@ -95,13 +103,16 @@ def services(config: StackConfig, *, simulate: bool) -> list[Service]:
             f"gateway-{i + 1}",
             "gateway",
             env={
-                "GATEWAY_PORT": str(config.port + i),
+                "GATEWAY_PORT": str(port),
                 "GATEWAY_HOST": config.host,
                 "GATEWAY_NODE_ID": f"gateway-{i + 1}",
             },
         )
-        for i in range(config.gateways)
+        for i, port in enumerate(gateway_ports(config))
     ]
+    if config.balancer:
+        backends = [(config.host, port) for port in gateway_ports(config)]
+        result.append(balancer_service(config.port, backends, workdir / "nginx"))
     return result
 
 
@@ -135,13 +146,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stack starting",
         extra={
             "redis_url": redis_url,
-            "gateways": [f"http://{config.host}:{config.port + i}" for i in range(config.gateways)],
+            "url": f"http://{config.host}:{config.port}",
+            "gateways": [f"http://{config.host}:{port}" for port in gateway_ports(config)],
             "demo_token": token,
             "simulated_exchanges": simulate,
         },
     )
     try:
-        return asyncio.run(supervise(services(config, simulate=simulate), env))
+        with tempfile.TemporaryDirectory(prefix="fanout-local-") as workdir:
+            return asyncio.run(supervise(services(config, simulate=simulate, workdir=Path(workdir)), env))
+    except BalancerError as exc:
+        logger.error("cannot start the balancer", extra={"error": str(exc)})  # noqa: TRY400 - no traceback needed
+        return 1
     finally:
         if embedded is not None:
             embedded.stop()

@@ -20,8 +20,13 @@ class StackConfig:
     """Run Redis, gateway nodes, exchange collectors (and a simulator when offline) on this host."""
 
     redis_url: str = setting("", "REDIS_URL", "Redis to use; empty starts an embedded one.", flag="--redis-url")
-    gateways: int = setting(1, "STACK_GATEWAYS", "Gateway processes to run (ports from --port upward).")
-    port: int = setting(8000, "STACK_PORT", "Port of the first gateway process.")
+    gateways: int = setting(
+        1, "STACK_GATEWAYS", "Gateway processes to run (ports from --port, or --port + 1 behind nginx)."
+    )
+    port: int = setting(8000, "STACK_PORT", "Port clients connect to: the first gateway, or nginx with --balancer.")
+    balancer: bool = setting(
+        False, "STACK_BALANCER", "Put nginx (sticky by client address) on --port in front of the gateways."
+    )
     host: str = setting("127.0.0.1", "STACK_HOST", "Address the gateways listen on.")
     jwt_secret: str = setting(
         "", "GATEWAY_JWT_SECRET", "HS256 secret; empty generates one for this run.", flag="--jwt-secret"

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from string import Template
 
 import aiohttp
 import pytest
@@ -19,17 +17,10 @@ import redis.asyncio
 from shared.embedded_redis import free_port
 from shared.events import Notification
 from shared.publisher import AsyncPublisher
+from stack.balancer import balancer_service
 from tests.harness import SECRET, connected, make_token, wait_until
 
-TEMPLATE = Path(__file__).parents[2] / "deploy" / "nginx" / "nginx.conf.template"
-
 pytestmark = pytest.mark.e2e
-
-
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    assert found, "nginx is required (test.sh installs it)"
-    return found
 
 
 @asynccontextmanager
@@ -64,14 +55,8 @@ async def gateway_process(redis_url: str, port: int) -> AsyncIterator[asyncio.su
 @asynccontextmanager
 async def nginx(tmp_path: Path, backends: list[int]) -> AsyncIterator[str]:
     port = free_port()
-    servers = "\n        ".join(f"server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;" for p in backends)
-    conf = Template(TEMPLATE.read_text()).safe_substitute(
-        LISTEN_PORT=port, UPSTREAM_SERVERS=servers, PREFIX=str(tmp_path)
-    )
-    (tmp_path / "nginx.conf").write_text(conf)
-    process = await asyncio.create_subprocess_exec(
-        nginx_binary(), "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"
-    )
+    service = balancer_service(port, [("127.0.0.1", p) for p in backends], tmp_path)
+    process = await asyncio.create_subprocess_exec(*service.argv)
     try:
         async with aiohttp.ClientSession() as http:
             for _ in range(200):

@@ -94,3 +94,39 @@ async def test_the_whole_system_on_one_host(tmp_path: Path) -> None:
             stack.kill()
             raise
     assert code == 0, log.read_text()[-3000:]
+
+
+async def test_two_gateways_behind_nginx(tmp_path: Path) -> None:
+    base = free_port_block(3)
+    log = tmp_path / "stack.log"
+    with log.open("w") as sink:
+        stack = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "stack",
+                "--port",
+                str(base),
+                "--gateways",
+                "2",
+                "--balancer",
+                "true",
+                "--exchanges",
+                "",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        token = demo_token(log, time.monotonic() + 30)
+        for port in (base + 1, base + 2):
+            await ready(f"http://127.0.0.1:{port}/readyz", time.monotonic() + 30)
+        await ready(f"http://127.0.0.1:{base}/readyz", time.monotonic() + 30)  # through nginx
+        for transport in ("websocket", "polling"):  # polling needs the sticky upstream
+            async with connected(f"http://127.0.0.1:{base}", token, transport=transport) as client:
+                reply = await client.call("subscribe", TOPICS[:1])
+                assert reply["ok"] is True
+    finally:
+        stack.send_signal(signal.SIGTERM)
+        code = stack.wait(30)
+    assert code == 0, log.read_text()[-3000:]
