@@ -106,6 +106,8 @@ def services(config: StackConfig, *, simulate: bool, workdir: Path) -> list[Serv
                 "GATEWAY_PORT": str(port),
                 "GATEWAY_HOST": config.host,
                 "GATEWAY_NODE_ID": f"gateway-{i + 1}",
+                # Behind nginx every client would otherwise share nginx's address.
+                "GATEWAY_TRUST_FORWARDED_FOR": "true" if config.balancer else "false",
             },
         )
         for i, port in enumerate(gateway_ports(config))
