@@ -78,7 +78,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run(clients: int, rate: int, seconds: float) -> dict[str, float]:
+SERVERS = ("gateway", "baseline")
+
+
+async def run(clients: int, rate: int, seconds: float, server_kind: str = "gateway") -> dict[str, float]:
+    """One measured run against the gateway or the plain python-socketio baseline."""
     with EmbeddedRedis() as server:
         port = free_port()
         env = {
@@ -92,7 +96,12 @@ async def run(clients: int, rate: int, seconds: float) -> dict[str, float]:
             # Every load client connects from 127.0.0.1: lift the per-address connect rate.
             "GATEWAY_CONNECT_BURST_PER_IP": str(clients * 2),
         }
-        gateway = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", env=env)
+        module = (
+            ["gateway"]
+            if server_kind == "gateway"
+            else ["loadtests.baseline_server", "--port", str(port), "--redis-url", server.url]
+        )
+        gateway = await asyncio.create_subprocess_exec(sys.executable, "-m", *module, env=env)
         url = f"http://127.0.0.1:{port}"
         stats = Stats()
         try:
@@ -178,11 +187,24 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--rate", type=int, default=100, help="messages published per second")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--server",
+        choices=[*SERVERS, "both"],
+        default="gateway",
+        help="what to measure; both runs the plain python-socketio baseline too and prints the ratio",
+    )
     args = parser.parse_args()
-    result = uvloop.run(run(args.clients, args.rate, args.seconds))
-    print(json.dumps(result))
-    for key, value in result.items():
-        print(f"{key:>26}  {value:,.2f}")
+    kinds = SERVERS if args.server == "both" else (args.server,)
+    results = {kind: uvloop.run(run(args.clients, args.rate, args.seconds, kind)) for kind in kinds}
+    for kind, result in results.items():
+        print(json.dumps({"server": kind, **result}))
+    keys = list(next(iter(results.values())))
+    print(f"{'':>26}  " + "  ".join(f"{kind:>12}" for kind in results))
+    for key in keys:
+        print(f"{key:>26}  " + "  ".join(f"{results[kind][key]:>12,.2f}" for kind in results))
+    if len(results) == 2:
+        ratio = results["gateway"]["deliveries_per_cpu_s"] / results["baseline"]["deliveries_per_cpu_s"]
+        print(f"gateway / baseline deliveries per CPU-second: {ratio:.2f}x")
 
 
 if __name__ == "__main__":
