@@ -5,8 +5,10 @@ clients (a minimal Engine.IO/Socket.IO WebSocket client, so the load client
 is cheap), subscribes them all to one topic, publishes market events at a
 fixed rate and reports deliveries/s achieved vs offered, the fraction
 delivered, publish-to-receive latency and deliveries per gateway CPU-second.
+With ``--server both`` the same load also runs against a plain python-socketio
+relay (loadtests/baseline_server.py) and the ratio is printed.
 
-    python -m loadtests.relay_bench --clients 200 --rate 100 --seconds 10
+    python -m loadtests.relay_bench --clients 200 --rate 500 --seconds 10 --server both
 """
 
 from __future__ import annotations
