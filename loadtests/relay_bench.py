@@ -19,6 +19,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,93 +85,149 @@ def percentile(values: list[float], q: float) -> float:
 SERVERS = ("gateway", "baseline")
 
 
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+@asynccontextmanager
+async def serving(server_kind: str, redis_url: str, clients: int) -> AsyncIterator[tuple[str, int]]:
+    """Start the gateway (or the baseline) on a free port; yields its URL and pid once it is ready."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "GATEWAY_JWT_SECRET": SECRET,
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_LOG_LEVEL": "warning",
+        "GATEWAY_TRANSPORTS": "websocket",
+        # Every load client connects from 127.0.0.1: lift the per-address limits.
+        "GATEWAY_CONNECT_BURST_PER_IP": str(clients * 2),
+        "GATEWAY_MAX_CONNECTIONS_PER_USER": str(clients * 2),
+    }
+    module = (
+        ["gateway"]
+        if server_kind == "gateway"
+        else ["loadtests.baseline_server", "--port", str(port), "--redis-url", redis_url]
+    )
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", *module, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                try:
+                    async with http.get(url + "/readyz") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+async def idle(connections: int, server_kind: str = "gateway") -> dict[str, float]:
+    """RSS per idle connection and the connect rate of a storm of `connections` clients."""
+    with EmbeddedRedis() as server:
+        async with (
+            serving(server_kind, server.url, connections) as (url, pid),
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
+        ):
+            before = rss_kib(pid)
+            expires = int(time.time()) + 3600
+            sockets: list[aiohttp.ClientWebSocketResponse] = []
+
+            async def connect(i: int) -> None:
+                ws = await session.ws_connect(f"{url}/socket.io/?EIO=4&transport=websocket")
+                await ws.receive_str()
+                await ws.send_str(
+                    "40" + json.dumps({"token": jwt.encode({"sub": f"idle-{i}", "exp": expires}, SECRET)})
+                )
+                await ws.receive_str()
+                sockets.append(ws)
+
+            started = time.monotonic()
+            for batch in range(0, connections, 500):
+                await asyncio.gather(*(connect(i) for i in range(batch, min(batch + 500, connections))))
+            storm_s = time.monotonic() - started
+            await asyncio.sleep(2.0)
+            after = rss_kib(pid)
+            for ws in sockets:
+                await ws.close()
+    return {
+        "connections": float(connections),
+        "connect_storm_s": storm_s,
+        "connections_per_s": connections / storm_s,
+        "rss_before_kib": float(before),
+        "rss_after_kib": float(after),
+        "kib_per_connection": (after - before) / connections,
+    }
+
+
 async def run(clients: int, rate: int, seconds: float, server_kind: str = "gateway") -> dict[str, float]:
     """One measured run against the gateway or the plain python-socketio baseline."""
     with EmbeddedRedis() as server:
-        port = free_port()
-        env = {
-            **os.environ,
-            "REDIS_URL": server.url,
-            "GATEWAY_JWT_SECRET": SECRET,
-            "GATEWAY_PORT": str(port),
-            "GATEWAY_HOST": "127.0.0.1",
-            "GATEWAY_LOG_LEVEL": "warning",
-            "GATEWAY_TRANSPORTS": "websocket",
-            # Every load client connects from 127.0.0.1: lift the per-address connect rate.
-            "GATEWAY_CONNECT_BURST_PER_IP": str(clients * 2),
-        }
-        module = (
-            ["gateway"]
-            if server_kind == "gateway"
-            else ["loadtests.baseline_server", "--port", str(port), "--redis-url", server.url]
-        )
-        gateway = await asyncio.create_subprocess_exec(sys.executable, "-m", *module, env=env)
-        url = f"http://127.0.0.1:{port}"
         stats = Stats()
-        try:
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-                for _ in range(200):
-                    try:
-                        async with session.get(url + "/readyz") as response:
-                            if response.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.05)
-                expires = int(time.time()) + 3600
-                ready = asyncio.Event()
-                subscribed = [0, clients]
-                tasks = [
-                    asyncio.create_task(
-                        client(
-                            session,
-                            url,
-                            jwt.encode({"sub": f"bench-{i}", "exp": expires}, SECRET),
-                            stats,
-                            ready,
-                            subscribed,
-                        )
+        async with (
+            serving(server_kind, server.url, clients) as (url, pid),
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
+        ):
+            expires = int(time.time()) + 3600
+            ready = asyncio.Event()
+            subscribed = [0, clients]
+            tasks = [
+                asyncio.create_task(
+                    client(
+                        session,
+                        url,
+                        jwt.encode({"sub": f"bench-{i}", "exp": expires}, SECRET),
+                        stats,
+                        ready,
+                        subscribed,
                     )
-                    for i in range(clients)
-                ]
-                await asyncio.wait_for(ready.wait(), 60)
-                stats.received = 0
-                stats.latencies_ms.clear()
-                redis_client = redis.asyncio.Redis.from_url(server.url)
-                publisher = AsyncPublisher(redis_client)
-                cpu_before = cpu_seconds(gateway.pid)
-                started = time.monotonic()
-                sent = 0
-                while (elapsed := time.monotonic() - started) < seconds:
-                    due = int(elapsed * rate) - sent
-                    if due > 0:
-                        now = time.time() * 1000
-                        await publisher.publish_market(
-                            [
-                                Ticker(
-                                    exchange=Exchange.BINANCE,
-                                    symbol="BTC/USDT",
-                                    ts=int(now),
-                                    recv_ts=now,
-                                    seq=sent + i + 1,
-                                    bid="37000.10",
-                                    ask="37000.20",
-                                    last="37000.15",
-                                )
-                                for i in range(due)
-                            ]
-                        )
-                        sent += due
-                    await asyncio.sleep(0.001)
-                await asyncio.sleep(1.0)  # let in-flight deliveries land
-                cpu = cpu_seconds(gateway.pid) - cpu_before
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                await redis_client.aclose()
-        finally:
-            gateway.terminate()
-            await gateway.wait()
+                )
+                for i in range(clients)
+            ]
+            await asyncio.wait_for(ready.wait(), 60)
+            stats.received = 0
+            stats.latencies_ms.clear()
+            redis_client = redis.asyncio.Redis.from_url(server.url)
+            publisher = AsyncPublisher(redis_client)
+            cpu_before = cpu_seconds(pid)
+            started = time.monotonic()
+            sent = 0
+            while (elapsed := time.monotonic() - started) < seconds:
+                due = int(elapsed * rate) - sent
+                if due > 0:
+                    now = time.time() * 1000
+                    await publisher.publish_market(
+                        [
+                            Ticker(
+                                exchange=Exchange.BINANCE,
+                                symbol="BTC/USDT",
+                                ts=int(now),
+                                recv_ts=now,
+                                seq=sent + i + 1,
+                                bid="37000.10",
+                                ask="37000.20",
+                                last="37000.15",
+                            )
+                            for i in range(due)
+                        ]
+                    )
+                    sent += due
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(1.0)  # let in-flight deliveries land
+            cpu = cpu_seconds(pid) - cpu_before
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await redis_client.aclose()
     offered = sent * clients
     return {
         "clients": clients,
@@ -189,6 +247,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--rate", type=int, default=100, help="messages published per second")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--idle", type=int, default=0, help="instead: RSS per idle connection with this many clients")
     parser.add_argument(
         "--server",
         choices=[*SERVERS, "both"],
@@ -197,14 +256,17 @@ def main() -> None:
     )
     args = parser.parse_args()
     kinds = SERVERS if args.server == "both" else (args.server,)
-    results = {kind: uvloop.run(run(args.clients, args.rate, args.seconds, kind)) for kind in kinds}
+    if args.idle:
+        results = {kind: uvloop.run(idle(args.idle, kind)) for kind in kinds}
+    else:
+        results = {kind: uvloop.run(run(args.clients, args.rate, args.seconds, kind)) for kind in kinds}
     for kind, result in results.items():
         print(json.dumps({"server": kind, **result}))
     keys = list(next(iter(results.values())))
     print(f"{'':>26}  " + "  ".join(f"{kind:>12}" for kind in results))
     for key in keys:
         print(f"{key:>26}  " + "  ".join(f"{results[kind][key]:>12,.2f}" for kind in results))
-    if len(results) == 2:
+    if len(results) == 2 and not args.idle:
         ratio = results["gateway"]["deliveries_per_cpu_s"] / results["baseline"]["deliveries_per_cpu_s"]
         print(f"gateway / baseline deliveries per CPU-second: {ratio:.2f}x")
 
