@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.config import GatewayConfig
 from gateway.node import GatewayNode
-from shared.config import ConfigError, load
+from shared.config import load_or_exit
 from shared.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from shared.logs import setup_logging
 
@@ -48,11 +48,7 @@ async def serve(config: GatewayConfig, redis_url: str, *, ready: asyncio.Event |
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = load(GatewayConfig, argv, prog="fanout-gateway")
-    except ConfigError as exc:
-        print(f"fanout-gateway: {exc}", file=sys.stderr)
-        return 2
+    config = load_or_exit(GatewayConfig, argv, prog="fanout-gateway")
     setup_logging(config.log_level)
     embedded: EmbeddedRedis | None = None
     redis_url = config.redis_url

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -92,6 +93,15 @@ def load(
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def load_or_exit(cls: type[T], argv: Sequence[str] | None = None, *, prog: str) -> T:
+    """`load()` for an entry point: a bad setting prints ``prog: message`` and exits with status 2."""
+    try:
+        return load(cls, argv, prog=prog)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def markdown_table(cls: type[Any]) -> str:

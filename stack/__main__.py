@@ -20,7 +20,7 @@ import jwt
 from collectors.config import URL_SETTINGS
 from collectors.exchanges import ADAPTERS
 from collectors.simulator.config import PORT_ORDER
-from shared.config import ConfigError, load
+from shared.config import load_or_exit
 from shared.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from shared.logs import setup_logging
 from shared.topics import Exchange
@@ -119,11 +119,7 @@ def services(config: StackConfig, *, simulate: bool, workdir: Path) -> list[Serv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = load(StackConfig, argv, prog="fanout-local")
-    except ConfigError as exc:
-        print(f"fanout-local: {exc}", file=sys.stderr)
-        return 2
+    config = load_or_exit(StackConfig, argv, prog="fanout-local")
     setup_logging(config.log_level)
     embedded = None
     redis_url = config.redis_url

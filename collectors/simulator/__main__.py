@@ -21,7 +21,7 @@ import msgspec
 
 from collectors.simulator.config import SimulatorConfig
 from collectors.simulator.server import Simulator
-from shared.config import ConfigError, load
+from shared.config import load_or_exit
 from shared.logs import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -42,11 +42,7 @@ async def serve(config: SimulatorConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = load(SimulatorConfig, argv, prog="fanout-simulator")
-    except ConfigError as exc:
-        print(f"fanout-simulator: {exc}", file=sys.stderr)
-        return 2
+    config = load_or_exit(SimulatorConfig, argv, prog="fanout-simulator")
     setup_logging(config.log_level)
     try:
         asyncio.run(serve(config))
