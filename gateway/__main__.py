@@ -14,7 +14,7 @@ from aiohttp import web
 from gateway.config import GatewayConfig
 from gateway.node import GatewayNode
 from shared.config import load_or_exit
-from shared.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from shared.embedded_redis import EmbeddedRedisError, redis_or_embedded
 from shared.logs import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -50,25 +50,17 @@ async def serve(config: GatewayConfig, redis_url: str, *, ready: asyncio.Event |
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_or_exit(GatewayConfig, argv, prog="fanout-gateway")
     setup_logging(config.log_level)
-    embedded: EmbeddedRedis | None = None
-    redis_url = config.redis_url
-    if not redis_url:
-        try:
-            embedded = EmbeddedRedis().start()
-        except EmbeddedRedisError as exc:
-            logger.exception("cannot start an embedded redis", extra={"error": str(exc)})
-            return 1
-        redis_url = embedded.url
-    try:
-        run = asyncio.run
-        with contextlib.suppress(ImportError):
-            import uvloop  # noqa: PLC0415 - optional speed-up
+    run = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: PLC0415 - optional speed-up
 
-            run = uvloop.run
-        run(serve(config, redis_url))
-    finally:
-        if embedded is not None:
-            embedded.stop()
+        run = uvloop.run
+    try:
+        with redis_or_embedded(config.redis_url) as redis_url:
+            run(serve(config, redis_url))
+    except EmbeddedRedisError:
+        logger.exception("cannot start an embedded redis")
+        return 1
     return 0
 
 

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -115,3 +116,13 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def redis_or_embedded(url: str) -> Iterator[str]:
+    """`url` when one is given; otherwise the URL of a private embedded server living as long as the block."""
+    if url:
+        yield url
+        return
+    with EmbeddedRedis() as server:
+        yield server.url

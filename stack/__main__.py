@@ -21,7 +21,7 @@ from collectors.config import URL_SETTINGS
 from collectors.exchanges import ADAPTERS
 from collectors.simulator.config import PORT_ORDER
 from shared.config import load_or_exit
-from shared.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from shared.embedded_redis import EmbeddedRedisError, redis_or_embedded
 from shared.logs import setup_logging
 from shared.topics import Exchange
 from stack.balancer import BalancerError, balancer_service
@@ -121,15 +121,16 @@ def services(config: StackConfig, *, simulate: bool, workdir: Path) -> list[Serv
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_or_exit(StackConfig, argv, prog="fanout-local")
     setup_logging(config.log_level)
-    embedded = None
-    redis_url = config.redis_url
-    if not redis_url:
-        try:
-            embedded = EmbeddedRedis().start()
-        except EmbeddedRedisError:
-            logger.exception("cannot start an embedded redis")
-            return 1
-        redis_url = embedded.url
+    try:
+        with redis_or_embedded(config.redis_url) as redis_url:
+            return run_stack(config, redis_url)
+    except EmbeddedRedisError:
+        logger.exception("cannot start an embedded redis")
+        return 1
+
+
+def run_stack(config: StackConfig, redis_url: str) -> int:
+    """Start every service against `redis_url` and supervise them until a signal or a failure."""
     simulate = config.simulate is Simulate.ALWAYS or (config.simulate is Simulate.AUTO and not exchanges_reachable())
     secret = config.jwt_secret or secrets.token_urlsafe(32)
     env = {
@@ -156,9 +157,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BalancerError as exc:
         logger.error("cannot start the balancer", extra={"error": str(exc)})  # noqa: TRY400 - no traceback needed
         return 1
-    finally:
-        if embedded is not None:
-            embedded.stop()
 
 
 if __name__ == "__main__":
