@@ -9,8 +9,6 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from gateway.config import GatewayConfig
 from gateway.node import GatewayNode
 from shared.config import load_or_exit
@@ -23,10 +21,7 @@ logger = logging.getLogger(__name__)
 async def serve(config: GatewayConfig, redis_url: str, *, ready: asyncio.Event | None = None) -> None:
     """Serve until a stop signal, then drain clients within the shutdown deadline."""
     node = GatewayNode(config, redis_url=redis_url)
-    runner = web.AppRunner(node.app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
-    await site.start()
+    await node.start()
     logger.info("gateway listening", extra={"node": config.name, "host": config.host, "port": config.port})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -37,11 +32,10 @@ async def serve(config: GatewayConfig, redis_url: str, *, ready: asyncio.Event |
     try:
         await stop.wait()
         logger.info("shutting down", extra={"deadline_s": config.shutdown_timeout_s})
-        await site.stop()
         await node.drain(config.shutdown_timeout_s)
     finally:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(runner.cleanup(), config.shutdown_timeout_s)
+            await asyncio.wait_for(node.close(), config.shutdown_timeout_s)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     logger.info("stopped")

@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import redis.asyncio
 import redis.exceptions
 
 from gateway.auth import Identity, TokenVerifier
 from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError
+from gateway.http import Request
 from gateway.limits import KeyedBuckets
 from shared import names
 
 
-def client_address(environ: Mapping[str, Any], *, trust_forwarded_for: bool) -> str:
+def client_address(handshake: Request, *, trust_forwarded_for: bool) -> str:
     """The client's address; behind a trusted proxy, the one the proxy appended last."""
     if trust_forwarded_for:
-        forwarded = environ.get("HTTP_X_FORWARDED_FOR", "")
+        forwarded = handshake.headers.get("x-forwarded-for", "")
         if forwarded:
-            return str(forwarded.rsplit(",", 1)[-1].strip())
-    return str(environ.get("REMOTE_ADDR", ""))
+            return forwarded.rsplit(",", 1)[-1].strip()
+    return handshake.remote
 
 
-def bearer_token(environ: Mapping[str, Any]) -> str | None:
-    header = environ.get("HTTP_AUTHORIZATION", "")
+def bearer_token(handshake: Request) -> str | None:
+    header = handshake.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
@@ -40,14 +38,14 @@ class Admission:
         self._connect_buckets = KeyedBuckets(config.connect_rate_per_ip, config.connect_burst_per_ip)
         self._user_sockets: dict[str, int] = {}
 
-    async def admit(self, environ: Mapping[str, Any], auth: object, *, accepting: bool) -> Identity:
+    async def admit(self, handshake: Request, auth: object, *, accepting: bool) -> Identity:
         if not accepting:
             raise AuthError(AuthCode.UNAVAILABLE, "this node is shutting down")
-        address = client_address(environ, trust_forwarded_for=self._config.trust_forwarded_for)
+        address = client_address(handshake, trust_forwarded_for=self._config.trust_forwarded_for)
         if not self._connect_buckets.take(address):
             raise AuthError(AuthCode.RATE_LIMITED, "too many connection attempts from this address; retry later")
         token = auth.get("token") if isinstance(auth, dict) else None
-        identity = await self.verify(bearer_token(environ) if token is None else token)
+        identity = await self.verify(bearer_token(handshake) if token is None else token)
         if self._user_sockets.get(identity.user_id, 0) >= self._config.max_connections_per_user:
             raise AuthError(AuthCode.TOO_MANY_CONNECTIONS, "this user holds too many connections on this node")
         return identity

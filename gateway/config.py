@@ -77,15 +77,15 @@ class GatewayConfig:
     )
     ping_interval_s: float = setting(25.0, "GATEWAY_PING_INTERVAL_S", "Engine.IO ping interval, in seconds.")
     ping_timeout_s: float = setting(20.0, "GATEWAY_PING_TIMEOUT_S", "Engine.IO ping timeout, in seconds.")
-    conflate_above: int = setting(
-        64,
-        "GATEWAY_CONFLATE_ABOVE",
-        "Queued packets past which a socket is lagging: its market data is conflated per topic (newest wins).",
+    conflate_above_bytes: int = setting(
+        65536,
+        "GATEWAY_CONFLATE_ABOVE_BYTES",
+        "Unsent bytes past which a socket is lagging: its market data is conflated per topic (newest wins).",
     )
-    max_queued: int = setting(
-        1024,
-        "GATEWAY_MAX_QUEUED",
-        "Queued packets past which a socket that must not lose a message is disconnected (it recovers on reconnect).",
+    max_buffered_bytes: int = setting(
+        1048576,
+        "GATEWAY_MAX_BUFFERED_BYTES",
+        "Unsent bytes past which a socket that must not lose a message is disconnected (it recovers on reconnect).",
     )
     connect_rate_per_ip: float = setting(
         10.0, "GATEWAY_CONNECT_RATE_PER_IP", "Socket.IO connection attempts per second allowed from one address."
@@ -130,9 +130,12 @@ class GatewayConfig:
             "max_event_bytes",
             "max_packet_bytes",
             "max_recovery",
+            "conflate_above_bytes",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.max_buffered_bytes <= self.conflate_above_bytes:
+            raise ValueError("GATEWAY_MAX_BUFFERED_BYTES must be larger than GATEWAY_CONFLATE_ABOVE_BYTES")
 
     @property
     def name(self) -> str:

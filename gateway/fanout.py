@@ -1,8 +1,9 @@
 """Turns Redis messages into Socket.IO packets and hands them to the rooms.
 
 Each message is decoded (validated) once and encoded once per node: the
-packet text embeds the publisher's JSON verbatim, and the same Engine.IO
-packet object is queued to every recipient. A message that fails
+packet text embeds the publisher's JSON verbatim, and the same packet (one
+WebSocket frame) goes to every recipient; a batch of Redis messages reaches
+each client as one write. A message that fails
 validation is dropped, logged and counted; it never reaches a client.
 """
 
@@ -13,10 +14,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from gateway.engineio import Packet
 from gateway.history import ORIGIN, newer
 from gateway.metrics import GatewayMetrics
 from gateway.pubsub import Message
-from gateway.sio import GuardedServer, Outbox, message_packet, room_members
+from gateway.sio import SocketIOServer
 from shared import codec, names
 from shared.codec import Revocation, StreamKind
 from shared.errors import PayloadError
@@ -35,43 +37,45 @@ class Fanout:
 
     def __init__(
         self,
-        server: GuardedServer,
-        outbox: Outbox,
+        server: SocketIOServer,
         metrics: GatewayMetrics,
         *,
         on_revocation: Callable[[Revocation], None],
     ) -> None:
         self._server = server
         self._on_revocation = on_revocation
-        self._outbox = outbox
         self._metrics = metrics
         # Latest packet of every market topic this node is subscribed to: a new
         # subscriber gets it at once, with no Redis round trip and no gap.
-        self._latest: dict[str, object] = {}
+        self._latest: dict[str, Packet] = {}
         # Newest position relayed per user and team channel: recovery reads
         # history until it has caught up with this, then joins the room.
         self._live: dict[str, str] = {}
         # Channels being caught up from their stream after a Redis outage:
         # live records wait here so that order holds and none is sent twice.
-        self._held: dict[str, list[tuple[str, object]]] = {}
+        self._held: dict[str, list[tuple[str, Packet]]] = {}
 
     def on_messages(self, messages: list[Message]) -> None:
-        for channel, payload in messages:
-            try:
-                if channel.startswith(_MARKET):
-                    self._market(channel.decode(), payload)
-                elif channel.startswith((_USER, _TEAM)):
-                    self._stream(channel.decode(), payload)
-                elif channel == _CONTROL:
-                    self._on_revocation(codec.decode_revocation(payload))
-            except (PayloadError, UnicodeDecodeError) as exc:
-                kind = channel.split(b":", 1)[0].decode(errors="replace")
-                self._metrics.messages_rejected.labels(kind).inc()
-                logger.warning(
-                    "dropped an invalid message", extra={"channel": channel.decode(errors="replace"), "error": str(exc)}
-                )
+        with self._server.batch():
+            for channel, payload in messages:
+                self._on_message(channel, payload)
 
-    def latest(self, channel: str) -> object | None:
+    def _on_message(self, channel: bytes, payload: bytes) -> None:
+        try:
+            if channel.startswith(_MARKET):
+                self._market(channel.decode(), payload)
+            elif channel.startswith((_USER, _TEAM)):
+                self._stream(channel.decode(), payload)
+            elif channel == _CONTROL:
+                self._on_revocation(codec.decode_revocation(payload))
+        except (PayloadError, UnicodeDecodeError) as exc:
+            kind = channel.split(b":", 1)[0].decode(errors="replace")
+            self._metrics.messages_rejected.labels(kind).inc()
+            logger.warning(
+                "dropped an invalid message", extra={"channel": channel.decode(errors="replace"), "error": str(exc)}
+            )
+
+    def latest(self, channel: str) -> Packet | None:
         return self._latest.get(channel)
 
     def live_position(self, channel: str) -> str | None:
@@ -127,7 +131,7 @@ class Fanout:
                     channel, pkt, "notification" if channel.startswith(names.USER_PREFIX) else "execution"
                 )
 
-    def stream_packet(self, channel: str, position: str, data: bytes) -> object:
+    def stream_packet(self, channel: str, position: str, data: bytes) -> Packet:
         """The packet of a stored notification or execution update; raises PayloadError."""
         owner = channel.split(":", 1)[1]
         if channel.startswith(names.USER_PREFIX):
@@ -138,14 +142,14 @@ class Fanout:
             if codec.decode_execution(data).team_id != owner:
                 raise PayloadError(f"an execution update of another team was published on {channel}")
             kind = StreamKind.EXECUTION
-        return message_packet(f'2["{kind}",{data.decode()},"{position}"]')
+        return Packet(f'2["{kind}",{data.decode()},"{position}"]')
 
-    def _market_packet(self, channel: str, payload: bytes) -> tuple[object, AnyMarketEvent]:
+    def _market_packet(self, channel: str, payload: bytes) -> tuple[Packet, AnyMarketEvent]:
         event = codec.decode_market(payload)
         topic = event.topic
         if names.market_channel(topic) != channel:
             raise PayloadError(f"a {topic} event was published on {channel}")
-        return message_packet(f'2["market","{topic}",{payload.decode()}]'), event
+        return Packet(f'2["market","{topic}",{payload.decode()}]'), event
 
     def _market(self, channel: str, payload: bytes) -> None:
         pkt, event = self._market_packet(channel, payload)
@@ -153,7 +157,7 @@ class Fanout:
         self._metrics.relay_latency.observe(max(0.0, time.time() - event.recv_ts / 1000))
         if event.topic.has_snapshot:
             self._latest[channel] = pkt
-        sent = self._outbox.send(room_members(self._server, channel), pkt, conflate_key=channel)
+        sent = self._server.send_to_room(channel, pkt, conflate_key=channel)
         self._metrics.messages_out.labels("market").inc(sent)
 
     def _stream(self, channel: str, payload: bytes) -> None:
@@ -162,7 +166,7 @@ class Fanout:
         if envelope.kind is StreamKind.READ and expected is StreamKind.NOTIFICATION:
             marks = bytes(envelope.data)
             codec.decode_read_marks(marks)
-            pkt = message_packet(f'2["notifications_read",{marks.decode()}]')
+            pkt = Packet(f'2["notifications_read",{marks.decode()}]')
             self._metrics.messages_in.labels(str(envelope.kind)).inc()
         elif envelope.kind is expected:
             pkt = self.stream_packet(channel, envelope.pos, bytes(envelope.data))
@@ -178,6 +182,6 @@ class Fanout:
             raise PayloadError(f"a {envelope.kind} was published on {channel}")
         self._send_stream(channel, pkt, str(envelope.kind))
 
-    def _send_stream(self, channel: str, pkt: object, kind: str) -> None:
-        sent = self._outbox.send(room_members(self._server, channel), pkt)
+    def _send_stream(self, channel: str, pkt: Packet, kind: str) -> None:
+        sent = self._server.send_to_room(channel, pkt)
         self._metrics.messages_out.labels(kind).inc(sent)

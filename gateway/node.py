@@ -12,13 +12,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import redis.asyncio
 import redis.exceptions
-import socketio
-from aiohttp import web
 
 from gateway import ops
 from gateway.admission import Admission
@@ -27,12 +25,13 @@ from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError, RequestError
 from gateway.fanout import Fanout
 from gateway.history import History
+from gateway.http import HttpServer, Request, Response, Upgrade
 from gateway.metrics import GatewayMetrics
 from gateway.notifications import NotificationRequests
 from gateway.policy import TopicPolicy
 from gateway.relay import Relay
 from gateway.sessions import Session
-from gateway.sio import GuardedServer, Outbox, join_room
+from gateway.sio import ConnectionRefused, SocketIOServer
 from gateway.streams import Resume, StreamSync
 from gateway.subscriptions import Subscriptions
 from shared import names
@@ -40,17 +39,18 @@ from shared.codec import Revocation
 
 logger = logging.getLogger(__name__)
 
-SOCKETIO_PATH: Final = "socket.io"
+SOCKETIO_PATH: Final = "/socket.io"
 REDIS_POOL_SIZE: Final = 16
 CATCH_UP_BACKOFF_S: Final = 0.1
-# How often lagging sockets are checked; short enough that a socket that
-# caught up gets its conflated values without a visible delay.
-FLUSH_INTERVAL_S: Final = 0.02
 CATCH_UP_BACKOFF_MAX_S: Final = 5.0
 
 
 class GatewayNode:
-    """Everything one node runs: the Socket.IO server, the relay and the ops endpoints."""
+    """Everything one node runs: the Socket.IO server, the relay and the ops endpoints.
+
+    `start` listens; `drain` closes every client's transport so it reconnects
+    elsewhere; `close` releases the rest.
+    """
 
     def __init__(self, config: GatewayConfig, *, redis_url: str) -> None:
         self.config = config
@@ -61,39 +61,33 @@ class GatewayNode:
         self.accepting = True
         self._drained = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.server = GuardedServer(
-            async_mode="aiohttp",
-            cors_allowed_origins=config.cors_origins or None,
+        self.server = SocketIOServer(
             transports=[str(t) for t in config.transports],
-            ping_interval=config.ping_interval_s,
-            ping_timeout=config.ping_timeout_s,
-            max_http_buffer_size=config.max_packet_bytes,
-            async_handlers=False,
-            logger=False,
-            engineio_logger=False,
+            cors_origins=config.cors_origins,
+            ping_interval_s=config.ping_interval_s,
+            ping_timeout_s=config.ping_timeout_s,
+            max_packet_bytes=config.max_packet_bytes,
+            conflate_above=config.conflate_above_bytes,
+            max_buffered=config.max_buffered_bytes,
             connect_timeout_s=config.connect_timeout_s,
             max_event_bytes=config.max_event_bytes,
-            on_protocol_close=lambda reason: self.metrics.protocol_closes.labels(reason).inc(),
             event_rate=config.event_rate,
             event_burst=config.event_burst,
+            on_protocol_close=lambda reason: self.metrics.protocol_closes.labels(reason).inc(),
             on_refused=lambda code: self.metrics.client_errors.labels(code).inc(),
+            on_conflated=self.metrics.conflated.inc,
+            on_overflow=self.metrics.slow_consumer_disconnects.inc,
         )
+        self.metrics.lagging_sockets.set_function(lambda: self.server.engine.lagging)
         # A bounded pool that queues bursts (200 sockets subscribing at once)
         # instead of failing them with "Too many connections".
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             redis_url, max_connections=REDIS_POOL_SIZE, timeout=5, socket_timeout=5, socket_connect_timeout=5
         )
         self.redis = redis.asyncio.Redis.from_pool(pool)  # owns the pool: aclose() closes it
-        self.outbox = Outbox(
-            self.server,
-            conflate_above=config.conflate_above,
-            max_queued=config.max_queued,
-            on_conflated=self.metrics.conflated.inc,
-            on_overflow=self.metrics.slow_consumer_disconnects.inc,
-        )
-        self.fanout = Fanout(self.server, self.outbox, self.metrics, on_revocation=self._revoked)
+        self.fanout = Fanout(self.server, self.metrics, on_revocation=self._revoked)
         self.history = History(self.redis, max_age_ms=int(config.history_max_age_s * 1000))
-        self.streams = StreamSync(self.server, self.outbox, self.fanout, self.history, max_recovery=config.max_recovery)
+        self.streams = StreamSync(self.server, self.fanout, self.history, max_recovery=config.max_recovery)
         self.relay = Relay(
             redis_url,
             self.fanout.on_messages,
@@ -106,61 +100,53 @@ class GatewayNode:
         self.subscriptions = Subscriptions(
             config,
             server=self.server,
-            outbox=self.outbox,
             relay=self.relay,
             fanout=self.fanout,
             policy=self.policy,
             client=self.redis,
             metrics=self.metrics,
         )
-        self.app = web.Application()
-        self.server.attach(self.app, socketio_path=SOCKETIO_PATH)
-        ops.add_routes(self.app, self)
-        self.server.on("connect", self._on_connect)
-        self.server.on("disconnect", self._on_disconnect)
+        self.http = HttpServer(self._route, max_body_bytes=config.max_packet_bytes)
+        self.server.on_connect(self._on_connect)
+        self.server.on_disconnect(self._on_disconnect)
         self.server.on("subscribe", self._with_session(self.subscriptions.subscribe))
         self.server.on("unsubscribe", self._with_session(self.subscriptions.unsubscribe))
         self.server.on("refresh", self._on_refresh)
         self.server.on("notifications:list", self._with_session(self.notifications.page))
         self.server.on("notifications:read", self._with_session(self.notifications.mark_read))
         self.server.on("notifications:unread", self._with_session(self.notifications.unread))
-        self.app.on_startup.append(self._start)
-        self.app.on_shutdown.append(self._close_transports)
-        self.app.on_cleanup.append(self._cleanup)
 
     # Lifecycle
 
-    async def _start(self, _app: web.Application) -> None:
+    async def start(self) -> None:
         self._spawn(self.relay.run())
-        self._spawn(self._flush_lagging())
+        self.server.engine.start()
+        await self.http.start(self.config.host, self.config.port)
 
-    async def _flush_lagging(self) -> None:
-        """Hand conflated market data to sockets that caught up."""
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL_S)
-            self.outbox.flush()
-            self.metrics.lagging_sockets.set(self.outbox.lagging)
+    async def _route(self, request: Request) -> Response | Upgrade:
+        if request.path.rstrip("/") == SOCKETIO_PATH:
+            return await self.server.handle(request)
+        return ops.respond(request, self)
 
-    async def _close_transports(self, _app: web.Application) -> None:
-        """End every transport before aiohttp waits for its handlers (a long-poll would wait a ping interval)."""
+    async def close(self) -> None:
+        """Stop listening, drop every client and release Redis (after `drain` for a graceful stop)."""
         self.accepting = False
-        for eio_sid in list(self.server.eio.sockets):
-            self.server.close_transport(eio_sid, "shutdown")
-        await self.server.closed()
-
-    async def _cleanup(self, _app: web.Application) -> None:
+        await self.http.stop_listening()
+        self.server.close_all("shutdown")
+        self.http.close_connections()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.server.shutdown()
+        await self.server.engine.stop()
         await self.verifier.close()
         await self.redis.aclose()
 
     async def drain(self, deadline_s: float) -> None:
         """Stop accepting and close every client's transport so it reconnects elsewhere."""
         self.accepting = False
-        for eio_sid in list(self.server.eio.sockets):
-            self.server.close_transport(eio_sid, "shutdown")
+        await self.http.stop_listening()
+        self.server.close_all("shutdown")
+        self.http.close_connections()
         if self.sessions:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), deadline_s)
@@ -206,14 +192,12 @@ class GatewayNode:
 
     # Connection
 
-    async def _on_connect(self, sid: str, environ: Mapping[str, Any], auth: object) -> bool:
+    async def _on_connect(self, sid: str, handshake: Request, auth: object) -> bool:
         try:
-            identity = await self.admission.admit(environ, auth, accepting=self.accepting)
+            identity = await self.admission.admit(handshake, auth, accepting=self.accepting)
         except AuthError as exc:
             self.metrics.auth_failures.labels(exc.code).inc()
-            raise socketio.exceptions.ConnectionRefusedError(
-                str(exc.code), {"code": str(exc.code), "message": exc.message}
-            ) from None
+            raise ConnectionRefused(str(exc.code), {"code": str(exc.code), "message": exc.message}) from None
         session = Session(sid, identity, self.policy.user_patterns(identity.claims))
         channels = session.personal_channels
         acquired = await self.subscriptions.acquire_all(channels)
@@ -222,14 +206,12 @@ class GatewayNode:
             fresh_start = await self.streams.start_position(session, resume)
         except (redis.exceptions.RedisError, OSError):
             fresh_start, resume_valid = None, False
-        eio_sid = self.server.eio_sid(sid)
-        socket = self.server.engineio_socket(eio_sid) if eio_sid else None
-        if len(acquired) < len(channels) or socket is None or socket.closed or socket.closing:
+        if len(acquired) < len(channels) or not self.server.is_open(sid):
             for channel in acquired:
                 self.subscriptions.release(channel)
             if len(acquired) < len(channels):
                 self.metrics.auth_failures.labels(AuthCode.UNAVAILABLE).inc()
-                raise socketio.exceptions.ConnectionRefusedError(
+                raise ConnectionRefused(
                     "unavailable", {"code": AuthCode.UNAVAILABLE, "message": "the node cannot reach Redis"}
                 )
             return False
@@ -250,7 +232,7 @@ class GatewayNode:
             if revocation.user_id == identity.user_id or (
                 revocation.token_id is not None and revocation.token_id == identity.token_id
             ):
-                self._spawn(self._disconnect_with(session.sid, "session_revoked", AuthCode.TOKEN_REVOKED))
+                self._disconnect_with(session.sid, "session_revoked", AuthCode.TOKEN_REVOKED)
 
     async def _sync(
         self,
@@ -268,7 +250,7 @@ class GatewayNode:
             logger.warning("stream sync failed; live only", extra={"sid": session.sid, "error": str(exc)})
             for channel in session.personal_channels:
                 if not session.closed:
-                    join_room(self.server, session.sid, channel)
+                    self.server.join(session.sid, channel)
             status = {"complete": False, "error": "unavailable"}
         if topics is not None and not session.closed:
             try:
@@ -276,9 +258,9 @@ class GatewayNode:
             except RequestError as exc:
                 status["subscriptions"] = exc.ack()
         if not session.closed:
-            await self.server.emit("sync", status, to=session.sid)
+            self.server.emit(session.sid, "sync", status)
 
-    async def _on_disconnect(self, sid: str, reason: object = None) -> None:
+    def _on_disconnect(self, sid: str, reason: str) -> None:
         session = self.sessions.pop(sid, None)
         if session is None:
             return
@@ -290,7 +272,7 @@ class GatewayNode:
             session.sync_task.cancel()
         self.subscriptions.release_session(session)
         self.metrics.connections.dec()
-        logger.debug("disconnected", extra={"sid": sid, "reason": str(reason)})
+        logger.debug("disconnected", extra={"sid": sid, "reason": reason})
         if not self.accepting and not self.sessions:
             self._drained.set()
 
@@ -303,18 +285,18 @@ class GatewayNode:
     def _expire(self, session: Session) -> None:
         if session.closed:
             return
-        self._spawn(self._disconnect_with(session.sid, "session_expired", AuthCode.TOKEN_EXPIRED))
+        self._disconnect_with(session.sid, "session_expired", AuthCode.TOKEN_EXPIRED)
 
-    async def _disconnect_with(self, sid: str, event: str, code: AuthCode) -> None:
+    def _disconnect_with(self, sid: str, event: str, code: AuthCode) -> None:
         """Tell the client why, then disconnect it (a server disconnect: the client does not retry by itself)."""
         messages = {
             AuthCode.TOKEN_EXPIRED: "the token expired; reconnect with a new one",
             AuthCode.TOKEN_REVOKED: "access was revoked",
         }
-        await self.server.emit(event, {"code": code, "message": messages.get(code, str(code))}, to=sid)
-        await self.server.disconnect(sid)
+        self.server.emit(sid, event, {"code": code, "message": messages.get(code, str(code))})
+        self.server.disconnect(sid)
 
-    async def _on_refresh(self, sid: str, data: object = None) -> dict[str, object]:
+    async def _on_refresh(self, sid: str, data: object) -> dict[str, object]:
         """Replace the socket's token with a fresh one for the same user."""
         session = self.sessions.get(sid)
         if session is None:
@@ -337,7 +319,7 @@ class GatewayNode:
     def _with_session(self, handler: Callable[[Session, object], Awaitable[dict[str, object]]]) -> Callable[..., Any]:
         """Adapt a request handler to a Socket.IO event handler of a connected socket."""
 
-        async def event(sid: str, data: object = None) -> dict[str, object]:
+        async def event(sid: str, data: object) -> dict[str, object]:
             session = self.sessions.get(sid)
             if session is None:
                 return RequestError("not_connected", "the socket is not connected").ack()

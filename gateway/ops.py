@@ -4,30 +4,31 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.http import Request, Response
 
 if TYPE_CHECKING:
     from gateway.node import GatewayNode
 
+JSON = "application/json"
 
-def add_routes(app: web.Application, node: GatewayNode) -> None:
-    async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
 
-    async def readyz(_request: web.Request) -> web.Response:
+def respond(request: Request, node: GatewayNode) -> Response:
+    """GET /healthz, /readyz or /metrics; anything else is 404 (or 405 for another method)."""
+    if request.path not in ("/healthz", "/readyz", "/metrics"):
+        return Response(404, b"not found")
+    if request.method not in ("GET", "HEAD"):
+        return Response(405, b"method not allowed", headers=[("Allow", "GET, HEAD")])
+    if request.path == "/healthz":
+        return Response(200, msgspec.json.encode({"status": "ok"}), content_type=JSON)
+    if request.path == "/readyz":
         body = {
             "ready": node.ready,
             "accepting": node.accepting,
             "redis": node.relay.ready,
             "connections": len(node.sessions),
         }
-        return web.json_response(body, status=200 if node.ready else 503)
-
-    async def metrics(_request: web.Request) -> web.Response:
-        body = generate_latest(node.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+        return Response(200 if node.ready else 503, msgspec.json.encode(body), content_type=JSON)
+    return Response(200, generate_latest(node.metrics.registry), content_type=CONTENT_TYPE_LATEST)

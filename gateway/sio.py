@@ -1,268 +1,378 @@
-"""The one place that reaches into python-socketio / python-engineio internals.
+"""Socket.IO v5 on the default namespace, over `engineio`: CONNECT, events with acks, rooms.
 
-`GuardedServer` closes transports that never complete the Socket.IO CONNECT
-within a deadline or that send a packet this gateway does not accept (plain
-python-socketio logs such packets and keeps the connection open).
-`deliver` queues one pre-built packet to many Engine.IO sockets without a
-task or an await per recipient.
+Strict where python-socketio is lenient: a transport that does not complete
+CONNECT within a deadline, or that sends a packet this gateway does not
+accept (binary, another namespace, an event before CONNECT, a malformed
+event), is closed. Oversized and rate-limited events get an error ack read
+from the packet header alone, without parsing their JSON.
+
+Each socket's events run one at a time, in order, in a task that exists only
+while the socket has events to handle; an idle socket costs no task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+import secrets
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from enum import Enum
 from typing import Any, Final
 
-import socketio
-from engineio import packet as eio_packet
-from socketio import packet as sio_packet
+import msgspec
 
+from gateway.engineio import Engine, EngineSocket, Packet
+from gateway.http import Request, Response, Upgrade
 from gateway.limits import TokenBucket
 
 logger = logging.getLogger(__name__)
 
-NAMESPACE: Final = "/"
+CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR, BINARY_EVENT, BINARY_ACK = "0123456"
 # An EVENT packet's header: type 2, no namespace (or "/,"), then the ack id.
 _EVENT_HEADER: Final = re.compile(r"2(?:/,)?(?P<id>[0-9]{1,9})?\[")
+_PACKET: Final = re.compile(r"(?P<type>[0-6])(?:(?P<nsp>/[^,]*),)?(?P<id>[0-9]{1,9})?(?P<data>.*)", re.DOTALL)
+# Events a socket may have waiting while one runs; past that they are refused.
+MAX_PENDING_EVENTS: Final = 32
+
+EventHandler = Callable[[str, Any], Awaitable[Any]]
+ConnectHandler = Callable[[str, Request, object], Awaitable[bool]]
+DisconnectHandler = Callable[[str, str], None]
 
 
 class ProtocolFault(ValueError):
     """A packet that is well-formed Engine.IO but not an acceptable Socket.IO packet."""
 
 
-class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
-    """python-socketio's AsyncServer with a CONNECT deadline and strict packet checks."""
+class ConnectionRefused(Exception):
+    """Raised by the connect handler: the client gets a CONNECT_ERROR with this message and data."""
+
+    def __init__(self, message: str, data: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+class State(Enum):
+    NEW = "new"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class Socket:
+    """One Socket.IO client (the default namespace) on one Engine.IO session."""
+
+    __slots__ = ("bucket", "deadline", "engine_socket", "inbox", "rooms", "sid", "state", "worker")
+
+    def __init__(self, engine_socket: EngineSocket, bucket: TokenBucket) -> None:
+        self.sid = secrets.token_urlsafe(15)
+        self.engine_socket = engine_socket
+        self.bucket = bucket
+        self.state = State.NEW
+        self.rooms: set[str] = set()
+        self.inbox: deque[tuple[str, str | None, Any]] | None = None
+        self.worker: asyncio.Task[None] | None = None
+        self.deadline: asyncio.TimerHandle | None = None
+
+
+def encode(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def decode_packet(text: str) -> tuple[str, str | None, Any]:
+    """(type, ack id, data) of a client packet; raises ProtocolFault."""
+    match = _PACKET.fullmatch(text)
+    if match is None:
+        raise ProtocolFault("not a Socket.IO packet")
+    kind, namespace, ack_id, raw = match.group("type", "nsp", "id", "data")
+    if kind in (BINARY_EVENT, BINARY_ACK):
+        raise ProtocolFault("binary packets are not accepted")
+    if kind == CONNECT_ERROR:
+        raise ProtocolFault("packet type 4 is not accepted from a client")
+    if namespace not in (None, "/"):
+        raise ProtocolFault(f"unknown namespace {namespace!r}")
+    try:
+        # The standard library's parser, like python-socketio's: its client
+        # sends Infinity and NaN for such floats (the handlers refuse them).
+        data = json.loads(raw) if raw else None
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolFault(f"invalid JSON: {exc}") from None
+    if kind == CONNECT and not (data is None or isinstance(data, dict)):
+        raise ProtocolFault("the CONNECT payload must be an object")
+    if kind == EVENT and not (isinstance(data, list) and data and isinstance(data[0], str)):
+        raise ProtocolFault("an EVENT must be a list starting with the event name")
+    return kind, ack_id, data
+
+
+def _check_order(socket: Socket, kind: str) -> None:
+    """CONNECT once, first; anything else only once connected."""
+    if kind == CONNECT:
+        if socket.state is not State.NEW:
+            raise ProtocolFault("CONNECT on a connected socket")
+    elif socket.state is not State.CONNECTED:
+        raise ProtocolFault("packet before CONNECT")
+
+
+class SocketIOServer:
+    """The node's Socket.IO server: handlers, rooms and delivery."""
 
     def __init__(
         self,
         *,
+        transports: list[str],
+        cors_origins: list[str],
+        ping_interval_s: float,
+        ping_timeout_s: float,
+        max_packet_bytes: int,
+        conflate_above: int,
+        max_buffered: int,
         connect_timeout_s: float,
         max_event_bytes: int,
         event_rate: float,
         event_burst: int,
         on_protocol_close: Callable[[str], None],
         on_refused: Callable[[str], None],
-        **kwargs: Any,
+        on_conflated: Callable[[], None],
+        on_overflow: Callable[[], None],
     ) -> None:
-        super().__init__(**kwargs)
+        self.engine = Engine(
+            self,
+            transports=transports,
+            cors_origins=cors_origins,
+            ping_interval_s=ping_interval_s,
+            ping_timeout_s=ping_timeout_s,
+            max_payload=max_packet_bytes,
+            conflate_above=conflate_above,
+            max_buffered=max_buffered,
+            on_conflated=on_conflated,
+            on_overflow=on_overflow,
+        )
         self._connect_timeout_s = connect_timeout_s
         self._max_event_bytes = max_event_bytes
         self._event_rate = event_rate
         self._event_burst = event_burst
-        self._event_buckets: dict[str, TokenBucket] = {}
-        self._on_refused = on_refused
         self._on_protocol_close = on_protocol_close
-        self._deadlines: dict[str, asyncio.TimerHandle] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._on_refused = on_refused
+        self.sockets: dict[str, Socket] = {}
+        self._rooms: dict[str, set[EngineSocket]] = {}
+        self._handlers: dict[str, EventHandler] = {}
+        self._on_connect: ConnectHandler | None = None
+        self._on_disconnect: DisconnectHandler | None = None
 
-    def engineio_socket(self, eio_sid: str) -> Any:
-        return self.eio.sockets.get(eio_sid)
+    def on_connect(self, handler: ConnectHandler) -> None:
+        self._on_connect = handler
 
-    def eio_sid(self, sid: str) -> str | None:
-        eio_sid: str | None = self.manager.eio_sid_from_sid(sid, NAMESPACE)
-        return eio_sid
+    def on_disconnect(self, handler: DisconnectHandler) -> None:
+        self._on_disconnect = handler
 
-    def close_transport(self, eio_sid: str, reason: str) -> None:
-        """Drop a transport without an Engine.IO CLOSE packet.
+    def on(self, event: str, handler: EventHandler) -> None:
+        self._handlers[event] = handler
 
-        Clients treat a CLOSE packet as a deliberate server disconnect and do
-        not reconnect (python-engineio), whereas a closed transport makes both
-        socket.io-client and python-socketio reconnect, through the load
-        balancer, to a node that is still serving.
-        """
-        socket = self.engineio_socket(eio_sid)
-        if socket is None or socket.closed or socket.closing:
-            return
-        self._on_protocol_close(reason)
-        task = asyncio.get_running_loop().create_task(self._abort(socket))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+    async def handle(self, request: Request) -> Response | Upgrade:
+        return await self.engine.handle(request)
 
-    async def closed(self) -> None:
-        """Wait for the transports being closed by `close_transport`."""
-        await asyncio.gather(*self._closing, return_exceptions=True)
+    # Sending
 
-    @staticmethod
-    async def _abort(socket: Any) -> None:
-        # The disconnect handler wakes the socket's writer, which then closes
-        # the WebSocket (or ends the pending long-poll).
-        await socket.close(wait=False, abort=True)
+    def emit(self, sid: str, event: str, data: object) -> None:
+        self.send(sid, Packet(EVENT + encode([event, data])))
 
-    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
-        await super()._handle_eio_connect(eio_sid, environ)
-        loop = asyncio.get_running_loop()
-        self._deadlines[eio_sid] = loop.call_later(self._connect_timeout_s, self._connect_deadline, eio_sid)
+    def send(self, sid: str, packet: Packet, conflate_key: str | None = None) -> bool:
+        socket = self.sockets.get(sid)
+        return socket is not None and socket.engine_socket.send(packet, conflate_key)
 
-    def _connect_deadline(self, eio_sid: str) -> None:
-        self._deadlines.pop(eio_sid, None)
-        sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
-        if sid is None or not self.manager.is_connected(sid, NAMESPACE):
-            self.close_transport(eio_sid, "connect_timeout")
-
-    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
-        self._event_buckets.pop(eio_sid, None)
-        deadline = self._deadlines.pop(eio_sid, None)
-        if deadline is not None:
-            deadline.cancel()
-        socket = self.engineio_socket(eio_sid)
-        if socket is not None:
-            # python-engineio leaves a pending long-poll hanging until the next
-            # ping after a client's CLOSE; ending it now frees the client at once.
-            socket.queue.put_nowait(None)
-        await super()._handle_eio_disconnect(eio_sid, reason)
-
-    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        """Decode strictly; anything unexpected closes the transport."""
-        if isinstance(data, str) and len(data) > self._max_event_bytes:
-            await self._refuse(
-                eio_sid, data, "payload_too_large", f"events are limited to {self._max_event_bytes} bytes"
-            )
-            return
-        bucket = self._event_buckets.get(eio_sid)
-        if bucket is None:
-            bucket = self._event_buckets[eio_sid] = TokenBucket(self._event_rate, self._event_burst)
-        if isinstance(data, str) and data[:1] == "2" and not bucket.take():  # EVENT packets only
-            await self._refuse(eio_sid, data, "rate_limited", "too many events; slow down")
-            return
-        try:
-            pkt = self._decode(eio_sid, data)
-        except (ProtocolFault, ValueError, TypeError, KeyError, IndexError) as exc:
-            logger.info("closing transport after an invalid packet", extra={"eio_sid": eio_sid, "error": str(exc)})
-            self.close_transport(eio_sid, "invalid_packet")
-            return
-        if pkt.packet_type == sio_packet.CONNECT:
-            await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
-            sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
-            if sid is not None and self.manager.is_connected(sid, NAMESPACE):
-                deadline = self._deadlines.pop(eio_sid, None)
-                if deadline is not None:
-                    deadline.cancel()
-        elif pkt.packet_type == sio_packet.DISCONNECT:
-            await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
-        elif pkt.packet_type == sio_packet.EVENT:
-            await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
-        else:
-            await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
-
-    async def _refuse(self, eio_sid: str, data: object, code: str, message: str) -> None:
-        """Answer a refused event with an error ack, read from its header only (no JSON parsing)."""
-        self._on_refused(code)
-        match = _EVENT_HEADER.match(data) if isinstance(data, str) else None
-        if match is None or match.group("id") is None:
-            return
-        error = {"ok": False, "error": {"code": code, "message": message}}
-        ack = self.packet_class(sio_packet.ACK, namespace=NAMESPACE, id=int(match.group("id")), data=[error])
-        await self._send_packet(eio_sid, ack)
-
-    def _decode(self, eio_sid: str, data: Any) -> Any:
-        if not isinstance(data, str):
-            raise ProtocolFault("binary packets are not accepted")
-        pkt = self.packet_class(encoded_packet=data)
-        if pkt.packet_type in (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK):
-            raise ProtocolFault("binary packets are not accepted")
-        if pkt.packet_type not in (sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT, sio_packet.ACK):
-            raise ProtocolFault(f"packet type {pkt.packet_type} is not accepted from a client")
-        if (pkt.namespace or NAMESPACE) != NAMESPACE:
-            raise ProtocolFault(f"unknown namespace {pkt.namespace!r}")
-        if pkt.packet_type == sio_packet.CONNECT:
-            if pkt.data is not None and not isinstance(pkt.data, dict):
-                raise ProtocolFault("the CONNECT payload must be an object")
-            return pkt
-        sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
-        if sid is None or not self.manager.is_connected(sid, NAMESPACE):
-            raise ProtocolFault("packet before CONNECT")
-        if pkt.packet_type == sio_packet.EVENT and not (
-            isinstance(pkt.data, list) and pkt.data and isinstance(pkt.data[0], str)
-        ):
-            raise ProtocolFault("an EVENT must be a list starting with the event name")
-        return pkt
-
-
-def message_packet(text: str) -> eio_packet.Packet:
-    """An Engine.IO MESSAGE packet carrying one encoded Socket.IO packet."""
-    return eio_packet.Packet(eio_packet.MESSAGE, data=text)
-
-
-class Outbox:
-    """Bounded per-socket send queues, with conflation for market data.
-
-    A socket whose queue holds `conflate_above` packets is lagging: its market
-    packets then wait in a per-topic slot where the newest replaces an unsent
-    older one, and `flush()` moves them on once the queue has drained. Other
-    packets (notifications, execution updates, acks) are never dropped: past
-    `max_queued` the socket is disconnected instead, and recovers by position
-    on reconnect. One stalled socket costs at most `max_queued` references to
-    shared packets plus one per topic, and never delays another socket.
-    """
-
-    def __init__(
-        self,
-        server: GuardedServer,
-        *,
-        conflate_above: int,
-        max_queued: int,
-        on_conflated: Callable[[], None],
-        on_overflow: Callable[[], None],
-    ) -> None:
-        self._server = server
-        self._conflate_above = conflate_above
-        self._max_queued = max_queued
-        self._on_conflated = on_conflated
-        self._on_overflow = on_overflow
-        self._lagging: dict[str, dict[str, object]] = {}
-
-    @property
-    def lagging(self) -> int:
-        return len(self._lagging)
-
-    def send(self, eio_sids: Iterable[str], pkt: object, conflate_key: str | None = None) -> int:
-        """Queue `pkt` to each open socket; returns how many it was queued (or conflated) to."""
-        sockets = self._server.eio.sockets
-        lagging = self._lagging
+    def send_to_room(self, room: str, packet: Packet, conflate_key: str | None = None) -> int:
+        """Send one packet to every socket in `room`; returns how many took it."""
+        members = self._rooms.get(room)
+        if not members:
+            return 0
         sent = 0
-        for eio_sid in eio_sids:
-            socket = sockets.get(eio_sid)
-            if socket is None or socket.closed or socket.closing:
-                continue
-            queue = socket.queue
-            if conflate_key is not None and (eio_sid in lagging or queue.qsize() >= self._conflate_above):
-                slots = lagging.setdefault(eio_sid, {})
-                if conflate_key in slots:
-                    self._on_conflated()
-                slots[conflate_key] = pkt
-            elif queue.qsize() < self._max_queued:
-                queue.put_nowait(pkt)
-            else:
-                self._on_overflow()
-                self._server.close_transport(eio_sid, "slow_consumer")
-                continue
-            sent += 1
+        for socket in members:
+            if socket.send(packet, conflate_key):
+                sent += 1
         return sent
 
-    def flush(self) -> None:
-        """Move conflated packets of sockets whose queue has drained (called periodically)."""
-        sockets = self._server.eio.sockets
-        for eio_sid in list(self._lagging):
-            socket = sockets.get(eio_sid)
-            if socket is None or socket.closed or socket.closing:
-                del self._lagging[eio_sid]
-            elif socket.queue.qsize() < self._conflate_above // 2:
-                for pkt in self._lagging.pop(eio_sid).values():
-                    socket.queue.put_nowait(pkt)
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Sends in this block reach each WebSocket client as one write."""
+        with self.engine.corked_writes():
+            yield
 
+    # Rooms (synchronous: no await, so nothing slips in between a snapshot and a join)
 
-def room_members(server: GuardedServer, room: str) -> Iterable[str]:
-    """Engine.IO session ids of the sockets in `room`."""
-    members: dict[str, str] | None = server.manager.rooms.get(NAMESPACE, {}).get(room)
-    return members.values() if members else ()
+    def join(self, sid: str, room: str) -> None:
+        socket = self.sockets.get(sid)
+        if socket is not None and socket.state is not State.CLOSED:
+            socket.rooms.add(room)
+            self._rooms.setdefault(room, set()).add(socket.engine_socket)
 
+    def leave(self, sid: str, room: str) -> None:
+        socket = self.sockets.get(sid)
+        if socket is not None:
+            self._leave(socket, room)
 
-def join_room(server: GuardedServer, sid: str, room: str) -> None:
-    """Join synchronously: no await, so no message can slip in between a snapshot and the join."""
-    server.manager.basic_enter_room(sid, NAMESPACE, room)
+    def _leave(self, socket: Socket, room: str) -> None:
+        socket.rooms.discard(room)
+        members = self._rooms.get(room)
+        if members is not None:
+            members.discard(socket.engine_socket)
+            if not members:
+                del self._rooms[room]
 
+    # Closing
 
-def leave_room(server: GuardedServer, sid: str, room: str) -> None:
-    server.manager.basic_leave_room(sid, NAMESPACE, room)
+    def is_open(self, sid: str) -> bool:
+        socket = self.sockets.get(sid)
+        return socket is not None and not socket.engine_socket.closed
+
+    def disconnect(self, sid: str) -> None:
+        """A server disconnect: the client is told (and does not reconnect by itself)."""
+        socket = self.sockets.get(sid)
+        if socket is None:
+            return
+        socket.engine_socket.send(Packet(DISCONNECT))
+        self._disconnected(socket, "server_disconnect")
+        self.engine.close(socket.engine_socket, "server_disconnect")
+
+    def close_transport(self, sid: str, reason: str) -> None:
+        """Drop the transport without a DISCONNECT: clients reconnect (through the load balancer)."""
+        socket = self.sockets.get(sid)
+        if socket is not None:
+            self._close(socket.engine_socket, reason)
+
+    def close_all(self, reason: str) -> None:
+        for engine_socket in list(self.engine.sockets.values()):
+            self._close(engine_socket, reason)
+
+    def _close(self, engine_socket: EngineSocket, reason: str) -> None:
+        if not engine_socket.closed:
+            self._on_protocol_close(reason)
+            self.engine.close(engine_socket, reason)
+
+    # Engine.IO events
+
+    def opened(self, engine_socket: EngineSocket) -> None:
+        socket = Socket(engine_socket, TokenBucket(self._event_rate, self._event_burst))
+        engine_socket.owner = socket
+        self.sockets[socket.sid] = socket
+        socket.deadline = asyncio.get_running_loop().call_later(self._connect_timeout_s, self._deadline, socket)
+
+    def _deadline(self, socket: Socket) -> None:
+        socket.deadline = None
+        if socket.state is not State.CONNECTED:
+            self._close(socket.engine_socket, "connect_timeout")
+
+    def closed(self, engine_socket: EngineSocket, reason: str) -> None:
+        socket = engine_socket.owner
+        if not isinstance(socket, Socket):
+            return
+        self.sockets.pop(socket.sid, None)
+        if socket.deadline is not None:
+            socket.deadline.cancel()
+        self._disconnected(socket, reason)
+        if socket.worker is not None:
+            socket.worker.cancel()
+
+    def _disconnected(self, socket: Socket, reason: str) -> None:
+        """Leave every room and tell the handler, once, if the socket had connected."""
+        was_connected = socket.state is State.CONNECTED
+        socket.state = State.CLOSED
+        for room in list(socket.rooms):
+            self._leave(socket, room)
+        if was_connected and self._on_disconnect is not None:
+            self._on_disconnect(socket.sid, reason)
+
+    def message(self, engine_socket: EngineSocket, text: str) -> None:
+        socket = engine_socket.owner
+        if not isinstance(socket, Socket) or socket.state is State.CLOSED:
+            return
+        if len(text) > self._max_event_bytes:
+            self._refuse(socket, text, "payload_too_large", f"events are limited to {self._max_event_bytes} bytes")
+            return
+        if text[:1] == EVENT and not socket.bucket.take():
+            self._refuse(socket, text, "rate_limited", "too many events; slow down")
+            return
+        try:
+            kind, ack_id, data = decode_packet(text)
+            _check_order(socket, kind)
+        except ProtocolFault as exc:
+            logger.info("closing transport after an invalid packet", extra={"sid": socket.sid, "error": str(exc)})
+            self._close(engine_socket, "invalid_packet")
+            return
+        if kind == CONNECT:
+            socket.state = State.CONNECTING
+        if kind == DISCONNECT:
+            self._disconnected(socket, "client_disconnect")
+            self.engine.close(engine_socket, "client_disconnect")
+        elif kind in (CONNECT, EVENT):
+            inbox = socket.inbox
+            if inbox is None:
+                inbox = socket.inbox = deque()
+            elif len(inbox) >= MAX_PENDING_EVENTS:
+                self._refuse(socket, text, "rate_limited", "too many events waiting; slow down")
+                return
+            inbox.append((kind, ack_id, data))
+            if socket.worker is None:
+                socket.worker = asyncio.get_running_loop().create_task(self._work(socket))
+        # ACKs: this server never asks a client for one, so there is nothing to match.
+
+    def _refuse(self, socket: Socket, text: str, code: str, message: str) -> None:
+        """Answer a refused event with an error ack, read from its header only (no JSON parsing)."""
+        self._on_refused(code)
+        match = _EVENT_HEADER.match(text)
+        if match is not None and match.group("id") is not None:
+            error = {"ok": False, "error": {"code": code, "message": message}}
+            socket.engine_socket.send(Packet(ACK + match.group("id") + encode([error])))
+
+    async def _work(self, socket: Socket) -> None:
+        """Handle a socket's packets one at a time, in order."""
+        try:
+            while socket.inbox and socket.state is not State.CLOSED:
+                kind, ack_id, data = socket.inbox.popleft()
+                if kind == CONNECT:
+                    await self._connect(socket, data)
+                else:
+                    await self._event(socket, ack_id, data)
+        finally:
+            socket.worker = None
+            socket.inbox = None
+
+    async def _connect(self, socket: Socket, auth: object) -> None:
+        engine_socket = socket.engine_socket
+        handshake = engine_socket.handshake
+        assert self._on_connect is not None and handshake is not None
+        try:
+            accepted = await self._on_connect(socket.sid, handshake, auth)
+        except ConnectionRefused as exc:
+            socket.state = State.NEW
+            engine_socket.send(Packet(CONNECT_ERROR + encode({"message": exc.message, "data": exc.data})))
+            return
+        if not accepted or socket.state is State.CLOSED:
+            socket.state = State.NEW
+            return
+        socket.state = State.CONNECTED
+        engine_socket.handshake = None
+        if socket.deadline is not None:
+            socket.deadline.cancel()
+            socket.deadline = None
+        engine_socket.send(Packet(CONNECT + encode({"sid": socket.sid})))
+
+    async def _event(self, socket: Socket, ack_id: str | None, data: list[Any]) -> None:
+        name, args = data[0], data[1:]
+        handler = self._handlers.get(name)
+        if handler is None:
+            result: object = {"ok": False, "error": {"code": "unknown_event", "message": f"no event {name!r}"}}
+        else:
+            try:
+                result = await handler(socket.sid, args[0] if args else None)
+            except Exception:
+                logger.exception("event handler failed", extra={"sid": socket.sid, "event": name})
+                result = {"ok": False, "error": {"code": "internal_error", "message": "the request failed"}}
+        if ack_id is not None and socket.state is State.CONNECTED:
+            socket.engine_socket.send(Packet(ACK + ack_id + encode([result])))
+
+    def members(self, room: str) -> Iterable[EngineSocket]:
+        return self._rooms.get(room, ())

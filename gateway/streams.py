@@ -19,7 +19,7 @@ from typing import Final
 from gateway.fanout import Fanout
 from gateway.history import ORIGIN, POSITION_RE, Entry, History, newer
 from gateway.sessions import Session
-from gateway.sio import GuardedServer, Outbox, join_room
+from gateway.sio import SocketIOServer
 from shared import names
 from shared.errors import PayloadError
 
@@ -65,15 +65,13 @@ class StreamSync:
 
     def __init__(
         self,
-        server: GuardedServer,
-        outbox: Outbox,
+        server: SocketIOServer,
         fanout: Fanout,
         history: History,
         *,
         max_recovery: int,
     ) -> None:
         self._server = server
-        self._outbox = outbox
         self._fanout = fanout
         self._history = history
         self._max_recovery = max_recovery
@@ -144,7 +142,7 @@ class StreamSync:
                 break
         # No await between the last check above and the join: the seam is exact.
         if not session.closed:
-            join_room(self._server, session.sid, channel)
+            self._server.join(session.sid, channel)
             self._fanout.joined_at(channel, position)
         return {"position": position, "recovered": recovered, "complete": complete}
 
@@ -167,11 +165,9 @@ class StreamSync:
         self._fanout.release_held(channel)
 
     def _send(self, session: Session, channel: str, entry: Entry) -> None:
-        eio_sid = self._server.eio_sid(session.sid)
         try:
             pkt = self._fanout.stream_packet(channel, entry.position, entry.data)
         except PayloadError as exc:
             logger.warning("skipped an invalid stored record", extra={"channel": channel, "error": str(exc)})
             return
-        if eio_sid is not None:
-            self._outbox.send((eio_sid,), pkt)
+        self._server.send(session.sid, pkt)

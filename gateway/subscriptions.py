@@ -22,7 +22,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.policy import TopicPolicy
 from gateway.relay import Relay
 from gateway.sessions import Session
-from gateway.sio import GuardedServer, Outbox, join_room, leave_room
+from gateway.sio import SocketIOServer
 from shared import names
 from shared.errors import TopicError
 from shared.topics import Topic
@@ -52,8 +52,7 @@ class Subscriptions:
         self,
         config: GatewayConfig,
         *,
-        server: GuardedServer,
-        outbox: Outbox,
+        server: SocketIOServer,
         relay: Relay,
         fanout: Fanout,
         policy: TopicPolicy,
@@ -62,7 +61,6 @@ class Subscriptions:
     ) -> None:
         self.config = config
         self.server = server
-        self.outbox = outbox
         self.relay = relay
         self.fanout = fanout
         self.policy = policy
@@ -123,7 +121,6 @@ class Subscriptions:
             for channel in acquired:
                 self._release_topic(channel.removeprefix(names.MARKET_PREFIX))
             return set()
-        eio_sid = self.server.eio_sid(session.sid)
         failed = set()
         for topic, channel in zip(topics, channels, strict=True):
             if channel not in acquired:
@@ -132,9 +129,9 @@ class Subscriptions:
             # No await between the snapshot and joining the room: nothing can
             # slip in between, so the client sees no gap and no older value.
             latest = self.fanout.latest(channel)
-            if latest is not None and eio_sid is not None:
-                self.outbox.send((eio_sid,), latest, conflate_key=channel)
-            join_room(self.server, session.sid, channel)
+            if latest is not None:
+                self.server.send(session.sid, latest, conflate_key=channel)
+            self.server.join(session.sid, channel)
             session.topics.add(str(topic))
         self.metrics.subscriptions.inc(len(topics) - len(failed))
         self.metrics.redis_channels.set(len(self.relay.channels))
@@ -151,7 +148,7 @@ class Subscriptions:
                 continue
             if text in session.topics:
                 session.topics.discard(text)
-                leave_room(self.server, session.sid, names.market_channel(text))
+                self.server.leave(session.sid, names.market_channel(text))
                 self._release_topic(text)
                 self.metrics.subscriptions.dec()
             results.append(_result(item))

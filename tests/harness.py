@@ -13,7 +13,6 @@ from typing import Any
 
 import jwt
 import socketio
-from aiohttp import web
 
 from gateway.config import GatewayConfig
 from gateway.node import GatewayNode
@@ -45,7 +44,6 @@ def make_token(
 class RunningNode:
     node: GatewayNode
     url: str
-    runner: web.AppRunner
 
     stopped: bool = False
 
@@ -53,7 +51,7 @@ class RunningNode:
         """Stop the node (once; the context manager's exit does nothing after this)."""
         if not self.stopped:
             self.stopped = True
-            await self.runner.cleanup()
+            await self.node.close()
 
 
 @asynccontextmanager
@@ -62,10 +60,8 @@ async def running_node(redis_url: str, **overrides: Any) -> AsyncIterator[Runnin
     settings.update(overrides)
     config = GatewayConfig(**settings)
     node = GatewayNode(config, redis_url=redis_url)
-    runner = web.AppRunner(node.app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, config.host, config.port).start()
-    running = RunningNode(node, f"http://127.0.0.1:{config.port}", runner)
+    await node.start()
+    running = RunningNode(node, f"http://127.0.0.1:{config.port}")
     try:
         await wait_until(lambda: node.relay.ready)
         yield running

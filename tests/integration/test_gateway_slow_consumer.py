@@ -67,15 +67,15 @@ async def test_stalled_socket_is_conflated_then_disconnected(
 ) -> None:
     publisher = AsyncPublisher(redis_client)
     async with (
-        running_node(redis_url, conflate_above=150, max_queued=300) as node,
+        running_node(redis_url, conflate_above_bytes=32768, max_buffered_bytes=131072) as node,
         connected(node.url, make_token(sub="watcher")) as watcher,
     ):
         await watcher.call("subscribe", [TOPIC])
         reader, writer = await stalled_client(node.url, make_token(sub="sleeper"))
         await wait_until(lambda: len(node.node.sessions) == 2 and all(s.topics for s in node.node.sessions.values()))
         sleeper_sid = next(s.sid for s in node.node.sessions.values() if s.identity.user_id == "sleeper")
-        eio_sid = node.node.server.eio_sid(sleeper_sid)
-        sleeper_queue = node.node.server.engineio_socket(eio_sid).queue
+        sleeper = node.node.server.sockets[sleeper_sid].engine_socket
+        assert sleeper.ws is not None
         published, deepest, latencies = 0, 0, []
         for batch in range(40):  # 4000 books of ~2.4 KB: far more than the socket buffers hold
             await publisher.publish_market([book(batch * 100 + i + 1) for i in range(100)])
@@ -83,15 +83,15 @@ async def test_stalled_socket_is_conflated_then_disconnected(
             for _ in range(100):
                 _, data = await watcher.next("market")
                 latencies.append(time.time() * 1000 - data["recv_ts"])
-            deepest = max(deepest, sleeper_queue.qsize())
-        assert deepest <= 300  # the stalled socket's queue stayed bounded
+            deepest = max(deepest, sleeper.ws.transport.get_write_buffer_size())
+        assert 0 < deepest <= 131072  # the stalled socket's unsent bytes stayed bounded
         assert node.node.metrics.conflated._value.get() > 0
-        assert node.node.outbox.lagging == 1
+        assert node.node.server.engine.lagging == 1
         latencies.sort()
         print(
             f"[slow consumer] watcher received {len(latencies)}/{published}, "
             f"p50 {latencies[len(latencies) // 2]:.1f} ms, p99 {latencies[int(len(latencies) * 0.99)]:.1f} ms, "
-            f"stalled queue max {deepest}"
+            f"stalled socket's unsent bytes at most {deepest}"
         )
         # Notifications are never dropped: once they cannot be queued, the socket goes.
         for i in range(200):
