@@ -145,6 +145,9 @@ class HttpProtocol(asyncio.Protocol):
         self._task = asyncio.get_running_loop().create_task(self._respond(request))
 
     def _check_head(self, head: h11.Request) -> None:
+        # h11 bounds only a head still arriving; one read can bring a whole big head.
+        if sum(len(name) + len(value) + 4 for name, value in head.headers) + len(head.target) > MAX_HEAD_BYTES:
+            raise h11.RemoteProtocolError(f"request heads are limited to {MAX_HEAD_BYTES} bytes", 431)
         headers = dict(head.headers)
         if b"transfer-encoding" in headers:
             raise h11.RemoteProtocolError("chunked request bodies are not accepted", error_status_hint=411)

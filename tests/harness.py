@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -163,3 +165,73 @@ def free_port_block(count: int) -> int:
                 sock.close()
         return base
     raise RuntimeError("no block of free ports")
+
+
+def ws_frame(payload: str | bytes, *, opcode: int = 0x1, fin: bool = True, masked: bool = True) -> bytes:
+    """A client WebSocket frame, masked as RFC 6455 requires (unless told otherwise)."""
+    data = payload.encode() if isinstance(payload, str) else payload
+    header = bytes([(0x80 if fin else 0) | opcode])
+    mask_bit = 0x80 if masked else 0
+    if len(data) < 126:
+        header += bytes([mask_bit | len(data)])
+    elif len(data) < 65536:
+        header += bytes([mask_bit | 126]) + struct.pack("!H", len(data))
+    else:
+        header += bytes([mask_bit | 127]) + struct.pack("!Q", len(data))
+    if not masked:
+        return header + data
+    mask = os.urandom(4)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+@dataclass
+class RawWebSocket:
+    """A hand-driven WebSocket, for what real clients never send (and for clients that stop reading)."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    async def send(self, payload: str | bytes, **frame_options: Any) -> None:
+        self.writer.write(ws_frame(payload, **frame_options))
+        await self.writer.drain()
+
+    async def receive(self, timeout: float = 5.0) -> tuple[int, bytes]:
+        """The next frame (opcode, payload); opcode 8 is a close frame."""
+        async with asyncio.timeout(timeout):
+            first, second = await self.reader.readexactly(2)
+            length = second & 0x7F
+            if length == 126:
+                (length,) = struct.unpack("!H", await self.reader.readexactly(2))
+            elif length == 127:
+                (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
+            return first & 0x0F, await self.reader.readexactly(length)
+
+    async def receive_text(self, timeout: float = 5.0) -> str:
+        opcode, payload = await self.receive(timeout)
+        assert opcode == 0x1, (opcode, payload)
+        return payload.decode()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def raw_websocket(url: str, query: str = "EIO=4&transport=websocket", rcvbuf: int | None = None) -> RawWebSocket:
+    """Open /socket.io/ as a WebSocket; `rcvbuf` shrinks the receive buffer (a client that can stall)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=rcvbuf or 2**16)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET /socket.io/?{query} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return RawWebSocket(reader, writer)

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
-import os
-import socket
-import struct
 import time
 
 import redis.asyncio
 
 from shared.events import Book, Notification
 from shared.publisher import AsyncPublisher
-from tests.harness import connected, make_token, running_node, wait_until
+from tests.harness import RawWebSocket, connected, make_token, raw_websocket, running_node, wait_until
 
 TOPIC = "bybit:book:BTC/USDT"
 
@@ -26,39 +21,12 @@ def book(seq: int) -> Book:
     )
 
 
-def ws_frame(text: str) -> bytes:
-    """A masked client text frame."""
-    payload = text.encode()
-    mask = os.urandom(4)
-    header = bytes([0x81])
-    if len(payload) < 126:
-        header += bytes([0x80 | len(payload)])
-    else:
-        header += bytes([0x80 | 126]) + struct.pack("!H", len(payload))
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-async def stalled_client(url: str, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def stalled_client(url: str, token: str) -> RawWebSocket:
     """Connect and subscribe over a raw WebSocket with a tiny receive buffer, then never read again."""
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        (
-            f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    await reader.readuntil(b"\r\n\r\n")
-    writer.write(ws_frame("40" + json.dumps({"token": token})))
-    writer.write(ws_frame('420["subscribe",["' + TOPIC + '"]]'))
-    await writer.drain()
-    return reader, writer
+    ws = await raw_websocket(url, rcvbuf=4096)
+    await ws.send("40" + json.dumps({"token": token}))
+    await ws.send('420["subscribe",["' + TOPIC + '"]]')
+    return ws
 
 
 async def test_stalled_socket_is_conflated_then_disconnected(
@@ -71,7 +39,7 @@ async def test_stalled_socket_is_conflated_then_disconnected(
         connected(node.url, make_token(sub="watcher")) as watcher,
     ):
         await watcher.call("subscribe", [TOPIC])
-        reader, writer = await stalled_client(node.url, make_token(sub="sleeper"))
+        stalled = await stalled_client(node.url, make_token(sub="sleeper"))
         await wait_until(lambda: len(node.node.sessions) == 2 and all(s.topics for s in node.node.sessions.values()))
         sleeper_sid = next(s.sid for s in node.node.sessions.values() if s.identity.user_id == "sleeper")
         sleeper = node.node.server.sockets[sleeper_sid].engine_socket
@@ -102,5 +70,4 @@ async def test_stalled_socket_is_conflated_then_disconnected(
         assert node.node.metrics.slow_consumer_disconnects._value.get() == 1
         assert watcher.sio.connected
         await watcher.call("subscribe", [TOPIC])  # the node is still serving
-        writer.close()
-        del reader
+        stalled.close()
