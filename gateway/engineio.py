@@ -257,6 +257,7 @@ class Engine:
         max_payload: int,
         conflate_above: int,
         max_buffered: int,
+        coalesce_s: float,
         on_conflated: Callable[[], None],
         on_overflow: Callable[[], None],
     ) -> None:
@@ -268,6 +269,8 @@ class Engine:
         self.max_payload = max_payload
         self.conflate_above = conflate_above
         self.max_buffered = max_buffered
+        self.coalesce_s = coalesce_s
+        self._flush_timer: asyncio.TimerHandle | None = None
         self.on_conflated = on_conflated
         self._on_overflow = on_overflow
         self.sockets: dict[str, EngineSocket] = {}
@@ -284,6 +287,8 @@ class Engine:
         self._heartbeat = asyncio.get_running_loop().create_task(self._ping_all())
 
     async def stop(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
@@ -309,17 +314,30 @@ class Engine:
 
     @contextmanager
     def corked_writes(self) -> Iterator[None]:
-        """Collect the frames sent to each WebSocket in this block into one write per socket."""
+        """Collect the frames sent to each WebSocket in this block into one write per socket.
+
+        With `coalesce_s`, the writes wait that long for later batches to
+        join them: fewer send() calls per delivery, for a little latency.
+        Anything sent to a socket meanwhile queues behind, so order holds.
+        """
         self.corked = True
         try:
             yield
         finally:
             self.corked = False
-            dirty, self.dirty = self.dirty, []
-            for socket in dirty:
-                chunks, socket.chunks = socket.chunks, None
-                if chunks and socket.ws is not None and not socket.closed:
-                    socket.ws.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            if not self.coalesce_s:
+                self.flush()
+            elif self._flush_timer is None and self.dirty:
+                self._flush_timer = asyncio.get_running_loop().call_later(self.coalesce_s, self.flush)
+
+    def flush(self) -> None:
+        """Write what corked batches collected for each socket."""
+        self._flush_timer = None
+        dirty, self.dirty = self.dirty, []
+        for socket in dirty:
+            chunks, socket.chunks = socket.chunks, None
+            if chunks and socket.ws is not None and not socket.closed:
+                socket.ws.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def overflow(self, socket: EngineSocket) -> None:
         self._on_overflow()

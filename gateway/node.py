@@ -69,6 +69,7 @@ class GatewayNode:
             max_packet_bytes=config.max_packet_bytes,
             conflate_above=config.conflate_above_bytes,
             max_buffered=config.max_buffered_bytes,
+            coalesce_s=config.coalesce_ms / 1000,
             connect_timeout_s=config.connect_timeout_s,
             max_event_bytes=config.max_event_bytes,
             event_rate=config.event_rate,

@@ -18,7 +18,7 @@ import logging
 import re
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from typing import Any, Final
@@ -130,6 +130,7 @@ class SocketIOServer:
         max_packet_bytes: int,
         conflate_above: int,
         max_buffered: int,
+        coalesce_s: float,
         connect_timeout_s: float,
         max_event_bytes: int,
         event_rate: float,
@@ -148,6 +149,7 @@ class SocketIOServer:
             max_payload=max_packet_bytes,
             conflate_above=conflate_above,
             max_buffered=max_buffered,
+            coalesce_s=coalesce_s,
             on_conflated=on_conflated,
             on_overflow=on_overflow,
         )
@@ -272,9 +274,9 @@ class SocketIOServer:
         self.sockets.pop(socket.sid, None)
         if socket.deadline is not None:
             socket.deadline.cancel()
+        # A running handler is left to finish (it sees the socket closed):
+        # cancelling it midway could leave its Redis subscriptions counted.
         self._disconnected(socket, reason)
-        if socket.worker is not None:
-            socket.worker.cancel()
 
     def _disconnected(self, socket: Socket, reason: str) -> None:
         """Leave every room and tell the handler, once, if the socket had connected."""
@@ -347,11 +349,22 @@ class SocketIOServer:
         try:
             accepted = await self._on_connect(socket.sid, handshake, auth)
         except ConnectionRefused as exc:
-            socket.state = State.NEW
-            engine_socket.send(Packet(CONNECT_ERROR + encode({"message": exc.message, "data": exc.data})))
+            refusal: dict[str, object] = {"message": exc.message, "data": exc.data}
+            accepted = False
+        except Exception:
+            logger.exception("connect handler failed", extra={"sid": socket.sid})
+            refusal = {"message": "internal_error", "data": {"code": "internal_error", "message": "retry later"}}
+            accepted = False
+        else:
+            refusal = {}
+        if socket.state is State.CLOSED:  # the transport closed while the handler ran
+            if accepted and self._on_disconnect is not None:
+                self._on_disconnect(socket.sid, "transport_close")
             return
-        if not accepted or socket.state is State.CLOSED:
-            socket.state = State.NEW
+        if not accepted:
+            socket.state = State.NEW  # the client may try again on this transport
+            if refusal:
+                engine_socket.send(Packet(CONNECT_ERROR + encode(refusal)))
             return
         socket.state = State.CONNECTED
         engine_socket.handshake = None
@@ -373,6 +386,3 @@ class SocketIOServer:
                 result = {"ok": False, "error": {"code": "internal_error", "message": "the request failed"}}
         if ack_id is not None and socket.state is State.CONNECTED:
             socket.engine_socket.send(Packet(ACK + ack_id + encode([result])))
-
-    def members(self, room: str) -> Iterable[EngineSocket]:
-        return self._rooms.get(room, ())

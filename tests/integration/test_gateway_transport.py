@@ -12,7 +12,7 @@ import socketio
 
 from shared.events import Ticker
 from shared.publisher import AsyncPublisher
-from tests.harness import make_token, new_client, raw_websocket, running_node, wait_until
+from tests.harness import connected, make_token, new_client, raw_websocket, running_node, wait_until
 
 TOPIC = "kraken:ticker:ETH/USD"
 
@@ -186,3 +186,18 @@ async def test_python_client_over_polling_only_gets_acks_and_events(redis_url: s
             await refused.sio.connect(node.url, auth={"token": "bad"}, transports=["polling"], wait_timeout=5)
         assert refused.connect_error["data"]["code"] == "token_malformed"
         await refused.sio.shutdown()
+
+
+async def test_coalesced_writes_keep_every_message_and_their_order(
+    redis_client: redis.asyncio.Redis, redis_url: str
+) -> None:
+    publisher = AsyncPublisher(redis_client)
+    async with running_node(redis_url, coalesce_ms=20) as node, connected(node.url, make_token()) as client:
+        await client.call("subscribe", [TOPIC])
+        for seq in range(1, 201):
+            await publisher.publish_market([ticker(seq)])
+            if seq == 100:  # an ack in the middle queues behind the held market writes
+                reply = await client.call("unsubscribe", ["binance:trades:BTC/USDT"])
+                assert reply["ok"]
+        received = [(await client.next("market"))[1]["seq"] for _ in range(200)]
+        assert received == list(range(1, 201))
