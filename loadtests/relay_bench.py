@@ -1,4 +1,4 @@
-"""Fan-out benchmark of the gateway against the plain python-socketio baseline (not a pytest test).
+"""Fan-out benchmark of the gateway against plain python-socketio and Node's socket.io (not a pytest test).
 
 Starts a private Redis, the server under test (one process, or N behind a real nginx rendered
 from deploy/nginx/nginx.conf.template) and lean load clients (loadtests/load_client.py) in
@@ -25,6 +25,7 @@ import json
 import math
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +49,9 @@ from stack.balancer import balancer_service
 
 SECRET: Final = "benchmark-secret-benchmark-secret-0123"
 HOST: Final = "127.0.0.1"
-SERVERS: Final = ("gateway", "baseline")
+SERVERS: Final = ("gateway", "baseline", "node")
+# The Node reference relay (socket.io 4.8 + node-redis); `npm ci` runs there when its modules are missing.
+NODE_BASELINE: Final = Path(__file__).parent / "node_baseline"
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 CORES: Final = os.cpu_count() or 1
 DEFAULT_STEPS: Final = "100000,200000,300000,400000,500000"
@@ -297,12 +300,21 @@ async def start_server(
         "GATEWAY_TRUST_FORWARDED_FOR": "true" if proxied else "false",
         "GATEWAY_SHUTDOWN_TIMEOUT_S": "2",
     }
+    if kind == "node":
+        return await asyncio.create_subprocess_exec(
+            "node", str(NODE_BASELINE / "server.mjs"), env={**env, "PORT": str(port)}
+        )
     module = (
         ["gateway"]
         if kind == "gateway"
         else ["loadtests.baseline_server", "--port", str(port), "--redis-url", redis_url]
     )
     return await asyncio.create_subprocess_exec(sys.executable, "-m", *module, env=env)
+
+
+def install_node_baseline() -> None:
+    if not (NODE_BASELINE / "node_modules").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_BASELINE, check=True)
 
 
 async def wait_ready(port: int, process: asyncio.subprocess.Process) -> None:
@@ -661,10 +673,11 @@ def report(results: list[dict[str, Any]]) -> None:
     )
     by_label = {result["label"]: result for result in columns}
     for result in columns:
-        twin = by_label.get(result["label"].replace("gateway", "baseline", 1), result)
-        for key in RATIO_KEYS:
-            if result["server"] == "gateway" and twin is not result and result.get(key) and twin.get(key):
-                print(f"{result['label']} / {twin['label']} {key}: {result[key] / twin[key]:.2f}x")
+        for other in SERVERS[1:]:
+            twin = by_label.get(result["label"].replace("gateway", other, 1), result)
+            for key in RATIO_KEYS:
+                if result["server"] == "gateway" and twin is not result and result.get(key) and twin.get(key):
+                    print(f"{result['label']} / {twin['label']} {key}: {result[key] / twin[key]:.2f}x")
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Options, list[Setup], str | None]:
@@ -684,12 +697,18 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, list[Setup], str | 
     parser.add_argument(
         "--gateways", help="comma-separated process counts (e.g. 1,2) to run behind nginx; default: one process, direct"
     )
-    parser.add_argument("--server", choices=[*SERVERS, "both"], default="gateway", help="what to measure")
+    parser.add_argument(
+        "--server",
+        default="gateway",
+        help=f"comma-separated servers to measure, of {', '.join(SERVERS)}; `both` is gateway,baseline; `all` all",
+    )
     parser.add_argument("--json", help="also write every result to this file")
     args = parser.parse_args(argv)
     if not 1 <= args.topics <= args.clients:
         parser.error("--topics must be between 1 and --clients")
-    kinds = SERVERS if args.server == "both" else (args.server,)
+    kinds = {"both": ["gateway", "baseline"], "all": list(SERVERS)}.get(args.server, args.server.split(","))
+    if unknown := set(kinds) - set(SERVERS):
+        parser.error(f"unknown --server {', '.join(sorted(unknown))}; choose from {', '.join(SERVERS)}")
     counts: list[int | None] = [int(count) for count in args.gateways.split(",")] if args.gateways else [None]
     options = Options(
         clients=args.clients,
@@ -707,6 +726,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, list[Setup], str | 
 def main(argv: Sequence[str] | None = None) -> None:
     options, setups, json_path = parse_args(argv)
     raise_fd_limit()  # the servers inherit it
+    if any(setup.kind == "node" for setup in setups):
+        install_node_baseline()
     results = [result for setup in setups for result in uvloop.run(SCENARIOS[options.scenario](setup, options))]
     report(results)
     if json_path:
