@@ -80,6 +80,7 @@ class GatewayNode:
             on_overflow=self.metrics.slow_consumer_disconnects.inc,
         )
         self.metrics.lagging_sockets.set_function(lambda: self.server.engine.lagging)
+        self.metrics.redis_channels.set_function(lambda: self.relay.channel_count)
         # A bounded pool that queues bursts (200 sockets subscribing at once)
         # instead of failing them with "Too many connections".
         pool = redis.asyncio.BlockingConnectionPool.from_url(
@@ -177,7 +178,7 @@ class GatewayNode:
     async def _catch_up(self, channel: str) -> None:
         """Send a room what was published on its channel while Redis was unreachable."""
         delay = CATCH_UP_BACKOFF_S
-        while channel in self.relay.channels:
+        while self.relay.wants(channel):
             try:
                 await self.streams.catch_up(channel)
             except (redis.exceptions.RedisError, OSError) as exc:
@@ -222,7 +223,6 @@ class GatewayNode:
         topics = auth.get("subscriptions") if isinstance(auth, dict) else None
         session.sync_task = self._spawn(self._sync(session, resume, resume_valid, fresh_start, topics))
         self.metrics.connections.inc()
-        self.metrics.redis_channels.set(len(self.relay.channels))
         logger.debug("connected", extra={"sid": sid, "user": identity.user_id})
         return True
 

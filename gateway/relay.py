@@ -63,8 +63,15 @@ class Relay:
 
     @property
     def channels(self) -> frozenset[str]:
-        """The channels this node currently wants."""
+        """The channels this node currently wants (a copy: for tests and diagnostics)."""
         return frozenset(self._counts)
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._counts)
+
+    def wants(self, channel: str) -> bool:
+        return channel in self._counts
 
     async def run(self) -> None:
         """Hold the connection until cancelled, reconnecting as needed."""

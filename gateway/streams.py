@@ -128,7 +128,10 @@ class StreamSync:
             since, fresh = await self._history.last_position(stream), False
         complete = fresh or await self._history.retained_since(stream, since, now_ms)
         position, recovered = since, 0
-        while not session.closed:
+        # A fresh start was read after the channel's subscription was confirmed:
+        # unless something newer was relayed since, there is nothing to read.
+        caught_up = fresh and not newer(self._fanout.live_position(channel), since)
+        while not session.closed and not caught_up:
             entries = await self._history.after(stream, position, READ_BATCH)
             if recovered + len(entries) > self._max_recovery:
                 # Too much to replay: skip to the end, the client resyncs by listing.

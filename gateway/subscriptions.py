@@ -134,7 +134,6 @@ class Subscriptions:
             self.server.join(session.sid, channel)
             session.topics.add(str(topic))
         self.metrics.subscriptions.inc(len(topics) - len(failed))
-        self.metrics.redis_channels.set(len(self.relay.channels))
         return failed
 
     async def unsubscribe(self, session: Session, data: object) -> dict[str, object]:
@@ -152,7 +151,6 @@ class Subscriptions:
                 self._release_topic(text)
                 self.metrics.subscriptions.dec()
             results.append(_result(item))
-        self.metrics.redis_channels.set(len(self.relay.channels))
         return {"ok": True, "results": results}
 
     def release_session(self, session: Session) -> None:
@@ -162,14 +160,13 @@ class Subscriptions:
         for topic in session.topics:
             self._release_topic(topic)
         self.metrics.subscriptions.dec(len(session.topics))
-        self.metrics.redis_channels.set(len(self.relay.channels))
 
     def _release_topic(self, topic: str) -> None:
         self.release(names.market_channel(topic))
 
     def release(self, channel: str) -> None:
         self.relay.release(channel)
-        if channel not in self.relay.channels:
+        if not self.relay.wants(channel):
             self.fanout.forget(channel)
 
     async def acquire_all(self, channels: list[str]) -> set[str]:
