@@ -180,8 +180,8 @@ class EngineSocket:
         """A lagging socket caught up: send what was conflated for it."""
         slots, self.slots = self.slots, None
         if slots:
-            for packet in slots.values():
-                self.send(packet)
+            for key, packet in slots.items():
+                self.send(packet, key)  # lagging again midway: the rest wait in their slots
 
 
 class WebSocketConnection(asyncio.Protocol):

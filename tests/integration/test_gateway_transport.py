@@ -180,6 +180,8 @@ async def test_python_client_over_polling_only_gets_acks_and_events(redis_url: s
         try:
             reply = await client.call("subscribe", [TOPIC, "nope"])
             assert [r["ok"] for r in reply["results"]] == [True, False]
+            reply = await client.call("no-such-event", {})
+            assert reply["error"]["code"] == "unknown_event"
             assert (await client.next("sync"))[0]["complete"] is True
         finally:
             await client.close()
