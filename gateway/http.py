@@ -17,6 +17,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Final, cast
 from urllib.parse import parse_qsl, urlsplit
 
@@ -179,20 +180,22 @@ class HttpProtocol(asyncio.Protocol):
         if isinstance(outcome, Upgrade):
             self._upgrade(request, outcome.protocol)
             return
-        self._send(outcome)
-        if self._conn.our_state is h11.MUST_CLOSE or self._conn.their_state is h11.MUST_CLOSE:
-            transport.close()
-            return
         try:
+            self._send(outcome, body=request.method != "HEAD")
+            if self._conn.our_state is h11.MUST_CLOSE or self._conn.their_state is h11.MUST_CLOSE:
+                transport.close()
+                return
             self._conn.start_next_cycle()
         except h11.LocalProtocolError:
+            logger.exception("could not answer a request", extra={"path": request.path})
             transport.close()
             return
         transport.resume_reading()
         self._arm_timeout()
         self._next_request()
 
-    def _send(self, response: Response) -> None:
+    def _send(self, response: Response, *, body: bool = True) -> None:
+        """The response; `body=False` answers a HEAD (same headers, no body)."""
         assert self._transport is not None
         headers = [
             SERVER_HEADER,
@@ -200,11 +203,11 @@ class HttpProtocol(asyncio.Protocol):
             (b"content-length", str(len(response.body)).encode()),
             *((name.encode(), value.encode()) for name, value in response.headers),
         ]
-        self._transport.write(
-            self._conn.send(h11.Response(status_code=response.status, headers=headers))
-            + self._conn.send(h11.Data(data=response.body))
-            + self._conn.send(h11.EndOfMessage())
-        )
+        reason = HTTPStatus(response.status).phrase.encode()
+        data = self._conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
+        if body and response.body:
+            data += self._conn.send(h11.Data(data=response.body))
+        self._transport.write(data + self._conn.send(h11.EndOfMessage()))
 
     def _upgrade(self, request: Request, protocol: asyncio.Protocol) -> None:
         """Answer 101 and hand the transport (and any bytes already read) to `protocol`."""

@@ -104,6 +104,19 @@ async def test_malformed_http_is_answered_and_closed(redis_url: str) -> None:
             writer.close()
 
 
+async def test_head_and_pipelined_requests_share_a_keep_alive_connection(redis_url: str) -> None:
+    async with running_node(redis_url) as node:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(node.url.rsplit(":", 1)[1]))
+        writer.write(
+            b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        response = await asyncio.wait_for(reader.read(), 5)
+        head, rest = response.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"content-length: 15" in head
+        assert rest.startswith(b"HTTP/1.1 200 OK") and rest.endswith(b'{"status":"ok"}')  # HEAD had no body
+        writer.close()
+
+
 async def test_cors_preflight_and_forbidden_origin(redis_url: str) -> None:
     async with running_node(redis_url, cors_origins=["https://app.example"]) as node:
         status, headers, _ = await get(
