@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from gateway.auth import TokenVerifier
 from gateway.config import GatewayConfig
 from gateway.errors import AuthError
+from gateway.websocket import FrameParser, Opcode, WebSocketError
 from shared import codec
 from shared.errors import PayloadError, TopicError
 from shared.events import Notification
@@ -196,3 +198,45 @@ async def test_publisher_garbage_never_reaches_the_wrong_user(
             update, _position = client.queue("execution").get_nowait()
             assert client is alice and update["team_id"] == "red"
     assert alice.sio.connected and bob.sio.connected
+
+
+@given(st.binary(max_size=600))
+@FUZZ
+def test_frame_parser_refuses_garbage_with_websocket_error_only(data: bytes) -> None:
+    counted("WebSocket frames (parser)")
+    parser = FrameParser(256)
+    with contextlib.suppress(WebSocketError):
+        for opcode, payload in parser.feed(data):
+            assert isinstance(opcode, Opcode) and len(payload) <= 256
+
+
+http_requests = st.one_of(
+    st.binary(max_size=300),
+    st.builds(
+        lambda method, target, headers, body: f"{method} {target} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode() + body,
+        st.sampled_from(["GET", "POST", "OPTIONS", "HEAD", "PUT", "G\x00T"]),
+        st.sampled_from(
+            ["/socket.io/?EIO=4&transport=polling", "/socket.io/?EIO=4&transport=websocket", "/readyz", "*"]
+        ),
+        st.text(alphabet=st.characters(codec="latin-1"), max_size=120),
+        st.binary(max_size=100),
+    ),
+)
+
+
+@given(http_requests)
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+async def test_raw_http_never_crashes_the_node(
+    fuzz_node: RunningNode, caplog: pytest.LogCaptureFixture, request_bytes: bytes
+) -> None:
+    counted("raw HTTP requests")
+    port = int(fuzz_node.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request_bytes)
+    writer.write_eof()
+    with contextlib.suppress(ConnectionError):
+        await asyncio.wait_for(reader.read(), 5)  # answered and/or closed; never left hanging
+    writer.close()
+    async with aiohttp.ClientSession() as http, http.get(fuzz_node.url + "/healthz") as response:
+        assert response.status == 200
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
