@@ -24,6 +24,7 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -45,7 +46,7 @@ from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.events import Side, Trade
 from shared.publisher import AsyncPublisher
 from shared.topics import Exchange, Kind, Topic
-from stack.balancer import balancer_service
+from stack.balancer import BalancerError, balancer_service, nginx_binary
 
 SECRET: Final = "benchmark-secret-benchmark-secret-0123"
 HOST: Final = "127.0.0.1"
@@ -312,8 +313,21 @@ async def start_server(
     return await asyncio.create_subprocess_exec(sys.executable, "-m", *module, env=env)
 
 
-def install_node_baseline() -> None:
-    if not (NODE_BASELINE / "node_modules").is_dir():
+def install_missing(setups: Sequence[Setup]) -> None:
+    """What the setups need and this machine lacks: nginx from Debian's packages, the Node relay's modules."""
+    if any(setup.gateways is not None for setup in setups):
+        try:
+            nginx_binary()
+        except BalancerError:
+            if not (shutil.which("apt-get") and os.geteuid() == 0):
+                raise
+            subprocess.run(["apt-get", "update", "-qq"], check=True)
+            subprocess.run(
+                ["apt-get", "install", "-y", "-qq", "nginx"],
+                check=True,
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            )
+    if any(setup.kind == "node" for setup in setups) and not (NODE_BASELINE / "node_modules").is_dir():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_BASELINE, check=True)
 
 
@@ -731,8 +745,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, list[Setup], str | 
 def main(argv: Sequence[str] | None = None) -> None:
     options, setups, json_path = parse_args(argv)
     raise_fd_limit()  # the servers inherit it
-    if any(setup.kind == "node" for setup in setups):
-        install_node_baseline()
+    install_missing(setups)
     results = [result for setup in setups for result in uvloop.run(SCENARIOS[options.scenario](setup, options))]
     report(results)
     if json_path:
