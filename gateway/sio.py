@@ -239,13 +239,8 @@ class SocketIOServer:
         self._disconnected(socket, "server_disconnect")
         self.engine.close(socket.engine_socket, "server_disconnect")
 
-    def close_transport(self, sid: str, reason: str) -> None:
-        """Drop the transport without a DISCONNECT: clients reconnect (through the load balancer)."""
-        socket = self.sockets.get(sid)
-        if socket is not None:
-            self._close(socket.engine_socket, reason)
-
     def close_all(self, reason: str) -> None:
+        """Drop every transport without a DISCONNECT: clients reconnect (through the load balancer)."""
         for engine_socket in list(self.engine.sockets.values()):
             self._close(engine_socket, reason)
 
