@@ -1,6 +1,8 @@
 // Drives the official socket.io-client the way a Next.js app does, and
 // prints what it sees as JSON lines for the Python test to check.
 // usage: node client.mjs URL TOKEN TRANSPORT TOPIC...
+// TRANSPORT is websocket, polling, or upgrade (the client's default: polling,
+// then an upgrade to WebSocket).
 // With RESUME=1 it reconnects by itself, resuming from the positions it saw,
 // as the Next.js snippet in docs/protocol.md does.
 import { io } from "socket.io-client";
@@ -12,12 +14,15 @@ const positions = { executions: {} };
 
 const socket = io(url, {
   auth: resume ? (cb) => cb({ token, positions }) : { token },
-  transports: [transport],
+  transports: transport === "upgrade" ? ["polling", "websocket"] : [transport],
   reconnection: resume,
   reconnectionDelay: 100,
   reconnectionDelayMax: 500,
 });
 
+socket.io.on("open", () => {
+  socket.io.engine.on("upgrade", (upgraded) => out({ event: "upgrade", transport: upgraded.name }));
+});
 socket.on("connect_error", (err) => {
   out({ event: "connect_error", message: err.message, data: err.data });
   if (!resume) process.exit(0);
