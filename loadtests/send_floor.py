@@ -1,22 +1,29 @@
-"""The machine's floor for fan-out: what one bare `socket.send` of a WebSocket frame costs on loopback.
+"""The machine's floor for fan-out: what one write of a WebSocket frame to a loopback client costs.
 
 A relay that writes each message to each client cannot cost less per delivery than this, so it
 calibrates `relay_bench.py`'s deliveries per CPU-second on a given machine (and day: the kernel's
-cost per send varies between machines and with their load). One process sends one 200-byte frame
-to each of `--clients` loopback sockets per tick, `--rate` ticks a second; a child process reads
-them all with epoll, as a client would.
+cost per send varies between machines and with their load). One uvloop process writes one
+200-byte frame to each of `--clients` loopback connections per tick, `--rate` ticks a second, first
+with `os.write` on each socket (the bare system call), then with uvloop's `transport.write` (what
+an asyncio server, the gateway included, pays); a child process reads them all with epoll, as a
+client would. Each line reports the sender's user and system CPU per write.
 
-    python -m loadtests.send_floor --clients 200 --rate 500 --seconds 10
+    python -m loadtests.send_floor --clients 200 --rate 500 --seconds 8
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
+import resource
 import selectors
+import signal
 import socket
 import time
+
+import uvloop
 
 FRAME = b"\x81\x7e\x00\xc8" + b"x" * 200  # a server text frame with a 200-byte payload
 
@@ -28,41 +35,65 @@ def read_all(port: int, clients: int, seconds: float) -> None:
         connection = socket.create_connection(("127.0.0.1", port))
         connection.setblocking(False)
         selector.register(connection, selectors.EVENT_READ)
-    deadline = time.monotonic() + seconds + 2
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         for key, _ in selector.select(0.5):
             with contextlib.suppress(BlockingIOError):
                 key.fileobj.recv(65536)  # type: ignore[union-attr]
 
 
+async def measure(args: argparse.Namespace) -> int:
+    """Print the cost of each way of writing; returns the reader's pid."""
+    transports: list[asyncio.Transport] = []
+    all_accepted = asyncio.Event()
+
+    class Accepted(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transports.append(transport)  # type: ignore[arg-type]
+            if len(transports) == args.clients:
+                all_accepted.set()
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Accepted, "127.0.0.1", 0, backlog=args.clients)
+    port = server.sockets[0].getsockname()[1]
+    child = os.fork()
+    if child == 0:
+        read_all(port, args.clients, 2 * args.seconds + 5)
+        os._exit(0)
+    await all_accepted.wait()
+    descriptors = [transport.get_extra_info("socket").fileno() for transport in transports]
+    for via in ("os.write", "transport.write"):
+        before, started, sent = resource.getrusage(resource.RUSAGE_SELF), time.monotonic(), 0
+        tick = started
+        while tick - started < args.seconds:
+            if via == "os.write":
+                for descriptor in descriptors:
+                    os.write(descriptor, FRAME)
+            else:
+                for transport in transports:
+                    transport.write(FRAME)
+            sent += args.clients
+            tick += 1 / args.rate
+            await asyncio.sleep(max(0.0, tick - time.monotonic()))
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+        cpu = user + system
+        print(
+            f"{via:>15}: {sent / args.seconds:,.0f} writes/s, {sent / cpu:,.0f} per CPU-second, "
+            f"{cpu / sent * 1e6:.2f} us each (user {user / sent * 1e6:.2f}, system {system / sent * 1e6:.2f})"
+        )
+    server.close()
+    return child
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--rate", type=int, default=500, help="frames per client per second")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    args = parser.parse_args()
-    listener = socket.create_server(("127.0.0.1", 0), backlog=args.clients)
-    port = listener.getsockname()[1]
-    child = os.fork()
-    if child == 0:
-        read_all(port, args.clients, args.seconds)
-        os._exit(0)
-    connections = [listener.accept()[0] for _ in range(args.clients)]
-    for connection in connections:
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    cpu_before, started, sent = time.process_time(), time.monotonic(), 0
-    while time.monotonic() - started < args.seconds:
-        tick = time.monotonic()
-        for connection in connections:
-            connection.send(FRAME)
-        sent += len(connections)
-        time.sleep(max(0.0, 1 / args.rate - (time.monotonic() - tick)))
-    cpu = time.process_time() - cpu_before
+    parser.add_argument("--seconds", type=float, default=8.0, help="per way of writing")
+    child = uvloop.run(measure(parser.parse_args()))
+    os.kill(child, signal.SIGTERM)
     os.waitpid(child, 0)
-    print(
-        f"{sent / args.seconds:,.0f} sends/s: {sent / cpu:,.0f} sends per CPU-second, "
-        f"{cpu / sent * 1e6:.2f} us of CPU per send"
-    )
 
 
 if __name__ == "__main__":
