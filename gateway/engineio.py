@@ -3,9 +3,9 @@
 Built for fan-out: an outgoing message is a `Packet` encoded once (text for
 long-polling, WebSocket frame bytes for everyone else) and sending it to a
 WebSocket client is one `transport.write` (or one list append while a batch
-is corked). There is no queue, task or timer per socket: one heartbeat timer
-pings every socket, and the transport's own pause/resume-writing signal
-says when a client is not keeping up.
+is corked). A connected WebSocket client costs no queue, task or timer of
+its own: one heartbeat timer pings every socket, and the transport's own
+pause/resume-writing signal says when a client is not keeping up.
 
 A client that falls behind is `lagging`: packets sent with a conflation key
 (market data) then wait in one slot per key, the newest replacing an unsent
