@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import aiohttp
 import pytest
@@ -218,3 +219,20 @@ async def test_coalesced_writes_keep_every_message_and_their_order(
                 assert reply["ok"]
         received = [(await client.next("market"))[1]["seq"] for _ in range(200)]
         assert received == list(range(1, 201))
+
+
+async def test_unknown_engineio_packet_type_closes_the_session(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_node(redis_url) as node:
+        ws = await raw_websocket(node.url)
+        await ws.receive_text()
+        await ws.send("40" + json.dumps({"token": make_token()}))
+        assert (await ws.receive_text()).startswith("40")
+        await ws.send("9 not an Engine.IO packet type")
+        while (frame := await ws.receive())[0] == 0x1:  # `sync` may come first
+            pass
+        assert frame[0] == 0x8
+        await wait_until(lambda: not node.node.sessions)
+        assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+        ws.close()
