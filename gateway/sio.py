@@ -18,8 +18,8 @@ import logging
 import re
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from enum import Enum
 from typing import Any, Final
 
@@ -197,11 +197,9 @@ class SocketIOServer:
                 sent += 1
         return sent
 
-    @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self) -> AbstractContextManager[None]:
         """Sends in this block reach each WebSocket client as one write."""
-        with self.engine.corked_writes():
-            yield
+        return self.engine.corked_writes()
 
     # Rooms (synchronous: no await, so nothing slips in between a snapshot and a join)
 
