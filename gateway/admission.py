@@ -8,8 +8,8 @@ import redis.exceptions
 from gateway.auth import Identity, TokenVerifier
 from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError
-from gateway.http import Request
 from gateway.limits import KeyedBuckets
+from gateway.protocol.http import Request
 from shared import names
 
 

@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from gateway.engineio import Packet
 from gateway.history import ORIGIN, newer
 from gateway.metrics import GatewayMetrics
+from gateway.protocol.engineio import Packet
+from gateway.protocol.sio import SocketIOServer
 from gateway.pubsub import Message
-from gateway.sio import SocketIOServer
 from shared import codec, names
 from shared.codec import Revocation, StreamKind
 from shared.errors import PayloadError

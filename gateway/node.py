@@ -25,13 +25,13 @@ from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError, RequestError
 from gateway.fanout import Fanout
 from gateway.history import History
-from gateway.http import HttpServer, Request, Response, Upgrade
 from gateway.metrics import GatewayMetrics
 from gateway.notifications import NotificationRequests
 from gateway.policy import TopicPolicy
+from gateway.protocol.http import HttpServer, Request, Response, Upgrade
+from gateway.protocol.sio import ConnectionRefused, SocketIOServer
 from gateway.relay import Relay
 from gateway.sessions import Session
-from gateway.sio import ConnectionRefused, SocketIOServer
 from gateway.streams import Resume, StreamSync
 from gateway.subscriptions import Subscriptions
 from shared import names

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.http import Request, Response
+from gateway.protocol.http import Request, Response
 
 if TYPE_CHECKING:
     from gateway.node import GatewayNode

@@ -18,8 +18,8 @@ from typing import Final
 
 from gateway.fanout import Fanout
 from gateway.history import ORIGIN, POSITION_RE, Entry, History, newer
+from gateway.protocol.sio import SocketIOServer
 from gateway.sessions import Session
-from gateway.sio import SocketIOServer
 from shared import names
 from shared.errors import PayloadError
 

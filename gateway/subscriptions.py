@@ -20,9 +20,9 @@ from gateway.errors import RequestError
 from gateway.fanout import Fanout
 from gateway.metrics import GatewayMetrics
 from gateway.policy import TopicPolicy
+from gateway.protocol.sio import SocketIOServer
 from gateway.relay import Relay
 from gateway.sessions import Session
-from gateway.sio import SocketIOServer
 from shared import names
 from shared.errors import TopicError
 from shared.topics import Topic

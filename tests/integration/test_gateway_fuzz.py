@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from gateway.auth import TokenVerifier
 from gateway.config import GatewayConfig
 from gateway.errors import AuthError
-from gateway.websocket import FrameParser, Opcode, WebSocketError
+from gateway.protocol.websocket import FrameParser, Opcode, WebSocketError
 from shared import codec
 from shared.errors import PayloadError, TopicError
 from shared.events import Notification

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.websocket import CloseCode, FrameParser, Opcode, WebSocketError, accept_key, text_frame, valid_key
+from gateway.protocol.websocket import CloseCode, FrameParser, Opcode, WebSocketError, accept_key, text_frame, valid_key
 from tests.harness import ws_frame
 
 

@@ -25,9 +25,9 @@ from typing import Any, Final
 
 import msgspec
 
-from gateway.engineio import Engine, EngineSocket, Packet
-from gateway.http import Request, Response, Upgrade
 from gateway.limits import TokenBucket
+from gateway.protocol.engineio import Engine, EngineSocket, Packet
+from gateway.protocol.http import Request, Response, Upgrade
 
 logger = logging.getLogger(__name__)
 

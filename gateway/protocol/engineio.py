@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from gateway import websocket
-from gateway.http import Request, Response, Upgrade, websocket_handshake_error
-from gateway.websocket import CloseCode, Opcode, WebSocketError
+from gateway.protocol import websocket
+from gateway.protocol.http import Request, Response, Upgrade, websocket_handshake_error
+from gateway.protocol.websocket import CloseCode, Opcode, WebSocketError
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import h11
 
-from gateway import websocket
+from gateway.protocol import websocket
 
 logger = logging.getLogger(__name__)
 
