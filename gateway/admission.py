@@ -8,18 +8,9 @@ import redis.exceptions
 from gateway.auth import Identity, TokenVerifier
 from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError
-from gateway.limits import KeyedBuckets
+from gateway.limits import KeyedBuckets, address_key
 from gateway.protocol.http import Request
 from shared import names
-
-
-def client_address(handshake: Request, *, trust_forwarded_for: bool) -> str:
-    """The client's address; behind a trusted proxy, the one the proxy appended last."""
-    if trust_forwarded_for:
-        forwarded = handshake.headers.get("x-forwarded-for", "")
-        if forwarded:
-            return forwarded.rsplit(",", 1)[-1].strip()
-    return handshake.remote
 
 
 def bearer_token(handshake: Request) -> str | None:
@@ -41,8 +32,7 @@ class Admission:
     async def admit(self, handshake: Request, auth: object, *, accepting: bool) -> Identity:
         if not accepting:
             raise AuthError(AuthCode.UNAVAILABLE, "this node is shutting down")
-        address = client_address(handshake, trust_forwarded_for=self._config.trust_forwarded_for)
-        if not self._connect_buckets.take(address):
+        if not self._connect_buckets.take(address_key(handshake.remote)):
             raise AuthError(AuthCode.RATE_LIMITED, "too many connection attempts from this address; retry later")
         token = auth.get("token") if isinstance(auth, dict) else None
         identity = await self.verify(bearer_token(handshake) if token is None else token)

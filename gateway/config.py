@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
+from gateway.protocol.engineio import Transport
 from shared.config import setting
-
-
-class Transport(StrEnum):
-    WEBSOCKET = "websocket"
-    POLLING = "polling"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,7 +27,8 @@ class GatewayConfig:
     cors_origins: list[str] = setting(
         [],
         "GATEWAY_CORS_ORIGINS",
-        "Origins allowed for browsers (comma-separated); `*` allows any; empty allows same-origin only.",
+        "Origins allowed for browsers (comma-separated); `*` allows any (without credentials); "
+        "empty allows same-origin only.",
     )
     jwt_secret: str = setting("", "GATEWAY_JWT_SECRET", "HS256 shared secret.")
     jwt_public_key: str = setting(
@@ -65,7 +61,8 @@ class GatewayConfig:
     max_event_bytes: int = setting(
         16384,
         "GATEWAY_MAX_EVENT_BYTES",
-        "Largest client event, in bytes; larger ones get a `payload_too_large` error ack.",
+        "Largest client packet (an event with its binary attachments, a CONNECT), in bytes; "
+        "larger ones get a `payload_too_large` error ack or connect_error.",
     )
     max_packet_bytes: int = setting(
         1048576,
@@ -93,8 +90,18 @@ class GatewayConfig:
         "Hold each client's market writes up to this long so several messages share one send() "
         "(more deliveries per CPU, a little more latency); 0 writes at once.",
     )
+    handshake_rate_per_ip: float = setting(
+        20.0,
+        "GATEWAY_HANDSHAKE_RATE_PER_IP",
+        "New Engine.IO sessions per second one address (an IPv6 /64) may open; past it HTTP 429.",
+    )
+    handshake_burst_per_ip: int = setting(
+        100, "GATEWAY_HANDSHAKE_BURST_PER_IP", "New sessions one address may open at once before the rate applies."
+    )
     connect_rate_per_ip: float = setting(
-        10.0, "GATEWAY_CONNECT_RATE_PER_IP", "Socket.IO connection attempts per second allowed from one address."
+        10.0,
+        "GATEWAY_CONNECT_RATE_PER_IP",
+        "Socket.IO connection attempts per second allowed from one address (an IPv6 /64).",
     )
     connect_burst_per_ip: int = setting(
         50, "GATEWAY_CONNECT_BURST_PER_IP", "Connection attempts one address may make at once before the rate applies."
@@ -107,9 +114,9 @@ class GatewayConfig:
     max_connections_per_user: int = setting(
         50, "GATEWAY_MAX_CONNECTIONS_PER_USER", "Sockets one user may hold on one node."
     )
-    event_rate: float = setting(50.0, "GATEWAY_EVENT_RATE", "Events per second one socket may send.")
+    event_rate: float = setting(50.0, "GATEWAY_EVENT_RATE", "Packets (events, acks) per second one socket may send.")
     event_burst: int = setting(
-        100, "GATEWAY_EVENT_BURST", "Events one socket may send at once before the rate applies."
+        100, "GATEWAY_EVENT_BURST", "Packets one socket may send at once before the rate applies."
     )
     max_recovery: int = setting(
         1000,

@@ -16,8 +16,8 @@ from typing import Final
 
 from gateway.history import ORIGIN, newer
 from gateway.metrics import GatewayMetrics
-from gateway.protocol.engineio import Packet
-from gateway.protocol.sio import SocketIOServer
+from gateway.protocol.session import Packet
+from gateway.protocol.sio import SocketIOServer, event_packet
 from gateway.pubsub import Message
 from shared import codec, names
 from shared.codec import Revocation, StreamKind
@@ -142,14 +142,14 @@ class Fanout:
             if codec.decode_execution(data).team_id != owner:
                 raise PayloadError(f"an execution update of another team was published on {channel}")
             kind = StreamKind.EXECUTION
-        return Packet(f'2["{kind}",{data.decode()},"{position}"]')
+        return event_packet(kind, data.decode(), f'"{position}"')
 
     def _market_packet(self, channel: str, payload: bytes) -> tuple[Packet, AnyMarketEvent]:
         event = codec.decode_market(payload)
         topic = event.topic
         if names.market_channel(topic) != channel:
             raise PayloadError(f"a {topic} event was published on {channel}")
-        return Packet(f'2["market","{topic}",{payload.decode()}]'), event
+        return event_packet("market", f'"{topic}"', payload.decode()), event
 
     def _market(self, channel: str, payload: bytes) -> None:
         pkt, event = self._market_packet(channel, payload)
@@ -166,7 +166,7 @@ class Fanout:
         if envelope.kind is StreamKind.READ and expected is StreamKind.NOTIFICATION:
             marks = bytes(envelope.data)
             codec.decode_read_marks(marks)
-            pkt = Packet(f'2["notifications_read",{marks.decode()}]')
+            pkt = event_packet("notifications_read", marks.decode())
             self._metrics.messages_in.labels(str(envelope.kind)).inc()
         elif envelope.kind is expected:
             pkt = self.stream_packet(channel, envelope.pos, bytes(envelope.data))

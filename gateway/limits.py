@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict
 from typing import Final
@@ -9,6 +10,24 @@ from typing import Final
 # Bounds the memory of per-IP buckets under a flood of distinct addresses;
 # the least recently seen address is forgotten first (it starts full again).
 MAX_TRACKED_KEYS: Final = 100_000
+
+
+# One IPv6 client usually holds a whole /64 and can rotate through it freely,
+# so per-address limits count the /64 as one address.
+IPV6_PREFIX: Final = 64
+
+
+def address_key(address: str) -> str:
+    """The key a per-address limit counts under: an IPv4 address, or an IPv6 address's /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an IP (a Unix socket, a test): counted as it is
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)
 
 
 class TokenBucket:

@@ -44,6 +44,14 @@ class GatewayMetrics:
             "Sockets disconnected because their send queue was full.",
             registry=r,
         )
+        self.origins_refused = Counter(
+            "gateway_origins_refused_total", "Browser requests refused for their Origin (CORS).", registry=r
+        )
+        self.handshakes_refused = Counter(
+            "gateway_handshakes_refused_total",
+            "New Engine.IO sessions refused for their address's handshake rate.",
+            registry=r,
+        )
         self.lagging_sockets = Gauge(
             "gateway_lagging_sockets", "Sockets whose market data is being conflated.", registry=r
         )
@@ -53,3 +61,28 @@ class GatewayMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
+
+
+class ProtocolReports:
+    """The protocol layer's reports (`engineio.Observer`, `sio.SocketObserver`), counted in the node's metrics."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+
+    def conflated(self) -> None:
+        self._metrics.conflated.inc()
+
+    def overflowed(self) -> None:
+        self._metrics.slow_consumer_disconnects.inc()
+
+    def origin_refused(self, origin: str) -> None:
+        self._metrics.origins_refused.inc()
+
+    def handshake_limited(self) -> None:
+        self._metrics.handshakes_refused.inc()
+
+    def protocol_closed(self, reason: str) -> None:
+        self._metrics.protocol_closes.labels(reason).inc()
+
+    def event_refused(self, code: str) -> None:
+        self._metrics.client_errors.labels(code).inc()

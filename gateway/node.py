@@ -1,4 +1,4 @@
-"""One gateway node: Socket.IO clients on aiohttp, fed from Redis.
+"""One gateway node: Socket.IO clients on the node's own protocol layer, fed from Redis.
 
 The node authenticates each connection, keeps its sockets in their user,
 team and topic rooms, and keeps its Redis subscriptions equal to what its
@@ -25,11 +25,12 @@ from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError, RequestError
 from gateway.fanout import Fanout
 from gateway.history import History
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import GatewayMetrics, ProtocolReports
 from gateway.notifications import NotificationRequests
 from gateway.policy import TopicPolicy
+from gateway.protocol.engineio import EngineSettings
 from gateway.protocol.http import HttpServer, Request, Response, Upgrade
-from gateway.protocol.sio import ConnectionRefused, SocketIOServer
+from gateway.protocol.sio import ConnectionRefused, SocketIOServer, SocketSettings
 from gateway.relay import Relay
 from gateway.sessions import Session
 from gateway.streams import Resume, StreamSync
@@ -62,22 +63,25 @@ class GatewayNode:
         self._drained = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.server = SocketIOServer(
-            transports=[str(t) for t in config.transports],
-            cors_origins=config.cors_origins,
-            ping_interval_s=config.ping_interval_s,
-            ping_timeout_s=config.ping_timeout_s,
-            max_packet_bytes=config.max_packet_bytes,
-            conflate_above=config.conflate_above_bytes,
-            max_buffered=config.max_buffered_bytes,
-            coalesce_s=config.coalesce_ms / 1000,
-            connect_timeout_s=config.connect_timeout_s,
-            max_event_bytes=config.max_event_bytes,
-            event_rate=config.event_rate,
-            event_burst=config.event_burst,
-            on_protocol_close=lambda reason: self.metrics.protocol_closes.labels(reason).inc(),
-            on_refused=lambda code: self.metrics.client_errors.labels(code).inc(),
-            on_conflated=self.metrics.conflated.inc,
-            on_overflow=self.metrics.slow_consumer_disconnects.inc,
+            SocketSettings(
+                engine=EngineSettings(
+                    transports=frozenset(config.transports),
+                    cors_origins=tuple(config.cors_origins),
+                    ping_interval_s=config.ping_interval_s,
+                    ping_timeout_s=config.ping_timeout_s,
+                    max_payload=config.max_packet_bytes,
+                    conflate_above=config.conflate_above_bytes,
+                    max_buffered=config.max_buffered_bytes,
+                    coalesce_s=config.coalesce_ms / 1000,
+                    handshake_rate=config.handshake_rate_per_ip,
+                    handshake_burst=config.handshake_burst_per_ip,
+                ),
+                connect_timeout_s=config.connect_timeout_s,
+                max_event_bytes=config.max_event_bytes,
+                event_rate=config.event_rate,
+                event_burst=config.event_burst,
+            ),
+            ProtocolReports(self.metrics),
         )
         self.metrics.lagging_sockets.set_function(lambda: self.server.engine.lagging)
         self.metrics.redis_channels.set_function(lambda: self.relay.channel_count)
@@ -108,7 +112,9 @@ class GatewayNode:
             client=self.redis,
             metrics=self.metrics,
         )
-        self.http = HttpServer(self._route, max_body_bytes=config.max_packet_bytes)
+        self.http = HttpServer(
+            self._route, max_body_bytes=config.max_packet_bytes, trust_forwarded_for=config.trust_forwarded_for
+        )
         self.server.on_connect(self._on_connect)
         self.server.on_disconnect(self._on_disconnect)
         self.server.on("subscribe", self._with_session(self.subscriptions.subscribe))
@@ -122,7 +128,7 @@ class GatewayNode:
 
     async def start(self) -> None:
         self._spawn(self.relay.run())
-        self.server.engine.start()
+        self.server.start()
         await self.http.start(self.config.host, self.config.port)
 
     async def _route(self, request: Request) -> Response | Upgrade:
@@ -139,7 +145,7 @@ class GatewayNode:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.server.engine.stop()
+        await self.server.stop()
         await self.verifier.close()
         await self.redis.aclose()
 

@@ -40,6 +40,7 @@ class TopicResult:
 
 
 def _result(topic: object, error: str | None = None, message: str | None = None) -> dict[str, object]:
+    """One topic's outcome, the requested item echoed as it came."""
     if error is None:
         return {"topic": topic, "ok": True}
     return {"topic": topic, "ok": False, "error": error, "message": message or error}
@@ -105,7 +106,7 @@ class Subscriptions:
         if wanted:
             failed = await self._subscribe(session, list(wanted.values()))
             for index, result in enumerate(results):
-                if result["topic"] in failed and result["ok"]:
+                if result["ok"] and result["topic"] in failed:
                     results[index] = _result(
                         result["topic"], TopicResult.UNAVAILABLE, "the node cannot reach Redis; retry"
                     )

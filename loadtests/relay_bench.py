@@ -296,6 +296,8 @@ async def start_server(
         # Measure fan-out, not admission: every client comes from loopback, many from one address.
         "GATEWAY_CONNECT_BURST_PER_IP": str(clients * 2),
         "GATEWAY_CONNECT_RATE_PER_IP": str(clients * 2),
+        "GATEWAY_HANDSHAKE_BURST_PER_IP": str(clients * 2),
+        "GATEWAY_HANDSHAKE_RATE_PER_IP": str(clients * 2),
         "GATEWAY_MAX_CONNECTIONS_PER_USER": str(clients * 2),
         # Behind nginx, as in the stack: the client address is the one nginx appended.
         "GATEWAY_TRUST_FORWARDED_FOR": "true" if proxied else "false",

@@ -58,7 +58,15 @@ class RunningNode:
 
 @asynccontextmanager
 async def running_node(redis_url: str, **overrides: Any) -> AsyncIterator[RunningNode]:
-    settings: dict[str, Any] = {"host": "127.0.0.1", "port": free_port(), "jwt_secret": SECRET, "jwt_leeway_s": 0.0}
+    settings: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "jwt_secret": SECRET,
+        "jwt_leeway_s": 0.0,
+        # Every test client comes from 127.0.0.1: the per-address handshake
+        # limit is tested on its own (tests/hostile), not by every test.
+        "handshake_burst_per_ip": 100_000,
+    }
     settings.update(overrides)
     config = GatewayConfig(**settings)
     node = GatewayNode(config, redis_url=redis_url)

@@ -39,7 +39,7 @@ class Request:
     query: dict[str, str]
     headers: dict[str, str]  # names lower-cased; a repeated header keeps its last value
     body: bytes
-    remote: str
+    remote: str  # the client's address (from X-Forwarded-For behind a trusted proxy)
 
     @property
     def wants_websocket(self) -> bool:
@@ -67,10 +67,13 @@ Handler = Callable[[Request], Awaitable[Response | Upgrade]]
 class HttpProtocol(asyncio.Protocol):
     """One client connection, until it closes or becomes a WebSocket."""
 
-    def __init__(self, handler: Handler, max_body_bytes: int, connections: set[HttpProtocol]) -> None:
+    def __init__(
+        self, handler: Handler, max_body_bytes: int, connections: set[HttpProtocol], *, trust_forwarded_for: bool
+    ) -> None:
         self._handler = handler
         self._max_body = max_body_bytes
         self._connections = connections
+        self._trust_forwarded_for = trust_forwarded_for
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._transport: asyncio.Transport | None = None
         self._remote = ""
@@ -140,7 +143,11 @@ class HttpProtocol(asyncio.Protocol):
         if self._timeout is not None:
             self._timeout.cancel()
         assert self._transport is not None and self._head is not None
-        request = self._request(self._head, bytes(self._body))
+        try:
+            request = self._request(self._head, bytes(self._body))
+        except ValueError as exc:  # a target h11 accepts but no URL parser can read, e.g. "http://[::1/x"
+            self._fail(400, f"bad request target: {exc}")
+            return
         self._head, self._body = None, bytearray()
         self._transport.pause_reading()
         self._task = asyncio.get_running_loop().create_task(self._respond(request))
@@ -156,15 +163,25 @@ class HttpProtocol(asyncio.Protocol):
             raise h11.RemoteProtocolError(f"bodies are limited to {self._max_body} bytes", error_status_hint=413)
 
     def _request(self, head: h11.Request, body: bytes) -> Request:
+        """The request as handlers see it; raises ValueError for a target that is not a URL."""
         target = urlsplit(head.target.decode("latin-1"))
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
         return Request(
             method=head.method.decode("ascii"),
             path=target.path,
             query=dict(parse_qsl(target.query, keep_blank_values=True)),
-            headers={name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers},
+            headers=headers,
             body=body,
-            remote=self._remote,
+            remote=self._client_address(headers),
         )
+
+    def _client_address(self, headers: dict[str, str]) -> str:
+        """The peer's address; behind a trusted proxy, the one the proxy appended last to X-Forwarded-For."""
+        if self._trust_forwarded_for:
+            forwarded = headers.get("x-forwarded-for", "").rsplit(",", 1)[-1].strip()
+            if forwarded:
+                return forwarded
+        return self._remote
 
     async def _respond(self, request: Request) -> None:
         try:
@@ -262,16 +279,19 @@ def websocket_handshake_error(request: Request) -> str | None:
 class HttpServer:
     """Listens on one address; `close` stops listening and closes idle connections."""
 
-    def __init__(self, handler: Handler, *, max_body_bytes: int) -> None:
+    def __init__(self, handler: Handler, *, max_body_bytes: int, trust_forwarded_for: bool = False) -> None:
         self._handler = handler
         self._max_body = max_body_bytes
+        self._trust_forwarded_for = trust_forwarded_for
         self._connections: set[HttpProtocol] = set()
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: HttpProtocol(self._handler, self._max_body, self._connections),
+            lambda: HttpProtocol(
+                self._handler, self._max_body, self._connections, trust_forwarded_for=self._trust_forwarded_for
+            ),
             host,
             port,
             reuse_address=True,

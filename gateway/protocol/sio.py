@@ -1,10 +1,15 @@
 """Socket.IO v5 on the default namespace, over `engineio`: CONNECT, events with acks, rooms.
 
 Strict where python-socketio is lenient: a transport that does not complete
-CONNECT within a deadline, or that sends a packet this gateway does not
-accept (binary, another namespace, an event before CONNECT, a malformed
-event), is closed. Oversized and rate-limited events get an error ack read
-from the packet header alone, without parsing their JSON.
+CONNECT within a deadline, or that sends a packet this gateway cannot read
+(malformed JSON, JSON nested deeper than `MAX_JSON_DEPTH`, an event before
+CONNECT, a packet for a namespace it never joined), is closed. A CONNECT to
+another namespace is refused with CONNECT_ERROR, as the protocol says.
+Binary events are read (attachments and all, within the event limit) and
+answered with a `binary_not_supported` error ack: no event here takes binary.
+Oversized and rate-limited packets are refused from their header alone,
+without parsing their JSON; every packet a client sends counts against its
+rate, acks included.
 
 Each socket's events run one at a time, in order, in a task that exists only
 while the socket has events to handle; an idle socket costs no task.
@@ -20,23 +25,28 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 
 from gateway.limits import TokenBucket
-from gateway.protocol.engineio import Engine, EngineSocket, Packet
+from gateway.protocol.engineio import Engine, EngineSettings, Observer
 from gateway.protocol.http import Request, Response, Upgrade
+from gateway.protocol.session import Packet, Session
+from shared.codec import MAX_JSON_DEPTH, deeper_than
 
 logger = logging.getLogger(__name__)
 
 CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR, BINARY_EVENT, BINARY_ACK = "0123456"
-# An EVENT packet's header: type 2, no namespace (or "/,"), then the ack id.
-_EVENT_HEADER: Final = re.compile(r"2(?:/,)?(?P<id>[0-9]{1,9})?\[")
-_PACKET: Final = re.compile(r"(?P<type>[0-6])(?:(?P<nsp>/[^,]*),)?(?P<id>[0-9]{1,9})?(?P<data>.*)", re.DOTALL)
+DEFAULT_NAMESPACE: Final = "/"
+# A packet's header: type, attachments (binary packets), namespace, ack id. Read without the JSON.
+_HEADER: Final = re.compile(r"(?P<type>[0-6])(?:(?P<att>[0-9]{1,3})-)?(?:(?P<nsp>/[^,]*),)?(?P<id>[0-9]{1,9})?")
 # Events a socket may have waiting while one runs; past that they are refused.
 MAX_PENDING_EVENTS: Final = 32
+# Binary attachments one packet may announce.
+MAX_ATTACHMENTS: Final = 10
 
 EventHandler = Callable[[str, Any], Awaitable[Any]]
 ConnectHandler = Callable[[str, Request, object], Awaitable[bool]]
@@ -56,6 +66,21 @@ class ConnectionRefused(Exception):
         self.data = data
 
 
+class SocketObserver(Observer, Protocol):
+    """What the Socket.IO layer reports for metrics, besides the engine's reports."""
+
+    def event_refused(self, code: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SocketSettings:
+    engine: EngineSettings
+    connect_timeout_s: float  # a session must CONNECT within this
+    max_event_bytes: int  # largest packet (and its attachments) a connected client may send
+    event_rate: float  # packets per second per socket
+    event_burst: int
+
+
 class State(Enum):
     NEW = "new"
     CONNECTING = "connecting"
@@ -63,107 +88,111 @@ class State(Enum):
     CLOSED = "closed"
 
 
+@dataclass(slots=True)
+class _Header:
+    kind: str
+    attachments: int | None
+    namespace: str | None
+    ack_id: str | None
+    data_start: int
+
+
+@dataclass(slots=True)
+class _Reassembly:
+    """A binary packet waiting for its attachments."""
+
+    header: _Header
+    missing: int
+    size: int
+
+
 class Socket:
     """One Socket.IO client (the default namespace) on one Engine.IO session."""
 
-    __slots__ = ("bucket", "deadline", "engine_socket", "inbox", "rooms", "sid", "state", "worker")
+    __slots__ = ("bucket", "deadline", "inbox", "reassembly", "rooms", "session", "sid", "state", "worker")
 
-    def __init__(self, engine_socket: EngineSocket, bucket: TokenBucket) -> None:
+    def __init__(self, session: Session, bucket: TokenBucket) -> None:
         self.sid = secrets.token_urlsafe(15)
-        self.engine_socket = engine_socket
+        self.session = session
         self.bucket = bucket
         self.state = State.NEW
         self.rooms: set[str] = set()
         self.inbox: deque[tuple[str, str | None, Any]] | None = None
         self.worker: asyncio.Task[None] | None = None
         self.deadline: asyncio.TimerHandle | None = None
+        self.reassembly: _Reassembly | None = None
 
 
 def encode(value: object) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def decode_packet(text: str) -> tuple[str, str | None, Any]:
-    """(type, ack id, data) of a client packet; raises ProtocolFault."""
-    match = _PACKET.fullmatch(text)
+def event_packet(name: str, *arguments: str) -> Packet:
+    """An EVENT packet whose arguments are JSON texts already, embedded as they are (encoded once for all)."""
+    return Packet(f'{EVENT}["{name}",{",".join(arguments)}]')
+
+
+def error_ack(code: str, message: str) -> dict[str, object]:
+    """The ack of a refused request (client contract)."""
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+def read_header(text: str) -> _Header:
+    match = _HEADER.match(text)
     if match is None:
         raise ProtocolFault("not a Socket.IO packet")
-    kind, namespace, ack_id, raw = match.group("type", "nsp", "id", "data")
-    if kind in (BINARY_EVENT, BINARY_ACK):
-        raise ProtocolFault("binary packets are not accepted")
-    if kind == CONNECT_ERROR:
-        raise ProtocolFault("packet type 4 is not accepted from a client")
-    if namespace not in (None, "/"):
-        raise ProtocolFault(f"unknown namespace {namespace!r}")
+    kind, attachments, namespace, ack_id = match.group("type", "att", "nsp", "id")
+    if (attachments is not None) != (kind in (BINARY_EVENT, BINARY_ACK)):
+        raise ProtocolFault("only binary packets announce attachments")
+    return _Header(kind, None if attachments is None else int(attachments), namespace, ack_id, match.end())
+
+
+def decode_data(header: _Header, text: str) -> Any:
+    """The packet's JSON payload, checked for its packet type; raises ProtocolFault."""
+    raw = text[header.data_start :]
     try:
         # The standard library's parser, like python-socketio's: its client
         # sends Infinity and NaN for such floats (the handlers refuse them).
         data = json.loads(raw) if raw else None
     except (ValueError, RecursionError) as exc:
-        raise ProtocolFault(f"invalid JSON: {exc}") from None
+        raise ProtocolFault(f"invalid JSON: {str(exc)[:100]}") from None
+    if deeper_than(data, MAX_JSON_DEPTH):
+        raise ProtocolFault(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    kind = header.kind
     if kind == CONNECT and not (data is None or isinstance(data, dict)):
         raise ProtocolFault("the CONNECT payload must be an object")
-    if kind == EVENT and not (isinstance(data, list) and data and isinstance(data[0], str)):
+    if kind in (EVENT, BINARY_EVENT) and not (isinstance(data, list) and data and isinstance(data[0], str)):
         raise ProtocolFault("an EVENT must be a list starting with the event name")
-    return kind, ack_id, data
-
-
-def _check_order(socket: Socket, kind: str) -> None:
-    """CONNECT once, first; anything else only once connected."""
-    if kind == CONNECT:
-        if socket.state is not State.NEW:
-            raise ProtocolFault("CONNECT on a connected socket")
-    elif socket.state is not State.CONNECTED:
-        raise ProtocolFault("packet before CONNECT")
+    if kind in (ACK, BINARY_ACK) and not isinstance(data, list):
+        raise ProtocolFault("an ACK must be a list of arguments")
+    if kind == CONNECT_ERROR:
+        raise ProtocolFault("packet type 4 is not accepted from a client")
+    return data
 
 
 class SocketIOServer:
     """The node's Socket.IO server: handlers, rooms and delivery."""
 
-    def __init__(
-        self,
-        *,
-        transports: list[str],
-        cors_origins: list[str],
-        ping_interval_s: float,
-        ping_timeout_s: float,
-        max_packet_bytes: int,
-        conflate_above: int,
-        max_buffered: int,
-        coalesce_s: float,
-        connect_timeout_s: float,
-        max_event_bytes: int,
-        event_rate: float,
-        event_burst: int,
-        on_protocol_close: Callable[[str], None],
-        on_refused: Callable[[str], None],
-        on_conflated: Callable[[], None],
-        on_overflow: Callable[[], None],
-    ) -> None:
-        self.engine = Engine(
-            self,
-            transports=transports,
-            cors_origins=cors_origins,
-            ping_interval_s=ping_interval_s,
-            ping_timeout_s=ping_timeout_s,
-            max_payload=max_packet_bytes,
-            conflate_above=conflate_above,
-            max_buffered=max_buffered,
-            coalesce_s=coalesce_s,
-            on_conflated=on_conflated,
-            on_overflow=on_overflow,
-        )
-        self._connect_timeout_s = connect_timeout_s
-        self._max_event_bytes = max_event_bytes
-        self._event_rate = event_rate
-        self._event_burst = event_burst
-        self._on_protocol_close = on_protocol_close
-        self._on_refused = on_refused
+    def __init__(self, settings: SocketSettings, observer: SocketObserver) -> None:
+        self.engine = Engine(self, settings.engine, observer)
+        self.settings = settings
+        self.observer = observer
         self.sockets: dict[str, Socket] = {}
-        self._rooms: dict[str, set[EngineSocket]] = {}
+        self._rooms: dict[str, set[Session]] = {}
         self._handlers: dict[str, EventHandler] = {}
         self._on_connect: ConnectHandler | None = None
         self._on_disconnect: DisconnectHandler | None = None
+        self._workers: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self.engine.start()
+
+    async def stop(self) -> None:
+        """Stop the heartbeat and the handlers still running (after `close_all`, at shutdown)."""
+        self.engine.stop()
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
 
     def on_connect(self, handler: ConnectHandler) -> None:
         self._on_connect = handler
@@ -180,11 +209,11 @@ class SocketIOServer:
     # Sending
 
     def emit(self, sid: str, event: str, data: object) -> None:
-        self.send(sid, Packet(EVENT + encode([event, data])))
+        self.send(sid, event_packet(event, encode(data)))
 
     def send(self, sid: str, packet: Packet, conflate_key: str | None = None) -> bool:
         socket = self.sockets.get(sid)
-        return socket is not None and socket.engine_socket.send(packet, conflate_key)
+        return socket is not None and socket.session.send(packet, conflate_key)
 
     def send_to_room(self, room: str, packet: Packet, conflate_key: str | None = None) -> int:
         """Send one packet to every socket in `room`; returns how many took it."""
@@ -192,8 +221,8 @@ class SocketIOServer:
         if not members:
             return 0
         sent = 0
-        for socket in members:
-            if socket.send(packet, conflate_key):
+        for session in members:
+            if session.send(packet, conflate_key):
                 sent += 1
         return sent
 
@@ -207,7 +236,7 @@ class SocketIOServer:
         socket = self.sockets.get(sid)
         if socket is not None and socket.state is not State.CLOSED:
             socket.rooms.add(room)
-            self._rooms.setdefault(room, set()).add(socket.engine_socket)
+            self._rooms.setdefault(room, set()).add(socket.session)
 
     def leave(self, sid: str, room: str) -> None:
         socket = self.sockets.get(sid)
@@ -218,7 +247,7 @@ class SocketIOServer:
         socket.rooms.discard(room)
         members = self._rooms.get(room)
         if members is not None:
-            members.discard(socket.engine_socket)
+            members.discard(socket.session)
             if not members:
                 del self._rooms[room]
 
@@ -226,47 +255,44 @@ class SocketIOServer:
 
     def is_open(self, sid: str) -> bool:
         socket = self.sockets.get(sid)
-        return socket is not None and not socket.engine_socket.closed
+        return socket is not None and not socket.session.closed
 
     def disconnect(self, sid: str) -> None:
         """A server disconnect: the client is told (and does not reconnect by itself)."""
         socket = self.sockets.get(sid)
         if socket is None:
             return
-        socket.engine_socket.send(Packet(DISCONNECT))
+        socket.session.send(Packet(DISCONNECT))
         self._disconnected(socket, "server_disconnect")
-        self.engine.close(socket.engine_socket, "server_disconnect")
+        socket.session.close("server_disconnect")
 
     def close_all(self, reason: str) -> None:
         """Drop every transport without a DISCONNECT: clients reconnect (through the load balancer)."""
-        for engine_socket in list(self.engine.sockets.values()):
-            self._close(engine_socket, reason)
-
-    def _close(self, engine_socket: EngineSocket, reason: str) -> None:
-        if not engine_socket.closed:
-            self._on_protocol_close(reason)
-            self.engine.close(engine_socket, reason)
+        for session in list(self.engine.sessions.values()):
+            session.close(reason)
 
     # Engine.IO events
 
-    def opened(self, engine_socket: EngineSocket) -> None:
-        socket = Socket(engine_socket, TokenBucket(self._event_rate, self._event_burst))
-        engine_socket.owner = socket
+    def opened(self, session: Session) -> None:
+        socket = Socket(session, TokenBucket(self.settings.event_rate, self.settings.event_burst))
+        session.owner = socket
         self.sockets[socket.sid] = socket
-        socket.deadline = asyncio.get_running_loop().call_later(self._connect_timeout_s, self._deadline, socket)
+        socket.deadline = asyncio.get_running_loop().call_later(self.settings.connect_timeout_s, self._deadline, socket)
 
     def _deadline(self, socket: Socket) -> None:
         socket.deadline = None
-        if socket.state is not State.CONNECTED:
-            self._close(socket.engine_socket, "connect_timeout")
+        if socket.state is not State.CONNECTED and not socket.session.closed:
+            self.observer.protocol_closed("connect_timeout")
+            socket.session.close("connect_timeout", abort=True)
 
-    def closed(self, engine_socket: EngineSocket, reason: str) -> None:
-        socket = engine_socket.owner
+    def closed(self, session: Session, reason: str) -> None:
+        socket = session.owner
         if not isinstance(socket, Socket):
             return
         self.sockets.pop(socket.sid, None)
         if socket.deadline is not None:
             socket.deadline.cancel()
+        socket.reassembly = None
         # A running handler is left to finish (it sees the socket closed):
         # cancelling it midway could leave its Redis subscriptions counted.
         self._disconnected(socket, reason)
@@ -280,47 +306,107 @@ class SocketIOServer:
         if was_connected and self._on_disconnect is not None:
             self._on_disconnect(socket.sid, reason)
 
-    def message(self, engine_socket: EngineSocket, text: str) -> None:
-        socket = engine_socket.owner
+    def message(self, session: Session, text: str) -> None:
+        socket = session.owner
         if not isinstance(socket, Socket) or socket.state is State.CLOSED:
             return
-        if len(text) > self._max_event_bytes:
-            self._refuse(socket, text, "payload_too_large", f"events are limited to {self._max_event_bytes} bytes")
-            return
-        if text[:1] == EVENT and not socket.bucket.take():
-            self._refuse(socket, text, "rate_limited", "too many events; slow down")
-            return
         try:
-            kind, ack_id, data = decode_packet(text)
-            _check_order(socket, kind)
+            self._packet(socket, text)
         except ProtocolFault as exc:
-            logger.info("closing transport after an invalid packet", extra={"sid": socket.sid, "error": str(exc)})
-            self._close(engine_socket, "invalid_packet")
+            socket.session.fault(str(exc))
+
+    def binary(self, session: Session, data: bytes) -> None:
+        """A binary attachment of the packet being reassembled."""
+        socket = session.owner
+        if not isinstance(socket, Socket) or socket.state is State.CLOSED:
             return
-        if kind == CONNECT:
-            socket.state = State.CONNECTING
-        if kind == DISCONNECT:
+        reassembly = socket.reassembly
+        if reassembly is None:
+            session.fault("a binary attachment without a binary packet")
+            return
+        reassembly.missing -= 1
+        reassembly.size += len(data)  # counted, never kept: no event here takes binary
+        if not reassembly.missing:
+            socket.reassembly = None
+            self._binary_done(socket, reassembly.header, reassembly.size)
+
+    def _packet(self, socket: Socket, text: str) -> None:
+        if socket.reassembly is not None:
+            raise ProtocolFault("a text packet while binary attachments were expected")
+        header = read_header(text)
+        if header.namespace not in (None, DEFAULT_NAMESPACE):
+            self._other_namespace(socket, header)
+            return
+        if header.kind == DISCONNECT:
+            if socket.state is not State.CONNECTED:
+                raise ProtocolFault("DISCONNECT before CONNECT")
             self._disconnected(socket, "client_disconnect")
-            self.engine.close(engine_socket, "client_disconnect")
-        elif kind in (CONNECT, EVENT):
-            inbox = socket.inbox
-            if inbox is None:
-                inbox = socket.inbox = deque()
-            elif len(inbox) >= MAX_PENDING_EVENTS:
-                self._refuse(socket, text, "rate_limited", "too many events waiting; slow down")
-                return
-            inbox.append((kind, ack_id, data))
-            if socket.worker is None:
-                socket.worker = asyncio.get_running_loop().create_task(self._work(socket))
+            socket.session.close("client_disconnect")
+            return
+        limit = self.settings.max_event_bytes
+        if len(text) > limit:
+            self._refuse(socket, header, "payload_too_large", f"packets are limited to {limit} bytes")
+            return
+        if not socket.bucket.take():
+            self._refuse(socket, header, "rate_limited", "too many packets; slow down")
+            return
+        _check_order(socket, header.kind)
+        data = decode_data(header, text)
+        if header.attachments is not None:
+            self._expect_attachments(socket, header, len(text))
+        elif header.kind == CONNECT:
+            socket.state = State.CONNECTING
+            self._enqueue(socket, header, data)
+        elif header.kind == EVENT:
+            self._enqueue(socket, header, data)
         # ACKs: this server never asks a client for one, so there is nothing to match.
 
-    def _refuse(self, socket: Socket, text: str, code: str, message: str) -> None:
-        """Answer a refused event with an error ack, read from its header only (no JSON parsing)."""
-        self._on_refused(code)
-        match = _EVENT_HEADER.match(text)
-        if match is not None and match.group("id") is not None:
-            error = {"ok": False, "error": {"code": code, "message": message}}
-            socket.engine_socket.send(Packet(ACK + match.group("id") + encode([error])))
+    def _other_namespace(self, socket: Socket, header: _Header) -> None:
+        """The protocol's answer to a CONNECT to a namespace this server does not have (the client stops there)."""
+        namespace = header.namespace or ""
+        if header.kind != CONNECT:
+            raise ProtocolFault(f"a packet for namespace {namespace[:64]!r}, which was never joined")
+        socket.session.send(Packet(f'{CONNECT_ERROR}{namespace},{{"message":"Invalid namespace"}}'))
+
+    def _expect_attachments(self, socket: Socket, header: _Header, size: int) -> None:
+        count = header.attachments or 0
+        if count > MAX_ATTACHMENTS:
+            raise ProtocolFault(f"a packet may carry at most {MAX_ATTACHMENTS} binary attachments")
+        if count:
+            socket.reassembly = _Reassembly(header, count, size)
+        else:
+            self._binary_done(socket, header, size)
+
+    def _binary_done(self, socket: Socket, header: _Header, size: int) -> None:
+        """A binary packet with all its attachments: an event is refused, an ack is ignored (none was asked)."""
+        limit = self.settings.max_event_bytes
+        if size > limit:
+            self._refuse(socket, header, "payload_too_large", f"packets and attachments are limited to {limit} bytes")
+        elif header.kind == BINARY_EVENT:
+            self._refuse(socket, header, "binary_not_supported", "events here take JSON arguments, not binary")
+
+    def _enqueue(self, socket: Socket, header: _Header, data: Any) -> None:
+        inbox = socket.inbox
+        if inbox is None:
+            inbox = socket.inbox = deque()
+        elif len(inbox) >= MAX_PENDING_EVENTS:
+            self._refuse(socket, header, "rate_limited", "too many events waiting; slow down")
+            return
+        inbox.append((header.kind, header.ack_id, data))
+        if socket.worker is None:
+            socket.worker = worker = asyncio.get_running_loop().create_task(self._work(socket))
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
+
+    def _refuse(self, socket: Socket, header: _Header, code: str, message: str) -> None:
+        """Answer a refused packet: an error ack for an event with an ack id, CONNECT_ERROR for a CONNECT."""
+        self.observer.event_refused(code)
+        if header.kind == CONNECT:
+            socket.session.send(
+                Packet(CONNECT_ERROR + encode({"message": code, "data": {"code": code, "message": message}}))
+            )
+        elif header.kind in (EVENT, BINARY_EVENT) and header.ack_id is not None:
+            socket.session.send(Packet(ACK + header.ack_id + encode([error_ack(code, message)])))
 
     async def _work(self, socket: Socket) -> None:
         """Handle a socket's packets one at a time, in order."""
@@ -336,8 +422,8 @@ class SocketIOServer:
             socket.inbox = None
 
     async def _connect(self, socket: Socket, auth: object) -> None:
-        engine_socket = socket.engine_socket
-        handshake = engine_socket.handshake
+        session = socket.session
+        handshake = session.handshake
         assert self._on_connect is not None and handshake is not None
         try:
             accepted = await self._on_connect(socket.sid, handshake, auth)
@@ -357,25 +443,36 @@ class SocketIOServer:
         if not accepted:
             socket.state = State.NEW  # the client may try again on this transport
             if refusal:
-                engine_socket.send(Packet(CONNECT_ERROR + encode(refusal)))
+                session.send(Packet(CONNECT_ERROR + encode(refusal)))
             return
         socket.state = State.CONNECTED
-        engine_socket.handshake = None
+        session.handshake = None
         if socket.deadline is not None:
             socket.deadline.cancel()
             socket.deadline = None
-        engine_socket.send(Packet(CONNECT + encode({"sid": socket.sid})))
+        session.send(Packet(CONNECT + encode({"sid": socket.sid})))
 
     async def _event(self, socket: Socket, ack_id: str | None, data: list[Any]) -> None:
         name, args = data[0], data[1:]
         handler = self._handlers.get(name)
         if handler is None:
-            result: object = {"ok": False, "error": {"code": "unknown_event", "message": f"no event {name!r}"}}
+            result: object = error_ack("unknown_event", f"no event {name[:64]!r}")
+        elif len(args) > 1:
+            result = error_ack("bad_request", f"{name} takes one argument, got {len(args)}")
         else:
             try:
                 result = await handler(socket.sid, args[0] if args else None)
             except Exception:
                 logger.exception("event handler failed", extra={"sid": socket.sid, "event": name})
-                result = {"ok": False, "error": {"code": "internal_error", "message": "the request failed"}}
+                result = error_ack("internal_error", "the request failed")
         if ack_id is not None and socket.state is State.CONNECTED:
-            socket.engine_socket.send(Packet(ACK + ack_id + encode([result])))
+            socket.session.send(Packet(ACK + ack_id + encode([result])))
+
+
+def _check_order(socket: Socket, kind: str) -> None:
+    """CONNECT once, first; anything else only once connected."""
+    if kind == CONNECT:
+        if socket.state is not State.NEW:
+            raise ProtocolFault("CONNECT on a connected socket")
+    elif socket.state is not State.CONNECTED:
+        raise ProtocolFault("packet before CONNECT")

@@ -16,6 +16,15 @@ _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _FIN: Final = 0x80
 
 
+# Close codes a client may send (RFC 6455 7.4.1 and the IANA registry); 1005, 1006 and 1015 are never on the wire.
+_VALID_CLOSE_CODES: Final = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)}) | frozenset(range(3000, 5000))
+# A message may arrive in this many frames at most. Fragments cost a list
+# entry each even when empty, so their number is bounded as well as their bytes.
+MAX_FRAGMENTS: Final = 1024
+# RFC 6455 5.5: control frames carry at most 125 bytes and are never fragmented.
+MAX_CONTROL_PAYLOAD: Final = 125
+
+
 class Opcode(IntEnum):
     CONTINUATION = 0x0
     TEXT = 0x1
@@ -72,14 +81,16 @@ def text_frame(payload: bytes) -> bytes:
 
 
 def close_frame(code: CloseCode, reason: str = "") -> bytes:
-    return frame(Opcode.CLOSE, struct.pack("!H", code) + reason.encode()[:120])
+    # Cut to the 125 bytes a control frame may carry, on a character boundary.
+    text = reason.encode()[: MAX_CONTROL_PAYLOAD - 2].decode(errors="ignore").encode()
+    return frame(Opcode.CLOSE, struct.pack("!H", code) + text)
 
 
-def unmask(payload: bytes, mask: bytes) -> bytes:
+def unmask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
     """XOR with the 4-byte mask, done on one big integer instead of byte by byte."""
     length = len(payload)
     if not length:
-        return payload
+        return b""
     key = (mask * (length // 4 + 1))[:length]
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(length, "little")
 
@@ -88,60 +99,93 @@ class FrameParser:
     """Incremental parser of client frames: masked, at most `max_size` bytes per message.
 
     `feed` returns complete messages as (opcode, payload); fragments are
-    joined, control frames may arrive between fragments.
+    joined, control frames may arrive between fragments. Its cost is linear
+    in the bytes fed, however they are split: an incomplete frame waits in a
+    bytearray (appends and front deletes are amortized O(1)) and is looked at
+    again only for its header, and fragments keep a running total.
     """
 
-    __slots__ = ("_buffer", "_fragments", "_fragments_opcode", "_max_size")
+    __slots__ = ("_buffer", "_fragments", "_fragments_bytes", "_fragments_opcode", "_max_size")
 
     def __init__(self, max_size: int) -> None:
         self._max_size = max_size
-        self._buffer = b""
+        self._buffer = bytearray()
         self._fragments: list[bytes] = []
+        self._fragments_bytes = 0
         self._fragments_opcode = Opcode.CONTINUATION
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held for messages not complete yet (an incomplete frame and earlier fragments)."""
+        return len(self._buffer) + self._fragments_bytes
+
     def feed(self, data: bytes) -> list[tuple[Opcode, bytes]]:
-        buffer = self._buffer + data if self._buffer else data
+        buffer: bytes | bytearray
+        if self._buffer:
+            self._buffer += data
+            buffer = self._buffer
+        else:
+            buffer = data  # the common case: whole frames, parsed without a copy
         messages: list[tuple[Opcode, bytes]] = []
         offset = 0
         end = len(buffer)
         while end - offset >= 2:
-            first, second = buffer[offset], buffer[offset + 1]
-            if first & 0x70:
-                raise WebSocketError(CloseCode.PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)")
-            if not second & 0x80:
-                raise WebSocketError(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
-            length = second & 0x7F
-            header = 6
-            if length == 126:
-                header = 8
-                if end - offset < header:
-                    break
-                (length,) = struct.unpack_from("!H", buffer, offset + 2)
-            elif length == 127:
-                header = 14
-                if end - offset < header:
-                    break
-                (length,) = struct.unpack_from("!Q", buffer, offset + 2)
-            if length > self._max_size:
-                raise WebSocketError(CloseCode.TOO_BIG, f"frames are limited to {self._max_size} bytes")
+            sizes = self._frame_size(buffer, offset, end)
+            if sizes is None:
+                break
+            header, length = sizes
             if end - offset < header + length:
                 break
-            mask = buffer[offset + header - 4 : offset + header]
-            payload = unmask(buffer[offset + header : offset + header + length], mask)
-            offset += header + length
+            start = offset + header
+            payload = unmask(buffer[start : start + length], buffer[start - 4 : start])
+            first = buffer[offset]
+            offset = start + length
             code = first & 0x0F
             message = self._message(first & 0x80 != 0, Opcode(code) if code in _OPCODES else None, payload)
             if message is not None:
                 messages.append(message)
-        self._buffer = buffer[offset:]
+        if buffer is self._buffer:
+            del self._buffer[:offset]
+        elif offset < end:
+            self._buffer = bytearray(memoryview(buffer)[offset:])
         return messages
+
+    def _frame_size(self, buffer: bytes | bytearray, offset: int, end: int) -> tuple[int, int] | None:
+        """(header, payload) lengths of the frame at `offset`, None until its header is complete.
+
+        Checks what the header alone can tell, so an oversized frame is refused before its bytes arrive.
+        """
+        first, second = buffer[offset], buffer[offset + 1]
+        if first & 0x70:
+            raise WebSocketError(CloseCode.PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)")
+        if not second & 0x80:
+            raise WebSocketError(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
+        length = second & 0x7F
+        if first & 0x08 and length > MAX_CONTROL_PAYLOAD:
+            raise WebSocketError(CloseCode.PROTOCOL_ERROR, "control frames carry at most 125 bytes")
+        header = 6
+        if length == 126:
+            header = 8
+            if end - offset < header:
+                return None
+            (length,) = struct.unpack_from("!H", buffer, offset + 2)
+        elif length == 127:
+            header = 14
+            if end - offset < header:
+                return None
+            (length,) = struct.unpack_from("!Q", buffer, offset + 2)
+        if not first & 0x08 and length > self._max_size - self._fragments_bytes:
+            raise WebSocketError(CloseCode.TOO_BIG, f"messages are limited to {self._max_size} bytes")
+        return header, length
 
     def _message(self, fin: bool, opcode: Opcode | None, payload: bytes) -> tuple[Opcode, bytes] | None:
         if opcode is None:
             raise WebSocketError(CloseCode.PROTOCOL_ERROR, "unknown opcode")
         if opcode >= Opcode.CLOSE:
-            if not fin or len(payload) > 125:
-                raise WebSocketError(CloseCode.PROTOCOL_ERROR, "control frames must be short and unfragmented")
+            if not fin:
+                raise WebSocketError(CloseCode.PROTOCOL_ERROR, "control frames must not be fragmented")
+            if opcode == Opcode.CLOSE:
+                _check_close(payload)
             return opcode, payload
         if opcode == Opcode.CONTINUATION:
             if not self._fragments:
@@ -152,14 +196,31 @@ class FrameParser:
             self._fragments_opcode = opcode
         if fin and not self._fragments:
             return opcode, payload
+        if len(self._fragments) >= MAX_FRAGMENTS:
+            raise WebSocketError(CloseCode.TOO_BIG, f"a message may have at most {MAX_FRAGMENTS} fragments")
         self._fragments.append(payload)
-        if sum(len(f) for f in self._fragments) > self._max_size:
-            raise WebSocketError(CloseCode.TOO_BIG, f"messages are limited to {self._max_size} bytes")
+        self._fragments_bytes += len(payload)
         if not fin:
             return None
         whole = b"".join(self._fragments)
         self._fragments = []
+        self._fragments_bytes = 0
         return self._fragments_opcode, whole
+
+
+def _check_close(payload: bytes) -> None:
+    """A client's close frame: empty, or a valid code and a UTF-8 reason (RFC 6455 5.5.1, 7.4)."""
+    if not payload:
+        return
+    if len(payload) == 1:
+        raise WebSocketError(CloseCode.PROTOCOL_ERROR, "a close payload has a two-byte code")
+    (code,) = struct.unpack_from("!H", payload)
+    if code not in _VALID_CLOSE_CODES:
+        raise WebSocketError(CloseCode.PROTOCOL_ERROR, f"close code {code} is not one a client may send")
+    try:
+        payload[2:].decode()
+    except UnicodeDecodeError:
+        raise WebSocketError(CloseCode.INVALID_DATA, "a close reason must be UTF-8") from None
 
 
 _OPCODES: Final = frozenset(int(o) for o in Opcode)

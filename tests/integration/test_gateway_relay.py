@@ -97,7 +97,7 @@ async def test_malformed_requests_get_error_acks(redis_client: redis.asyncio.Red
         reply = await client.call("subscribe", ["x" * 5000])
         assert reply == {
             "ok": False,
-            "error": {"code": "payload_too_large", "message": "events are limited to 2048 bytes"},
+            "error": {"code": "payload_too_large", "message": "packets are limited to 2048 bytes"},
         }
         reply = await client.call("refresh", ["not", "an", "object"])
         assert reply["ok"] is False and reply["error"]["code"] == "token_missing"

@@ -42,7 +42,7 @@ async def test_stalled_socket_is_conflated_then_disconnected(
         stalled = await stalled_client(node.url, make_token(sub="sleeper"))
         await wait_until(lambda: len(node.node.sessions) == 2 and all(s.topics for s in node.node.sessions.values()))
         sleeper_sid = next(s.sid for s in node.node.sessions.values() if s.identity.user_id == "sleeper")
-        sleeper = node.node.server.sockets[sleeper_sid].engine_socket
+        sleeper = node.node.server.sockets[sleeper_sid].session
         assert sleeper.ws is not None
         published, deepest, latencies = 0, 0, []
         for batch in range(40):  # 4000 books of ~2.4 KB: far more than the socket buffers hold

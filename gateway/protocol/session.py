@@ -1,0 +1,395 @@
+"""One Engine.IO session and its transports: long-polling, a WebSocket, the upgrade between them.
+
+The session owns its transport work (python-engineio's socket/server split):
+what a long-poll GET answers, what a POST carries in, the probe that moves a
+polling client to a WebSocket, and how an outgoing packet reaches the client.
+The `Engine` owns the handshake, CORS, the heartbeat and the set of sessions.
+
+Built for fan-out: an outgoing message is a `Packet` encoded once (text for
+long-polling, WebSocket frame bytes for everyone else) and sending it to a
+WebSocket client is one `transport.write` (or one list append while a batch
+is corked). A connected WebSocket client costs no queue, task or timer of
+its own: the transport's pause/resume-writing signal says when it lags.
+
+A client that falls behind is `lagging`: packets sent with a conflation key
+(market data) then wait in one slot per key, the newest replacing an unsent
+older one, until the client drains; other packets are still written, up to
+`max_buffered` bytes, past which the client is dropped (it reconnects and
+recovers by position). Every byte the server holds for a client counts
+against that bound, control packets included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from typing import TYPE_CHECKING, Final, cast
+
+from gateway.protocol import websocket
+from gateway.protocol.http import Request
+from gateway.protocol.websocket import CloseCode, Opcode, WebSocketError
+
+if TYPE_CHECKING:
+    from gateway.protocol.engineio import Engine
+
+logger = logging.getLogger(__name__)
+
+OPEN, CLOSE, PING, PONG, MESSAGE, UPGRADE, NOOP = "0123456"
+BINARY_PREFIX: Final = "b"  # a base64 binary message in a long-polling payload
+SEPARATOR: Final = "\x1e"
+PROBE: Final = "probe"
+INVALID_PACKET: Final = "invalid_packet"  # the close reason of a client that broke the protocol
+_PING_FRAME: Final = websocket.text_frame(PING.encode())
+_PONG_PROBE_FRAME: Final = websocket.text_frame((PONG + PROBE).encode())
+
+
+class Packet:
+    """One outgoing Engine.IO MESSAGE, encoded once for every recipient."""
+
+    __slots__ = ("frame", "text")
+
+    def __init__(self, message: str) -> None:
+        self.text = MESSAGE + message
+        self.frame = websocket.text_frame(self.text.encode())
+
+
+class Session:
+    """One Engine.IO session, on long-polling or on a WebSocket."""
+
+    __slots__ = (
+        "chunks",
+        "chunks_bytes",
+        "close_reason",
+        "closed",
+        "engine",
+        "handshake",
+        "owner",
+        "pinged",
+        "queue",
+        "queued_bytes",
+        "sid",
+        "slots",
+        "upgrading",
+        "waiter",
+        "ws",
+    )
+
+    def __init__(self, engine: Engine, sid: str, handshake: Request) -> None:
+        self.engine = engine
+        self.sid = sid
+        # The HTTP request that opened the session, for the layer above to
+        # authenticate; it drops it once the client is admitted.
+        self.handshake: Request | None = handshake
+        self.owner: object = None
+        self.ws: WebSocketConnection | None = None
+        self.upgrading: WebSocketConnection | None = None
+        self.queue: list[str] = []  # long-polling only
+        self.queued_bytes = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.slots: dict[str, Packet] | None = None
+        self.chunks: list[bytes] | None = None
+        self.chunks_bytes = 0
+        self.pinged = 0  # the heartbeat whose PING is unanswered, 0 when none is
+        self.closed = False
+        self.close_reason = ""
+
+    # Sending
+
+    @property
+    def lagging(self) -> bool:
+        ws = self.ws
+        if ws is not None:
+            return ws.paused
+        return self.queued_bytes > self.engine.settings.conflate_above
+
+    def send(self, packet: Packet, conflate_key: str | None = None) -> bool:
+        """Send (or conflate) `packet`; False if the session is closed or was just dropped for lagging."""
+        if self.closed:
+            return False
+        ws = self.ws
+        if ws is None:
+            return self._queue(packet, conflate_key)
+        if ws.paused:
+            if conflate_key is not None:
+                self._conflate(packet, conflate_key)
+                return True
+            if ws.unsent + len(packet.frame) > self.engine.settings.max_buffered:
+                self.engine.overflow(self)
+                return False
+        chunks = self.chunks
+        if chunks is not None:
+            chunks.append(packet.frame)
+            self.chunks_bytes += len(packet.frame)
+            if self.chunks_bytes > self.engine.settings.conflate_above:
+                # A big batch goes out early, so that a slow client is seen
+                # lagging (paused) before the batch ends, not a batch later.
+                ws.transport.write(b"".join(chunks))
+                self.chunks = []
+                self.chunks_bytes = 0
+        elif self.engine.corked:
+            self.chunks = [packet.frame]
+            self.chunks_bytes = len(packet.frame)
+            self.engine.dirty.append(self)
+        else:
+            ws.transport.write(packet.frame)
+        return True
+
+    def _conflate(self, packet: Packet, key: str) -> None:
+        slots = self.slots
+        if slots is None:
+            self.slots = {key: packet}
+            return
+        if key in slots:
+            self.engine.observer.conflated()
+        slots[key] = packet
+
+    def _queue(self, packet: Packet, conflate_key: str | None) -> bool:
+        """Long-polling: keep the packet for the next GET."""
+        if self.queued_bytes > self.engine.settings.conflate_above and conflate_key is not None:
+            self._conflate(packet, conflate_key)
+            return True
+        return self.push(packet.text)
+
+    def push(self, text: str) -> bool:
+        """Queue an Engine.IO packet for long-polling (or for the WebSocket an upgrade will bring)."""
+        if self.queued_bytes + len(text) > self.engine.settings.max_buffered:
+            self.engine.overflow(self)
+            return False
+        self.queue.append(text)
+        self.queued_bytes += len(text)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+        return True
+
+    def ping(self, beat: int) -> None:
+        """The heartbeat's PING: counted against the bound like any other byte held for the client."""
+        if self.closed:
+            return
+        if not self.pinged:
+            self.pinged = beat
+        ws = self.ws
+        if ws is None:
+            self.push(PING)
+        elif ws.unsent + len(_PING_FRAME) > self.engine.settings.max_buffered:
+            self.engine.overflow(self)
+        else:
+            ws.transport.write(_PING_FRAME)
+
+    def flush_slots(self) -> None:
+        """A lagging session caught up: send what was conflated for it."""
+        slots, self.slots = self.slots, None
+        if slots:
+            for key, packet in slots.items():
+                self.send(packet, key)  # lagging again midway: the rest wait in their slots
+
+    def flush_chunks(self) -> None:
+        """Write what a corked batch collected for this session."""
+        chunks, self.chunks = self.chunks, None
+        if chunks and self.ws is not None and not self.closed:
+            self.ws.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    # Receiving
+
+    def receive(self, text: str) -> None:
+        """One Engine.IO packet from the client, over either transport."""
+        kind = text[:1]
+        if kind == MESSAGE:
+            self.engine.handler.message(self, text[1:])
+        elif kind == PONG:
+            self.pinged = 0
+        elif kind == CLOSE:
+            self.close("client_close", abort=self.ws is None)
+        elif kind == PING:
+            # Engine.IO v4 heartbeats go from server to client; a client PING
+            # (outside the upgrade probe) would make the server echo its
+            # payload, which is how a client could make it buffer without bound.
+            self.fault("a client may not send PING (heartbeats go from server to client)")
+        elif kind != NOOP:
+            self.fault(f"invalid Engine.IO packet type {kind!r}")
+
+    def receive_binary(self, data: bytes) -> None:
+        self.engine.handler.binary(self, data)
+
+    def fault(self, error: str) -> None:
+        """The client broke the protocol: a WebSocket gets close code 1002 and the reason, long-polling is dropped."""
+        logger.info("closing a session after an invalid packet", extra={"sid": self.sid, "error": error})
+        self.engine.observer.protocol_closed(INVALID_PACKET)
+        self.close(INVALID_PACKET, abort=self.ws is None, code=CloseCode.PROTOCOL_ERROR, detail=error)
+
+    # Long-polling
+
+    async def poll(self) -> str | None:
+        """A long-poll GET: what is queued, waiting for something if nothing is; None once dropped."""
+        if not self.queue and not self.slots and not self.closed:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        if self.closed and not self.queue:
+            # Ended by the client's own CLOSE (the reference server answers NOOP), or dropped.
+            return NOOP if self.close_reason == "client_close" else None
+        if self.slots:
+            for packet in self.slots.values():
+                self.queue.append(packet.text)
+            self.slots = None
+        packets, self.queue, self.queued_bytes = self.queue, [], 0
+        if self.closed:
+            packets.append(CLOSE)
+        return SEPARATOR.join(packets)
+
+    def post(self, body: bytes) -> str | None:
+        """A POST's packets, each handled in order; returns why it was refused, or None."""
+        try:
+            packets = body.decode().split(SEPARATOR)
+        except UnicodeDecodeError:
+            self.fault("a polling payload must be UTF-8")
+            return "payloads must be UTF-8"
+        for text in packets:
+            if self.closed:
+                break
+            if text[:1] == BINARY_PREFIX:
+                try:
+                    data = base64.b64decode(text[1:], validate=True)
+                except binascii.Error:
+                    self.fault("a binary packet must be base64")
+                    return "binary packets must be base64"
+                self.receive_binary(data)
+            else:
+                self.receive(text)
+        return "an invalid packet" if self.close_reason == INVALID_PACKET else None
+
+    # WebSocket upgrade
+
+    def probe(self, ws: WebSocketConnection, text: str) -> None:
+        """The upgrade dance on the new WebSocket: 2probe -> 3probe (and a NOOP to end the pending poll), then 5."""
+        if text == PING + PROBE:
+            ws.transport.write(_PONG_PROBE_FRAME)
+            self.push(NOOP)
+        elif text == UPGRADE:
+            self.upgrading = None
+            pending, self.queue, self.queued_bytes = self.queue, [], 0
+            self.ws = ws
+            ws.transport.write(b"".join(websocket.text_frame(p.encode()) for p in pending if p != NOOP))
+            self.flush_slots()
+        else:
+            ws.close(CloseCode.PROTOCOL_ERROR, "expected the upgrade probe")
+
+    # Closing
+
+    def close(
+        self, reason: str, *, abort: bool = False, code: CloseCode = CloseCode.GOING_AWAY, detail: str = ""
+    ) -> None:
+        """End the session. `abort` drops it at once; otherwise what was sent is delivered first.
+
+        A WebSocket closed without `abort` gets a close frame with `code` and `detail`.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self.slots = None
+        chunks, self.chunks = self.chunks, None
+        if chunks and not abort and self.ws is not None:
+            self.ws.transport.write(b"".join(chunks))  # sent in a corked batch: still delivered
+        for ws in (self.ws, self.upgrading):
+            if ws is None:
+                continue
+            if abort:
+                ws.transport.abort()
+            else:
+                ws.close(code, detail)
+        if abort:
+            self.queue, self.queued_bytes = [], 0
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)  # ends a pending long-poll (see `poll`)
+        self.engine.forget(self)
+
+
+class WebSocketConnection(asyncio.Protocol):
+    """The protocol of an upgraded connection: Engine.IO packets in WebSocket messages."""
+
+    __slots__ = ("engine", "parser", "paused", "session", "transport")
+
+    def __init__(self, engine: Engine, session: Session) -> None:
+        self.engine = engine
+        self.session = session
+        self.parser = websocket.FrameParser(engine.settings.max_payload)
+        self.paused = False
+
+    @property
+    def unsent(self) -> int:
+        """Bytes written and not yet taken by the client's socket."""
+        return self.transport.get_write_buffer_size()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        settings = self.engine.settings
+        transport.set_write_buffer_limits(high=settings.conflate_above, low=settings.conflate_above // 4)
+        if self.session.ws is self:  # a direct WebSocket: its handshake goes over it
+            transport.write(websocket.text_frame(self.engine.open_packet(self.session, upgrades=False).encode()))
+            self.engine.handler.opened(self.session)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for opcode, payload in self.parser.feed(data):
+                if self.transport.is_closing():
+                    return
+                self._message(opcode, payload)
+        except UnicodeDecodeError:
+            self._violation(CloseCode.INVALID_DATA, "text frames must be UTF-8")
+        except WebSocketError as exc:
+            self._violation(exc.code, str(exc))
+
+    def _violation(self, code: CloseCode, reason: str) -> None:
+        self.engine.observer.protocol_closed(f"websocket_{int(code)}")
+        self.close(code, reason)
+
+    def _message(self, opcode: Opcode, payload: bytes) -> None:
+        session = self.session
+        if opcode == Opcode.TEXT:
+            if session.closed:
+                return
+            if self is session.upgrading:
+                session.probe(self, payload.decode())
+            else:
+                session.receive(payload.decode())
+        elif opcode == Opcode.BINARY:
+            if self is session.ws and not session.closed:
+                session.receive_binary(payload)
+        elif opcode == Opcode.PING:
+            pong = websocket.frame(Opcode.PONG, payload)
+            if self.unsent + len(pong) > self.engine.settings.max_buffered:
+                self.engine.overflow(session)  # pings from a client that does not read its pongs
+            else:
+                self.transport.write(pong)
+        elif opcode == Opcode.CLOSE:
+            self.close(CloseCode.NORMAL)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.session.ws is self:
+            self.session.flush_slots()
+
+    def close(self, code: CloseCode, reason: str = "") -> None:
+        """Send a close frame, then close once written (a client that stopped reading is aborted instead)."""
+        if self.transport.is_closing():
+            return
+        if self.paused:
+            self.transport.abort()
+            return
+        self.transport.write(websocket.close_frame(code, reason))
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        session = self.session
+        if self is session.upgrading:
+            session.upgrading = None  # a failed upgrade: the session stays on long-polling
+        elif self is session.ws:
+            session.close("transport_close", abort=True)
