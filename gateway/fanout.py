@@ -1,24 +1,27 @@
-"""Turns Redis messages into Socket.IO packets and hands them to the rooms.
+"""Turns Redis messages into Socket.IO packets and hands them on: decode, packet, room.
 
 Each message is decoded (validated) once and encoded once per node: the
 packet text embeds the publisher's JSON verbatim, and the same packet (one
 WebSocket frame) goes to every recipient; a batch of Redis messages reaches
-each client as one write. A message that fails
-validation is dropped, logged and counted; it never reaches a client.
+each client as one write. Market events go straight to their topic's room;
+notifications and execution updates go through `Recovery`, which knows what
+each room has already been sent. A message that fails validation is dropped,
+logged and counted; it never reaches a client, and never costs the others
+of its batch anything.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final
 
-from gateway.history import ORIGIN, newer
 from gateway.metrics import GatewayMetrics
 from gateway.protocol.session import Packet
 from gateway.protocol.sio import SocketIOServer, event_packet
 from gateway.pubsub import Message
+from gateway.recovery import Recovery, kind_of, record_packet
 from shared import codec, names
 from shared.codec import Revocation, StreamKind
 from shared.errors import PayloadError
@@ -38,22 +41,18 @@ class Fanout:
     def __init__(
         self,
         server: SocketIOServer,
+        recovery: Recovery,
         metrics: GatewayMetrics,
         *,
         on_revocation: Callable[[Revocation], None],
     ) -> None:
         self._server = server
+        self._recovery = recovery
         self._on_revocation = on_revocation
         self._metrics = metrics
         # Latest packet of every market topic this node is subscribed to: a new
         # subscriber gets it at once, with no Redis round trip and no gap.
         self._latest: dict[str, Packet] = {}
-        # Newest position relayed per user and team channel: recovery reads
-        # history until it has caught up with this, then joins the room.
-        self._live: dict[str, str] = {}
-        # Channels being caught up from their stream after a Redis outage:
-        # live records wait here so that order holds and none is sent twice.
-        self._held: dict[str, list[tuple[str, Packet]]] = {}
 
     def on_messages(self, messages: list[Message]) -> None:
         with self._server.batch():
@@ -69,18 +68,21 @@ class Fanout:
             elif channel == _CONTROL:
                 self._on_revocation(codec.decode_revocation(payload))
         except (PayloadError, UnicodeDecodeError) as exc:
-            kind = channel.split(b":", 1)[0].decode(errors="replace")
-            self._metrics.messages_rejected.labels(kind).inc()
-            logger.warning(
-                "dropped an invalid message", extra={"channel": channel.decode(errors="replace"), "error": str(exc)}
-            )
+            self._rejected(channel, str(exc))
+        except Exception:
+            # A message no check foresaw must still cost only itself, never the rest of the batch.
+            logger.exception("failed to relay a message", extra={"channel": channel[:200].decode(errors="replace")})
+            self._rejected(channel, "unexpected error")
+
+    def _rejected(self, channel: bytes, error: str) -> None:
+        kind = channel.split(b":", 1)[0].decode(errors="replace")
+        self._metrics.messages_rejected.labels(kind if kind in ("md", "user", "team", "gateway") else "other").inc()
+        logger.warning(
+            "dropped an invalid message", extra={"channel": channel[:200].decode(errors="replace"), "error": error}
+        )
 
     def latest(self, channel: str) -> Packet | None:
         return self._latest.get(channel)
-
-    def live_position(self, channel: str) -> str | None:
-        """The newest position this node has relayed on a user or team channel."""
-        return self._live.get(channel)
 
     def remember(self, channel: str, payload: bytes) -> None:
         """Keep a value read from Redis unless live traffic already brought a newer one."""
@@ -88,61 +90,14 @@ class Fanout:
             return
         try:
             self._latest[channel], _ = self._market_packet(channel, payload)
-        except PayloadError as exc:
+        except (PayloadError, UnicodeDecodeError) as exc:
             self._metrics.messages_rejected.labels("latest").inc()
             logger.warning("ignored an invalid latest value", extra={"channel": channel, "error": str(exc)})
 
     def forget(self, channel: str) -> None:
         """Drop what is kept for a channel this node no longer subscribes to."""
         self._latest.pop(channel, None)
-        self._live.pop(channel, None)
-        self._held.pop(channel, None)
-
-    def joined_at(self, channel: str, position: str) -> None:
-        """A socket joined `channel` caught up to `position`: the room is at least there."""
-        if not newer(self._live.get(channel), position):
-            self._live[channel] = position
-
-    def hold(self, channels: Iterable[str]) -> None:
-        """Hold live records of these user and team channels until `release_held` (Redis outage)."""
-        for channel in channels:
-            if channel.startswith((names.USER_PREFIX, names.TEAM_PREFIX)):
-                self._held.setdefault(channel, [])
-
-    def deliver_recovered(self, channel: str, position: str, data: bytes) -> None:
-        """Send a record read from the stream to the room, unless the room already has it."""
-        if not newer(position, self._live.get(channel, ORIGIN)):
-            return
-        try:
-            pkt = self.stream_packet(channel, position, data)
-        except PayloadError as exc:
-            self._metrics.messages_rejected.labels("stored").inc()
-            logger.warning("skipped an invalid stored record", extra={"channel": channel, "error": str(exc)})
-            return
-        self._live[channel] = position
-        self._send_stream(channel, pkt, "recovered")
-
-    def release_held(self, channel: str) -> None:
-        """End a catch-up: send the held live records the stream read did not already cover."""
-        for position, pkt in self._held.pop(channel, []):
-            if newer(position, self._live.get(channel, ORIGIN)):
-                self._live[channel] = position
-                self._send_stream(
-                    channel, pkt, "notification" if channel.startswith(names.USER_PREFIX) else "execution"
-                )
-
-    def stream_packet(self, channel: str, position: str, data: bytes) -> Packet:
-        """The packet of a stored notification or execution update; raises PayloadError."""
-        owner = channel.split(":", 1)[1]
-        if channel.startswith(names.USER_PREFIX):
-            if codec.decode_notification(data).user_id != owner:
-                raise PayloadError(f"a notification for another user was published on {channel}")
-            kind = StreamKind.NOTIFICATION
-        else:
-            if codec.decode_execution(data).team_id != owner:
-                raise PayloadError(f"an execution update of another team was published on {channel}")
-            kind = StreamKind.EXECUTION
-        return event_packet(kind, data.decode(), f'"{position}"')
+        self._recovery.forget(channel)
 
     def _market_packet(self, channel: str, payload: bytes) -> tuple[Packet, AnyMarketEvent]:
         event = codec.decode_market(payload)
@@ -152,36 +107,23 @@ class Fanout:
         return event_packet("market", f'"{topic}"', payload.decode()), event
 
     def _market(self, channel: str, payload: bytes) -> None:
-        pkt, event = self._market_packet(channel, payload)
+        packet, event = self._market_packet(channel, payload)
         self._metrics.messages_in.labels("market").inc()
         self._metrics.relay_latency.observe(max(0.0, time.time() - event.recv_ts / 1000))
         if event.topic.has_snapshot:
-            self._latest[channel] = pkt
-        sent = self._server.send_to_room(channel, pkt, conflate_key=channel)
+            self._latest[channel] = packet
+        sent = self._server.send_to_room(channel, packet, conflate_key=channel)
         self._metrics.messages_out.labels("market").inc(sent)
 
     def _stream(self, channel: str, payload: bytes) -> None:
         envelope = codec.decode_envelope(payload)
-        expected = StreamKind.NOTIFICATION if channel.startswith(names.USER_PREFIX) else StreamKind.EXECUTION
-        if envelope.kind is StreamKind.READ and expected is StreamKind.NOTIFICATION:
+        self._metrics.messages_in.labels(str(envelope.kind)).inc()
+        if envelope.kind is StreamKind.READ and channel.startswith(names.USER_PREFIX):
             marks = bytes(envelope.data)
             codec.decode_read_marks(marks)
-            pkt = event_packet("notifications_read", marks.decode())
-            self._metrics.messages_in.labels(str(envelope.kind)).inc()
-        elif envelope.kind is expected:
-            pkt = self.stream_packet(channel, envelope.pos, bytes(envelope.data))
-            self._metrics.messages_in.labels(str(envelope.kind)).inc()
-            held = self._held.get(channel)
-            if held is not None:
-                held.append((envelope.pos, pkt))
-                return
-            if not newer(envelope.pos, self._live.get(channel, ORIGIN)):
-                return  # already sent (read from the stream after an outage)
-            self._live[channel] = envelope.pos
+            sent = self._server.send_to_room(channel, event_packet("notifications_read", marks.decode()))
+            self._metrics.messages_out.labels(str(envelope.kind)).inc(sent)
+        elif envelope.kind is kind_of(channel):
+            self._recovery.relay(channel, envelope.pos, record_packet(channel, envelope.pos, bytes(envelope.data)))
         else:
             raise PayloadError(f"a {envelope.kind} was published on {channel}")
-        self._send_stream(channel, pkt, str(envelope.kind))
-
-    def _send_stream(self, channel: str, pkt: Packet, kind: str) -> None:
-        sent = self._server.send_to_room(channel, pkt)
-        self._metrics.messages_out.labels(kind).inc(sent)

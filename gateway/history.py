@@ -6,6 +6,7 @@ stream, which is what makes "everything after position P" well defined.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Final
@@ -13,6 +14,8 @@ from typing import Any, Final
 import redis.asyncio
 
 from shared import names
+
+logger = logging.getLogger(__name__)
 
 POSITION_RE: Final = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 ORIGIN: Final = "0-0"
@@ -42,6 +45,14 @@ def _text(value: Any) -> str:
 def _entry(entry_id: Any, fields: Any) -> Entry:
     data = fields.get(b"data", b"") if isinstance(fields, dict) else b""
     return Entry(_text(entry_id), data if isinstance(data, bytes) else str(data).encode())
+
+
+def _state_entry(value: Any) -> Entry | None:
+    """An execution state as the script stores it, "<version> <position> <json>"; None if it is not one."""
+    parts = bytes(value).split(b" ", 2)
+    if len(parts) != 3 or not POSITION_RE.fullmatch(parts[1].decode(errors="replace")):
+        return None
+    return Entry(parts[1].decode(), parts[2])
 
 
 class History:
@@ -85,8 +96,11 @@ class History:
         for execution_id, value in states.items():
             if _text(execution_id) in gone:
                 continue
-            _version, position, data = bytes(value).split(b" ", 2)
-            entries.append(Entry(position.decode(), data))
+            entry = _state_entry(value)
+            if entry is None:
+                logger.warning("skipped a malformed execution state", extra={"team": team_id})
+            else:
+                entries.append(entry)
         entries.sort(key=lambda e: position_key(e.position))
         return entries
 

@@ -31,9 +31,9 @@ from gateway.policy import TopicPolicy
 from gateway.protocol.engineio import EngineSettings
 from gateway.protocol.http import HttpServer, Request, Response, Upgrade
 from gateway.protocol.sio import ConnectionRefused, SocketIOServer, SocketSettings
+from gateway.recovery import Recovery, Resume
 from gateway.relay import Relay
 from gateway.sessions import Session
-from gateway.streams import Resume, StreamSync
 from gateway.subscriptions import Subscriptions
 from shared import names
 from shared.codec import Revocation
@@ -42,8 +42,6 @@ logger = logging.getLogger(__name__)
 
 SOCKETIO_PATH: Final = "/socket.io"
 REDIS_POOL_SIZE: Final = 16
-CATCH_UP_BACKOFF_S: Final = 0.1
-CATCH_UP_BACKOFF_MAX_S: Final = 5.0
 
 
 class GatewayNode:
@@ -91,16 +89,17 @@ class GatewayNode:
             redis_url, max_connections=REDIS_POOL_SIZE, timeout=5, socket_timeout=5, socket_connect_timeout=5
         )
         self.redis = redis.asyncio.Redis.from_pool(pool)  # owns the pool: aclose() closes it
-        self.fanout = Fanout(self.server, self.metrics, on_revocation=self._revoked)
         self.history = History(self.redis, max_age_ms=int(config.history_max_age_s * 1000))
-        self.streams = StreamSync(self.server, self.fanout, self.history, max_recovery=config.max_recovery)
+        # The relay hands messages to the fanout, which hands records to recovery, which reads the relay's state.
         self.relay = Relay(
             redis_url,
-            self.fanout.on_messages,
+            lambda messages: self.fanout.on_messages(messages),  # noqa: PLW0108 - bound late: built below
             on_state=self._redis_state,
-            on_restored=self._channel_restored,
+            on_restored=lambda channel: self.recovery.restored(channel),  # noqa: PLW0108 - bound late
             permanent=(names.CONTROL_CHANNEL,),
         )
+        self.recovery = Recovery(self.server, self.history, self.relay, self.metrics, max_recovery=config.max_recovery)
+        self.fanout = Fanout(self.server, self.recovery, self.metrics, on_revocation=self._revoked)
         self.notifications = NotificationRequests(self.history, self.redis, self.metrics)
         self.admission = Admission(config, self.verifier, self.redis)
         self.subscriptions = Subscriptions(
@@ -145,6 +144,7 @@ class GatewayNode:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.recovery.close()
         await self.server.stop()
         await self.verifier.close()
         await self.redis.aclose()
@@ -173,26 +173,7 @@ class GatewayNode:
 
     def _redis_state(self, connected: bool) -> None:
         self.metrics.redis_connected.set(1 if connected else 0)
-        if not connected:
-            # Until each channel is caught up from its stream, live records wait.
-            self.fanout.hold(self.relay.confirmed)
-
-    def _channel_restored(self, channel: str) -> None:
-        if channel.startswith((names.USER_PREFIX, names.TEAM_PREFIX)):
-            self._spawn(self._catch_up(channel))
-
-    async def _catch_up(self, channel: str) -> None:
-        """Send a room what was published on its channel while Redis was unreachable."""
-        delay = CATCH_UP_BACKOFF_S
-        while self.relay.wants(channel):
-            try:
-                await self.streams.catch_up(channel)
-            except (redis.exceptions.RedisError, OSError) as exc:
-                logger.warning("catch-up failed; retrying", extra={"channel": channel, "error": str(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, CATCH_UP_BACKOFF_MAX_S)
-            else:
-                return
+        self.recovery.connection_changed(connected)
 
     @property
     def ready(self) -> bool:
@@ -211,7 +192,7 @@ class GatewayNode:
         acquired = await self.subscriptions.acquire_all(channels)
         resume, resume_valid = Resume.from_auth(auth)
         try:
-            fresh_start = await self.streams.start_position(session, resume)
+            fresh_start = await self.recovery.start_position(session, resume)
         except (redis.exceptions.RedisError, OSError):
             fresh_start, resume_valid = None, False
         if len(acquired) < len(channels) or not self.server.is_open(sid):
@@ -251,7 +232,7 @@ class GatewayNode:
     ) -> None:
         """Catch the socket up on its streams and restore its topics (runs once the CONNECT reply is queued)."""
         try:
-            status = await self.streams.sync(session, resume, fresh_start)
+            status = await self.recovery.sync(session, resume, fresh_start)
             status["complete"] = resume_valid and status["complete"]
         except (redis.exceptions.RedisError, OSError) as exc:
             logger.warning("stream sync failed; live only", extra={"sid": session.sid, "error": str(exc)})

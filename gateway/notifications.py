@@ -9,11 +9,11 @@ import redis.asyncio
 import redis.exceptions
 
 from gateway.errors import RequestError
-from gateway.history import POSITION_RE, Entry, History
+from gateway.history import ORIGIN, POSITION_RE, Entry, History
 from gateway.metrics import GatewayMetrics
 from gateway.sessions import Session
 from shared import codec, names
-from shared.codec import ReadMarks
+from shared.codec import ReadMarks, StreamKind
 from shared.errors import PayloadError
 
 MAX_PAGE: Final = 100
@@ -74,7 +74,7 @@ class NotificationRequests:
         user_id = session.identity.user_id
         try:
             unread = await self._history.mark_read(user_id, None if marks.all else marks.positions)
-            announcement = b'{"pos":"0-0","kind":"read","data":' + codec.encode(marks) + b"}"
+            announcement = codec.encode_envelope(ORIGIN, StreamKind.READ, codec.encode(marks))
             await self._redis.publish(names.user_channel(user_id), announcement)
         except redis.exceptions.RedisError as exc:
             raise RequestError("unavailable", "notifications are unavailable; retry") from exc
@@ -102,7 +102,7 @@ class NotificationRequests:
         items: list[dict[str, object]] = []
         for entry in entries:
             try:
-                notification = codec.decode_notification(entry.data)
+                notification = codec.decode_stored_notification(entry.data)
             except PayloadError:
                 self._metrics.messages_rejected.labels("stored").inc()
                 continue

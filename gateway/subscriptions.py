@@ -115,9 +115,17 @@ class Subscriptions:
     async def _subscribe(self, session: Session, topics: list[Topic]) -> set[str]:
         """Subscribe `session` to `topics`; returns the topics that could not be subscribed."""
         channels = [names.market_channel(topic) for topic in topics]
-        acquired = await self.acquire_all(channels)
-        await self._load_latest([t for t, c in zip(topics, channels, strict=True) if c in acquired and t.has_snapshot])
-        session.pending.difference_update(str(topic) for topic in topics)
+        try:
+            acquired = await self.acquire_all(channels)
+            try:
+                snapshots = [t for t, c in zip(topics, channels, strict=True) if c in acquired and t.has_snapshot]
+                await self._load_latest(snapshots)
+            except BaseException:
+                for channel in acquired:  # no topic may stay subscribed in Redis on a failed request
+                    self._release_topic(channel.removeprefix(names.MARKET_PREFIX))
+                raise
+        finally:
+            session.pending.difference_update(str(topic) for topic in topics)
         if session.closed:
             for channel in acquired:
                 self._release_topic(channel.removeprefix(names.MARKET_PREFIX))

@@ -24,27 +24,6 @@ from shared.events import (
 
 # Bounds a publisher's payload before any parsing is spent on it.
 MAX_PAYLOAD_BYTES: Final = 256 * 1024
-# Nesting allowed in free-form JSON read from clients or Redis (a client's
-# event, an execution's `result`): deeper than any real payload needs, far
-# below where the parsers' recursion gives out (about 1,000 levels).
-MAX_JSON_DEPTH: Final = 32
-
-
-def deeper_than(value: object, limit: int) -> bool:
-    """Whether decoded JSON nests lists and objects more than `limit` deep; iterative, linear in its size."""
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
 
 
 class StreamKind(StrEnum):
@@ -90,8 +69,8 @@ T = TypeVar("T")
 class _Decoder(Generic[T]):
     """A strict JSON decoder whose every failure is a PayloadError naming what was expected."""
 
-    def __init__(self, kind: Any, what: str) -> None:
-        self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(kind)
+    def __init__(self, kind: Any, what: str, *, strict: bool = True) -> None:
+        self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(kind, strict=strict)
         self._what = what
 
     def __call__(self, data: bytes | str) -> T:
@@ -101,6 +80,9 @@ class _Decoder(Generic[T]):
             return self._decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise PayloadError(f"bad {self._what}: {exc}") from exc
+        except RecursionError:
+            # msgspec gives up on nesting near 1,000 levels, even inside a Raw it only skips.
+            raise PayloadError(f"bad {self._what}: JSON nested too deep") from None
 
 
 decode_market: Final = _Decoder[Ticker | Trade | Book | Candle](AnyMarketEvent, "market event")
@@ -108,6 +90,11 @@ decode_envelope: Final = _Decoder[Envelope](Envelope, "envelope")
 decode_notification: Final = _Decoder[Notification](Notification, "notification")
 decode_execution: Final = _Decoder[ExecutionUpdate](ExecutionUpdate, "execution update")
 decode_read_marks: Final = _Decoder[ReadMarks](ReadMarks, "read marks")
+# What the gateway delivers: every record the publish scripts store. They see
+# JSON numbers as Lua numbers (1.0 is 1), as browsers see them as doubles, so
+# these read a number whatever its form; every other rule is the same.
+decode_stored_notification: Final = _Decoder[Notification](Notification, "notification", strict=False)
+decode_stored_execution: Final = _Decoder[ExecutionUpdate](ExecutionUpdate, "execution update", strict=False)
 _decode_revocation: Final = _Decoder[Revocation](Revocation, "revocation")
 
 
@@ -116,6 +103,11 @@ def decode_revocation(data: bytes | str) -> Revocation:
     if revocation.user_id is None and revocation.token_id is None:
         raise PayloadError("a revocation names a user_id or a token_id")
     return revocation
+
+
+def encode_envelope(position: str, kind: StreamKind, data: bytes) -> bytes:
+    """A user or team channel message; the publish scripts build the same text in Lua."""
+    return b'{"pos":"%s","kind":"%s","data":%s}' % (position.encode(), str(kind).encode(), data)
 
 
 def to_builtins(record: msgspec.Struct) -> dict[str, object]:
@@ -137,6 +129,9 @@ __all__ = [
     "decode_notification",
     "decode_read_marks",
     "decode_revocation",
+    "decode_stored_execution",
+    "decode_stored_notification",
     "encode",
+    "encode_envelope",
     "to_builtins",
 ]

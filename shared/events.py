@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Final
 
 import msgspec
 
+from shared.nesting import MAX_JSON_DEPTH, deeper_than
 from shared.topics import Exchange, Kind, Timeframe, Topic
 
 # Ids end up inside Redis key and channel names, so their alphabet is narrow.
@@ -163,3 +164,8 @@ class ExecutionUpdate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     error: Annotated[str, msgspec.Meta(max_length=4000)] | None = None
     updated_at: Millis
     version: Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+
+    def __post_init__(self) -> None:
+        # `result` is free-form: bounded here, where every reader and the publisher decode it.
+        if deeper_than(self.result, MAX_JSON_DEPTH):
+            raise ValueError(f"result nests deeper than {MAX_JSON_DEPTH} levels")

@@ -35,7 +35,7 @@ from gateway.limits import TokenBucket
 from gateway.protocol.engineio import Engine, EngineSettings, Observer
 from gateway.protocol.http import Request, Response, Upgrade
 from gateway.protocol.session import Packet, Session
-from shared.codec import MAX_JSON_DEPTH, deeper_than
+from shared.nesting import MAX_JSON_DEPTH, deeper_than
 
 logger = logging.getLogger(__name__)
 

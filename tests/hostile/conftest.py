@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def no_error_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Hostile input gets a clear error code, never a traceback (an ERROR log) an attacker can repeat."""
+    caplog.set_level(logging.INFO)
+    yield
+    errors = [f"{r.name}: {r.getMessage()}" for r in caplog.get_records("call") if r.levelno >= logging.ERROR]
+    assert not errors, errors
 
 
 @contextmanager

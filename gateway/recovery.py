@@ -1,0 +1,293 @@
+"""Positions and recovery of notifications and execution updates: the one owner of their guarantees.
+
+What docs/protocol.md promises ("Positions, recovery and sync") holds here:
+every record of a user's or team's stream reaches each of its sockets once,
+in order, whether read from the stream (a client reconnecting, or every room
+after a Redis outage) or relayed live, with no gap and no duplicate at the
+seam between the two.
+
+How: for each user and team channel the node keeps the newest position it
+has relayed (`_live`). A connecting socket reads its stream until it has
+caught up with that position, then joins the room with no await in between;
+live records are sent only when newer than it. While Redis is unreachable
+live records may be missed, so once it is back each channel's live records
+are held until the stream read has caught up (`_held`), then released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis.exceptions
+
+from gateway.history import ORIGIN, POSITION_RE, Entry, History, newer
+from gateway.metrics import GatewayMetrics
+from gateway.protocol.session import Packet
+from gateway.protocol.sio import SocketIOServer, event_packet
+from gateway.relay import Relay
+from gateway.sessions import Session
+from shared import codec, names
+from shared.codec import StreamKind
+from shared.errors import PayloadError
+
+logger = logging.getLogger(__name__)
+
+READ_BATCH: Final = 200
+CATCH_UP_BACKOFF_S: Final = 0.1
+CATCH_UP_BACKOFF_MAX_S: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Where a reconnecting client stands: its last position per stream (absent: a fresh start)."""
+
+    notifications: str | None
+    executions: Mapping[str, str]
+
+    @classmethod
+    def from_auth(cls, auth: object) -> tuple[Resume, bool]:
+        """Parse `auth.positions`; the flag is false when some of it was unusable (and ignored)."""
+        positions = auth.get("positions") if isinstance(auth, dict) else None
+        if positions is None:
+            return cls(None, {}), True
+        if not isinstance(positions, dict):
+            return cls(None, {}), False
+        valid = True
+        notifications = positions.get("notifications")
+        if notifications is not None and not (isinstance(notifications, str) and POSITION_RE.fullmatch(notifications)):
+            notifications, valid = None, False
+        executions: dict[str, str] = {}
+        raw = positions.get("executions", {})
+        if isinstance(raw, dict):
+            for team, position in raw.items():
+                if isinstance(team, str) and isinstance(position, str) and POSITION_RE.fullmatch(position):
+                    executions[team] = position
+                else:
+                    valid = False
+        else:
+            valid = False
+        return cls(notifications, executions), valid
+
+
+def kind_of(channel: str) -> StreamKind:
+    return StreamKind.NOTIFICATION if channel.startswith(names.USER_PREFIX) else StreamKind.EXECUTION
+
+
+def stream_of(channel: str) -> str:
+    """The stream that stores what `channel` announces."""
+    owner = channel.split(":", 1)[1]
+    if kind_of(channel) is StreamKind.NOTIFICATION:
+        return names.notification_stream(owner)
+    return names.execution_stream(owner)
+
+
+def record_packet(channel: str, position: str, data: bytes) -> Packet:
+    """The packet of a notification or execution update on `channel`; raises PayloadError.
+
+    The record must belong to the channel's owner: a publisher's mistake never reaches another user.
+    """
+    owner = channel.split(":", 1)[1]
+    kind = kind_of(channel)
+    if kind is StreamKind.NOTIFICATION:
+        if codec.decode_stored_notification(data).user_id != owner:
+            raise PayloadError(f"a notification for another user was published on {channel}")
+    elif codec.decode_stored_execution(data).team_id != owner:
+        raise PayloadError(f"an execution update of another team was published on {channel}")
+    return event_packet(kind, data.decode(), f'"{position}"')
+
+
+class Recovery:
+    """Per-channel positions, connect-time catch-up, and catch-up after a Redis outage."""
+
+    def __init__(
+        self,
+        server: SocketIOServer,
+        history: History,
+        relay: Relay,
+        metrics: GatewayMetrics,
+        *,
+        max_recovery: int,
+    ) -> None:
+        self._server = server
+        self._history = history
+        self._relay = relay
+        self._metrics = metrics
+        self._max_recovery = max_recovery
+        # Newest position relayed per user and team channel.
+        self._live: dict[str, str] = {}
+        # Channels being caught up after a Redis outage: live records wait here.
+        self._held: dict[str, list[tuple[str, Packet]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # Live records
+
+    def relay(self, channel: str, position: str, packet: Packet) -> None:
+        """A record relayed live: to the room, unless held (outage) or already sent (read from the stream)."""
+        held = self._held.get(channel)
+        if held is not None:
+            held.append((position, packet))
+        elif newer(position, self._live.get(channel, ORIGIN)):
+            self._send(channel, position, packet)
+
+    def forget(self, channel: str) -> None:
+        """The node no longer subscribes to `channel`."""
+        self._live.pop(channel, None)
+        self._held.pop(channel, None)
+
+    def _send(self, channel: str, position: str, packet: Packet) -> None:
+        self._live[channel] = position
+        sent = self._server.send_to_room(channel, packet)
+        self._metrics.messages_out.labels(str(kind_of(channel))).inc(sent)
+
+    # A Redis outage
+
+    def connection_changed(self, connected: bool) -> None:
+        """The pub/sub connection went down: hold live records of every channel until it is caught up."""
+        if connected:
+            return
+        for channel in self._relay.confirmed:
+            if channel.startswith((names.USER_PREFIX, names.TEAM_PREFIX)):
+                self._held.setdefault(channel, [])
+
+    def restored(self, channel: str) -> None:
+        """A channel is subscribed again after an outage: send its room what was published meanwhile."""
+        if channel.startswith((names.USER_PREFIX, names.TEAM_PREFIX)):
+            task = asyncio.get_running_loop().create_task(self._catch_up(channel))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _catch_up(self, channel: str) -> None:
+        delay = CATCH_UP_BACKOFF_S
+        while self._relay.wants(channel):
+            try:
+                await self._read_missed(channel)
+            except (redis.exceptions.RedisError, OSError) as exc:
+                logger.warning("catch-up failed; retrying", extra={"channel": channel, "error": str(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CATCH_UP_BACKOFF_MAX_S)
+            except Exception:
+                logger.exception("catch-up failed", extra={"channel": channel})
+                self._release_held(channel)
+                return
+            else:
+                return
+
+    async def _read_missed(self, channel: str) -> None:
+        position = self._live.get(channel)
+        if position is not None:
+            stream = stream_of(channel)
+            while True:
+                entries = await self._history.after(stream, position, READ_BATCH)
+                for entry in entries:
+                    if newer(entry.position, self._live.get(channel, ORIGIN)):
+                        packet = self._stored_packet(channel, entry)
+                        if packet is not None:
+                            self._send(channel, entry.position, packet)
+                if len(entries) < READ_BATCH:
+                    break
+                position = entries[-1].position
+        self._release_held(channel)
+
+    def _release_held(self, channel: str) -> None:
+        """End a catch-up: send the held live records the stream read did not already cover."""
+        for position, packet in self._held.pop(channel, []):
+            if newer(position, self._live.get(channel, ORIGIN)):
+                self._send(channel, position, packet)
+
+    # A socket connecting
+
+    async def start_position(self, session: Session, resume: Resume) -> str | None:
+        """Where a fresh client's notifications start: read at connect time, so nothing after is missed."""
+        if resume.notifications is not None:
+            return None
+        return await self._history.last_position(names.notification_stream(session.identity.user_id))
+
+    async def sync(self, session: Session, resume: Resume, fresh_start: str | None) -> dict[str, Any]:
+        """Catch the socket up on every stream and join their rooms; returns what the client is told.
+
+        `fresh_start` is `start_position()`'s answer for a client without a notifications position.
+        """
+        user_id = session.identity.user_id
+        now_ms = int(time.time() * 1000)
+        channel = names.user_channel(user_id)
+        if fresh_start is not None:
+            notifications = await self._catch_up_socket(session, channel, fresh_start, now_ms, fresh=True)
+        else:
+            notifications = await self._catch_up_socket(session, channel, resume.notifications, now_ms)
+        executions = {}
+        for team in session.identity.teams:
+            channel = names.team_channel(team)
+            since = resume.executions.get(team)
+            if since is None:
+                since = await self._send_states(session, team, channel, now_ms)
+                executions[team] = await self._catch_up_socket(session, channel, since, now_ms, fresh=True)
+            else:
+                executions[team] = await self._catch_up_socket(session, channel, since, now_ms)
+        complete = all(bool(part["complete"]) for part in (notifications, *executions.values()))
+        return {"notifications": notifications, "executions": executions, "complete": complete}
+
+    async def _send_states(self, session: Session, team: str, channel: str, now_ms: int) -> str:
+        """Send the current state of each execution; returns the position they bring the client to."""
+        position = ORIGIN
+        for entry in await self._history.execution_states(team, now_ms):
+            packet = self._stored_packet(channel, entry)
+            if packet is not None:
+                self._server.send(session.sid, packet)
+            position = entry.position
+        return position
+
+    async def _catch_up_socket(
+        self,
+        session: Session,
+        channel: str,
+        since: str | None,
+        now_ms: int,
+        *,
+        fresh: bool = False,
+    ) -> dict[str, object]:
+        stream = stream_of(channel)
+        if since is None:  # the connect-time read failed: start at the live end
+            since, fresh = await self._history.last_position(stream), False
+        complete = fresh or await self._history.retained_since(stream, since, now_ms)
+        position, recovered = since, 0
+        # A fresh start was read after the channel's subscription was confirmed:
+        # unless something newer was relayed since, there is nothing to read.
+        caught_up = fresh and not newer(self._live.get(channel), since)
+        while not session.closed and not caught_up:
+            entries = await self._history.after(stream, position, READ_BATCH)
+            if recovered + len(entries) > self._max_recovery:
+                # Too much to replay: skip to the end, the client resyncs by listing.
+                complete, position = False, await self._history.last_position(stream)
+                continue
+            for entry in entries:
+                packet = self._stored_packet(channel, entry)
+                if packet is not None:
+                    self._server.send(session.sid, packet)
+            if entries:
+                position, recovered = entries[-1].position, recovered + len(entries)
+            if len(entries) < READ_BATCH and not newer(self._live.get(channel), position):
+                break
+        # No await between the last check above and the join: the seam is exact.
+        if not session.closed:
+            self._server.join(session.sid, channel)
+            if not newer(self._live.get(channel), position):
+                self._live[channel] = position
+        return {"position": position, "recovered": recovered, "complete": complete}
+
+    def _stored_packet(self, channel: str, entry: Entry) -> Packet | None:
+        try:
+            return record_packet(channel, entry.position, entry.data)
+        except PayloadError as exc:
+            self._metrics.messages_rejected.labels("stored").inc()
+            logger.warning("skipped an invalid stored record", extra={"channel": channel, "error": str(exc)})
+            return None
