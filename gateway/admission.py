@@ -20,7 +20,10 @@ def bearer_token(handshake: Request) -> str | None:
 
 
 class Admission:
-    """The checks every connection (and every refreshed token) passes; each refusal is a coded AuthError."""
+    """The checks every connection (and every refreshed token) passes; each refusal is a coded AuthError.
+
+    `admit` reserves one of the user's connections on this node; `left` gives it back.
+    """
 
     def __init__(self, config: GatewayConfig, verifier: TokenVerifier, client: redis.asyncio.Redis) -> None:
         self._config = config
@@ -36,8 +39,11 @@ class Admission:
             raise AuthError(AuthCode.RATE_LIMITED, "too many connection attempts from this address; retry later")
         token = auth.get("token") if isinstance(auth, dict) else None
         identity = await self.verify(bearer_token(handshake) if token is None else token)
-        if self._user_sockets.get(identity.user_id, 0) >= self._config.max_connections_per_user:
+        # Checked and taken with no await in between, so parallel CONNECTs cannot all pass the check.
+        held = self._user_sockets.get(identity.user_id, 0)
+        if held >= self._config.max_connections_per_user:
             raise AuthError(AuthCode.TOO_MANY_CONNECTIONS, "this user holds too many connections on this node")
+        self._user_sockets[identity.user_id] = held + 1
         return identity
 
     async def verify(self, token: object) -> Identity:
@@ -58,10 +64,8 @@ class Admission:
             raise AuthError(AuthCode.TOKEN_REVOKED, "this token was revoked")
         return identity
 
-    def joined(self, user_id: str) -> None:
-        self._user_sockets[user_id] = self._user_sockets.get(user_id, 0) + 1
-
     def left(self, user_id: str) -> None:
+        """Give back a connection `admit` reserved: the socket closed, or never opened."""
         if self._user_sockets.get(user_id, 0) <= 1:
             self._user_sockets.pop(user_id, None)
         else:

@@ -89,9 +89,12 @@ class TokenVerifier:
                 audience=self._audience,
                 options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
             )
-        except jwt.InvalidTokenError as exc:
-            code = next(code for kind, code in _ERROR_CODES if isinstance(exc, kind))
+        except jwt.PyJWTError as exc:  # InvalidKeyError, for one, is not an InvalidTokenError
+            code = next((code for kind, code in _ERROR_CODES if isinstance(exc, kind)), AuthCode.TOKEN_INVALID)
             raise AuthError(code, str(exc)) from None
+        except (ValueError, TypeError) as exc:
+            # The key cannot verify this token's algorithm at all (a secret read as a PEM, an RSA key for ES256).
+            raise AuthError(AuthCode.TOKEN_INVALID, f"the token's algorithm does not fit the key: {exc}") from None
         return self._identity(claims)
 
     async def _key_for(self, header: Mapping[str, Any]) -> Any:

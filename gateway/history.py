@@ -18,6 +18,10 @@ from shared import names
 logger = logging.getLogger(__name__)
 
 POSITION_RE: Final = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+# Listing read notifications scans the stream this many entries at a time,
+# and at most MAX_SCANNED per request, whatever the page size asked for.
+SCAN_BATCH: Final = 200
+MAX_SCANNED: Final = 2000
 ORIGIN: Final = "0-0"
 
 
@@ -79,6 +83,10 @@ class History:
         """
         rows = await self._redis.xrange(stream, min="-", max="+", count=1)
         since_ms, since_n = position_key(position)
+        if since_ms == 0:
+            # The position of a stream that was empty when the client read it ("0-0"): it has
+            # no time, so only a trimmed start (the first stored entry is not the first one) is a loss.
+            return not rows or position_key(_text(rows[0][0]))[1] <= since_n + 1
         if not rows:
             # No stream: nothing published within the retention age, or all of it expired.
             return now_ms - since_ms < self._max_age_ms
@@ -128,15 +136,22 @@ class History:
         return await self._entries(names.notification_stream(user_id), positions)
 
     async def read_page(self, user_id: str, before: str | None, limit: int) -> tuple[list[Entry], str | None]:
-        """Read notifications, newest first, older than `before`; and the cursor of the next page."""
+        """Read notifications, newest first, older than `before`; and the cursor of the next page.
+
+        The stream is scanned in batches of a fixed size, whatever `limit` is, and a request scans at
+        most `MAX_SCANNED` entries (then returns what it found, with a cursor to go on): a small limit
+        costs no more round trips than a large one.
+        """
         stream, unread = names.notification_stream(user_id), names.unread_notifications(user_id)
         collected: list[Entry] = []
         cursor = before
-        while True:
-            rows = await self._redis.xrevrange(stream, max="(" + cursor if cursor else "+", min="-", count=limit)
+        scanned = 0
+        while scanned < MAX_SCANNED:
+            rows = await self._redis.xrevrange(stream, max="(" + cursor if cursor else "+", min="-", count=SCAN_BATCH)
             if not rows:
                 return collected, None
             batch = [_entry(i, f) for i, f in rows]
+            scanned += len(batch)
             scores = await self._redis.zmscore(unread, [e.position for e in batch])
             for entry, score in zip(batch, scores, strict=True):
                 cursor = entry.position
@@ -144,8 +159,9 @@ class History:
                     collected.append(entry)
                     if len(collected) == limit:
                         return collected, entry.position
-            if len(rows) < limit:
+            if len(rows) < SCAN_BATCH:
                 return collected, None
+        return collected, cursor
 
     async def _entries(self, stream: str, positions: list[str]) -> list[Entry]:
         pipe = self._redis.pipeline(transaction=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 import jwt
@@ -30,7 +30,7 @@ class JwksCache:
         self._url = url
         self._max_age_s = max_age_s
         self._min_refetch_s = min_refetch_s
-        self._keys: dict[str, Any] = {}
+        self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
@@ -40,7 +40,7 @@ class JwksCache:
             await self._session.close()
             self._session = None
 
-    async def key(self, kid: str | None) -> Any:
+    async def key(self, kid: str | None) -> jwt.PyJWK:
         """The key for `kid`, fetching the set when it is stale or lacks `kid`."""
         now = time.monotonic()
         stale = now - self._fetched_at > self._max_age_s
@@ -69,6 +69,7 @@ class JwksCache:
             if not self._keys:
                 raise AuthError(AuthCode.UNAVAILABLE, "signing keys are unavailable") from exc
             return
-        self._keys = {key.key_id or "": key.key for key in key_set.keys}
+        # The PyJWK itself, not its raw key: PyJWT then checks the token's alg against the key's.
+        self._keys = {key.key_id or "": key for key in key_set.keys}
         self._fetched_at = time.monotonic()
         logger.info("jwks fetched", extra={"url": self._url, "keys": len(self._keys)})

@@ -20,7 +20,7 @@ import redis.exceptions
 
 from gateway import ops
 from gateway.admission import Admission
-from gateway.auth import TokenVerifier
+from gateway.auth import Identity, TokenVerifier
 from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError, RequestError
 from gateway.fanout import Fanout
@@ -187,6 +187,17 @@ class GatewayNode:
         except AuthError as exc:
             self.metrics.auth_failures.labels(exc.code).inc()
             raise ConnectionRefused(str(exc.code), {"code": str(exc.code), "message": exc.message}) from None
+        # Admission reserved one of the user's connections; it is given back unless the socket opens.
+        opened = False
+        try:
+            opened = await self._open_session(sid, identity, auth)
+        finally:
+            if not opened:
+                self.admission.left(identity.user_id)
+        return opened
+
+    async def _open_session(self, sid: str, identity: Identity, auth: object) -> bool:
+        """Subscribe the socket's own channels and start its catch-up; False if it closed meanwhile."""
         session = Session(sid, identity, self.policy.user_patterns(identity.claims))
         channels = session.personal_channels
         acquired = await self.subscriptions.acquire_all(channels)
@@ -205,7 +216,6 @@ class GatewayNode:
                 )
             return False
         self.sessions[sid] = session
-        self.admission.joined(identity.user_id)
         self._schedule_expiry(session)
         topics = auth.get("subscriptions") if isinstance(auth, dict) else None
         session.sync_task = self._spawn(self._sync(session, resume, resume_valid, fresh_start, topics))

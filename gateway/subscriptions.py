@@ -181,14 +181,14 @@ class Subscriptions:
     async def acquire_all(self, channels: list[str]) -> set[str]:
         """Subscribe the channels in Redis; returns those confirmed in time."""
         outcomes = await asyncio.gather(*(self.relay.acquire(c) for c in channels), return_exceptions=True)
-        acquired = set()
+        acquired = {c for c, outcome in zip(channels, outcomes, strict=True) if not isinstance(outcome, BaseException)}
         for channel, outcome in zip(channels, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                if not isinstance(outcome, TimeoutError):
-                    raise outcome
+            if isinstance(outcome, TimeoutError):
                 logger.warning("redis subscribe timed out", extra={"channel": channel})
-            else:
-                acquired.add(channel)
+            elif isinstance(outcome, BaseException):
+                for held in acquired:  # nothing stays counted for a request that failed
+                    self.release(held)
+                raise outcome
         return acquired
 
     async def _load_latest(self, topics: list[Topic]) -> None:

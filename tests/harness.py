@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import socket
 import struct
@@ -15,6 +16,7 @@ from typing import Any
 
 import jwt
 import socketio
+from cryptography.hazmat.primitives import serialization
 
 from gateway.config import GatewayConfig
 from gateway.node import GatewayNode
@@ -243,3 +245,39 @@ async def raw_websocket(url: str, query: str = "EIO=4&transport=websocket", rcvb
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
     return RawWebSocket(reader, writer)
+
+
+@asynccontextmanager
+async def jwks_server(
+    keys: dict[str, Any], published: list[str], fetches: list[int] | None = None
+) -> AsyncIterator[str]:
+    """An identity provider's JWKS endpoint serving the public half of `keys[kid]` for each kid in `published`."""
+    from aiohttp import web  # noqa: PLC0415 - only the tests that need an identity provider load it
+
+    async def serve(_request: web.Request) -> web.Response:
+        if fetches is not None:
+            fetches.append(1)
+        entries = []
+        for kid in published:
+            public = keys[kid].public_key()
+            algorithm = jwt.algorithms.ECAlgorithm if hasattr(public, "curve") else jwt.algorithms.RSAAlgorithm
+            jwk = json.loads(algorithm.to_jwk(public))
+            entries.append({**jwk, "kid": kid, "use": "sig"})
+        return web.json_response({"keys": entries})
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/jwks.json"
+    finally:
+        await runner.cleanup()
+
+
+def private_pem(key: Any) -> str:
+    return key.private_bytes(  # type: ignore[no-any-return]
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()

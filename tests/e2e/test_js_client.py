@@ -43,6 +43,11 @@ class JsClient:
                 assert line, "the node client exited"
                 self.unread.append(json.loads(line))
 
+    def send(self, event: str) -> None:
+        """Make the client send `event` with an ack; its answer comes as a `reply` or `request_failed` record."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(event.encode() + b"\n")
+
 
 @asynccontextmanager
 async def js_client(
@@ -147,3 +152,28 @@ async def test_official_client_resumes_after_its_node_goes_away(
             assert ids == [f"n{n}" for n in range(1, 6)]
             await publisher.publish(note(6))
             assert (await js.next("notification"))["notification"]["id"] == "n6"
+
+
+async def test_official_client_survives_its_node_going_away_with_a_request_unanswered(
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
+) -> None:
+    """Why the resume test above once failed under load: the node stopped before it answered a request.
+
+    Redis is paused so that the request waits for certain; the client must note the failed request
+    and reconnect, not exit on the rejected promise.
+    """
+    port = free_port()
+    async with (
+        running_node(redis_url, port=port) as node,
+        js_client(node.url, make_token(sub="vic"), "websocket", TOPIC, resume=True) as js,
+    ):
+        await js.next("subscribed")
+        await redis_client.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        js.send("notifications:unread")
+        await asyncio.sleep(0.3)  # the request is in, waiting on the paused Redis
+        await node.stop()
+        failed = await js.next("request_failed")
+        assert failed["message"] == "socket has been disconnected"
+        async with running_node(redis_url, port=port):
+            assert (await js.next("sync", timeout=15))["status"]["complete"] is True

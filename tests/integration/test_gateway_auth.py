@@ -8,12 +8,10 @@ import json
 import jwt
 import pytest
 import socketio
-from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from shared.embedded_redis import free_port
-from tests.harness import connected, make_token, new_client, running_node
+from tests.harness import connected, jwks_server, make_token, new_client, private_pem, running_node
 
 
 async def refused_code(url: str, auth: dict[str, object] | None, headers: dict[str, str] | None = None) -> str:
@@ -100,43 +98,24 @@ async def test_rs256_public_key(redis_url: str, tmp_path: object) -> None:
 async def test_jwks_keys_are_fetched_and_refetched_on_unknown_kid(redis_url: str) -> None:
     keys = {"k1": ec.generate_private_key(ec.SECP256R1()), "k2": ec.generate_private_key(ec.SECP256R1())}
     published = ["k1"]
-    fetches = []
+    fetches: list[int] = []
 
-    async def jwks(_request: web.Request) -> web.Response:
-        fetches.append(1)
-        entries = []
-        for kid in published:
-            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(keys[kid].public_key()))
-            entries.append({**jwk, "kid": kid, "alg": "ES256", "use": "sig"})
-        return web.json_response({"keys": entries})
+    def token(kid: str) -> str:
+        return make_token(secret=private_pem(keys[kid]), algorithm="ES256", headers={"kid": kid})
 
-    app = web.Application()
-    app.router.add_get("/jwks.json", jwks)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-
-        def token(kid: str) -> str:
-            pem = keys[kid].private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-            return make_token(secret=pem.decode(), algorithm="ES256", headers={"kid": kid})
-
-        url = f"http://127.0.0.1:{port}/jwks.json"
-        async with running_node(redis_url, jwt_secret="", jwks_url=url) as node:
-            node.node.verifier._jwks._min_refetch_s = 0.0  # type: ignore[union-attr]
-            async with connected(node.url, token("k1")):
-                pass
-            assert len(fetches) == 1
-            published.append("k2")  # the provider rotates in a new key
-            async with connected(node.url, token("k2")):
-                pass
-            assert len(fetches) == 2
-            assert await refused_code(node.url, {"token": token("k1")[:-4] + "AAAA"}) == "token_invalid"
-    finally:
-        await runner.cleanup()
+    async with (
+        jwks_server(keys, published, fetches) as url,
+        running_node(redis_url, jwt_secret="", jwks_url=url) as node,
+    ):
+        node.node.verifier._jwks._min_refetch_s = 0.0  # type: ignore[union-attr]
+        async with connected(node.url, token("k1")):
+            pass
+        assert len(fetches) == 1
+        published.append("k2")  # the provider rotates in a new key
+        async with connected(node.url, token("k2")):
+            pass
+        assert len(fetches) == 2
+        assert await refused_code(node.url, {"token": token("k1")[:-4] + "AAAA"}) == "token_invalid"
 
 
 async def test_socket_is_dropped_at_token_expiry(redis_url: str) -> None:

@@ -31,10 +31,20 @@ socket.on("sync", (status) => {
   positions.notifications = status.notifications?.position ?? positions.notifications;
   out({ event: "sync", status });
 });
-socket.on("connect", async () => {
+// A request with an ack, as an app makes one. When the node goes away before it answers (a restart
+// test stops it at any moment), the promise rejects with "socket has been disconnected"; unhandled,
+// that rejection would end this process, which is how a resume test once failed under load.
+async function request(event, data, name) {
+  try {
+    out({ event: name, reply: await socket.timeout(5000).emitWithAck(event, data) });
+  } catch (err) {
+    out({ event: "request_failed", request: event, message: err.message });
+  }
+}
+
+socket.on("connect", () => {
   out({ event: "connect", transport: socket.io.engine.transport.name });
-  const reply = await socket.timeout(5000).emitWithAck("subscribe", topics);
-  out({ event: "subscribed", reply });
+  request("subscribe", topics, "subscribed");
 });
 socket.on("market", (topic, data) => out({ event: "market", topic, data }));
 socket.on("notification", (notification, position) => {
@@ -44,8 +54,13 @@ socket.on("notification", (notification, position) => {
 socket.on("execution", (update, position) => out({ event: "execution", update, position }));
 socket.on("disconnect", (reason) => out({ event: "disconnect", reason }));
 
-// The test closes stdin to end the client.
-process.stdin.on("data", () => {});
+// Each line on stdin names an event to send with an ack; the test closes stdin to end the client.
+let pending = "";
+process.stdin.on("data", (chunk) => {
+  const lines = (pending + chunk).split("\n");
+  pending = lines.pop();
+  for (const line of lines) if (line) request(line, null, "reply");
+});
 process.stdin.on("end", () => {
   socket.close();
   process.exit(0);
