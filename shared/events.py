@@ -17,9 +17,12 @@ from shared.nesting import MAX_JSON_DEPTH, deeper_than
 from shared.topics import Exchange, Kind, Timeframe, Topic
 
 # Ids end up inside Redis key and channel names, so their alphabet is narrow.
-Ident = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
+IDENT_PATTERN: Final = r"^[A-Za-z0-9_.:@-]{1,128}$"
+Ident = Annotated[str, msgspec.Meta(pattern=IDENT_PATTERN)]
 Decimal = Annotated[str, msgspec.Meta(pattern=r"^-?[0-9]{1,30}(\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$")]
-Millis = Annotated[int, msgspec.Meta(ge=0)]
+# The largest integer a JavaScript client (and a Lua script) holds exactly: Number.MAX_SAFE_INTEGER.
+MAX_SAFE_INTEGER: Final = 2**53 - 1
+Millis = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INTEGER)]
 Symbol = Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$")]
 Level = tuple[Decimal, Decimal]
 
@@ -163,7 +166,7 @@ class ExecutionUpdate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     result: Any = None
     error: Annotated[str, msgspec.Meta(max_length=4000)] | None = None
     updated_at: Millis
-    version: Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+    version: Annotated[int, msgspec.Meta(ge=1, le=MAX_SAFE_INTEGER)]
 
     def __post_init__(self) -> None:
         # `result` is free-form: bounded here, where every reader and the publisher decode it.

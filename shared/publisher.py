@@ -9,6 +9,8 @@ documented in docs/protocol.md ("Redis contract").
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
@@ -17,11 +19,13 @@ import redis
 import redis.asyncio
 import redis.asyncio.client
 import redis.client
+import redis.exceptions
 
 from shared import codec, names
 from shared.codec import Revocation
 from shared.errors import PayloadError
 from shared.events import FINAL_STATUSES, AnyMarketEvent, ExecutionUpdate, Notification
+from shared.record_checks import PRELUDE, record_check
 
 # The next entry id of a stream: "<ms>-<n>", where n counts the stream's
 # entries (it never repeats while the stream lives) and ms is Redis's clock,
@@ -40,12 +44,28 @@ end
 local next_id = string.format('%d-%d', ms, n)
 """
 
+
+def _lua_name(name: Callable[[str], str], owner: str) -> str:
+    """A Redis name of `shared.names` as a Lua expression of the record's owner field."""
+    prefix, suffix = name("\x00").split("\x00")
+    return f"'{prefix}' .. {owner} .. '{suffix}'"
+
+
 # Stores a notification in its user's stream (and, unless already read, in
 # the unread set) and announces it, atomically: a record is never announced
-# without being stored. Entry ids are the positions clients resume from.
-NOTIFICATION_SCRIPT: Final = (
-    NEXT_ID_LUA
-    + """
+# without being stored, and never stored unless the gateway will deliver it.
+# Entry ids are the positions clients resume from.
+NOTIFICATION_SCRIPT: Final = "\n".join(
+    [
+        PRELUDE.strip(),
+        record_check(Notification, "notification"),
+        f"if KEYS[1] ~= {_lua_name(names.notification_stream, 'record.user_id')}"
+        f" or KEYS[2] ~= {_lua_name(names.unread_notifications, 'record.user_id')}"
+        f" or ARGV[1] ~= {_lua_name(names.user_channel, 'record.user_id')} then",
+        "  return invalid('the keys and the channel must be those of user_id')",
+        "end",
+        NEXT_ID_LUA.strip(),
+        """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], next_id, 'data', ARGV[2])
 local now = ms
 local oldest = now - tonumber(ARGV[4])
@@ -57,15 +77,28 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[1], '{"pos":"' .. id .. '","kind":"notification","data":' .. ARGV[2] .. '}')
 return id
-"""
+""".strip(),
+    ]
 )
 
 # Stores an execution update unless the team already holds a newer (or the
 # same) version of that execution, keeps it as the execution's latest state
 # (finished ones expire after ARGV[7] ms), and announces it, atomically.
-EXECUTION_SCRIPT: Final = (
-    NEXT_ID_LUA
-    + """
+EXECUTION_SCRIPT: Final = "\n".join(
+    [
+        PRELUDE.strip(),
+        record_check(ExecutionUpdate, "execution update"),
+        f"if KEYS[1] ~= {_lua_name(names.execution_stream, 'record.team_id')}"
+        f" or KEYS[2] ~= {_lua_name(names.execution_states, 'record.team_id')}"
+        f" or KEYS[3] ~= {_lua_name(names.finished_executions, 'record.team_id')}"
+        f" or ARGV[1] ~= {_lua_name(names.team_channel, 'record.team_id')} then",
+        "  return invalid('the keys and the channel must be those of team_id')",
+        "end",
+        "if ARGV[5] ~= record.execution_id or tonumber(ARGV[6]) ~= record.version then",
+        "  return invalid('the execution id and version arguments must be the record\\'s')",
+        "end",
+        NEXT_ID_LUA.strip(),
+        """
 local held = redis.call('HGET', KEYS[2], ARGV[5])
 if held and tonumber(string.match(held, '^(%d+)')) >= tonumber(ARGV[6]) then return false end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], next_id, 'data', ARGV[2])
@@ -84,7 +117,8 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 redis.call('PUBLISH', ARGV[1], '{"pos":"' .. id .. '","kind":"execution","data":' .. ARGV[2] .. '}')
 return id
-"""
+""".strip(),
+    ]
 )
 
 DEFAULT_MAX_ENTRIES: Final = 1000
@@ -169,6 +203,17 @@ def _revocation_commands(
     pipe.publish(names.CONTROL_CHANNEL, codec.encode(revocation))
 
 
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A script's refusal of a record (its error reply) as the PayloadError the library raises for it."""
+    try:
+        yield
+    except redis.exceptions.ResponseError as exc:
+        if str(exc).startswith("invalid "):
+            raise PayloadError(f"refused by the publish script: {exc}") from exc
+        raise
+
+
 def _position(reply: object) -> str | None:
     if reply is None:
         return None
@@ -198,7 +243,8 @@ class AsyncPublisher:
     async def publish(self, record: Notification | ExecutionUpdate) -> str | None:
         """Store and announce one record; returns its position, or None for a stale execution update."""
         script, keys, args = self._commands.record(record)
-        return _position(await self._scripts[script](keys=keys, args=args))
+        with _refusals():
+            return _position(await self._scripts[script](keys=keys, args=args))
 
     async def revoke(
         self,
@@ -237,7 +283,8 @@ class SyncPublisher:
     def publish(self, record: Notification | ExecutionUpdate) -> str | None:
         """Store and announce one record; returns its position, or None for a stale execution update."""
         script, keys, args = self._commands.record(record)
-        return _position(self._scripts[script](keys=keys, args=args))
+        with _refusals():
+            return _position(self._scripts[script](keys=keys, args=args))
 
     def revoke(
         self,

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from collectors.config import CollectorConfig
 from collectors.simulator.config import SimulatorConfig
 from gateway.config import GatewayConfig
 from shared.config import markdown_table
+from shared.events import ExecutionUpdate, Notification
 from shared.publisher import EXECUTION_SCRIPT, NOTIFICATION_SCRIPT
+from shared.record_checks import limits_table
 from stack.config import StackConfig
 
 DOC = Path(__file__).parents[2] / "docs" / "configuration.md"
 PROTOCOL = Path(__file__).parents[2] / "docs" / "protocol.md"
+SCRIPTS = Path(__file__).parents[2] / "docs" / "scripts"
 
 
 @pytest.mark.parametrize("settings", [GatewayConfig, CollectorConfig, SimulatorConfig, StackConfig])
@@ -23,6 +27,15 @@ def test_table_is_current(settings: type) -> None:
     assert table in DOC.read_text(), f"regenerate the {settings.__name__} table in {DOC}"
 
 
-@pytest.mark.parametrize("script", [NOTIFICATION_SCRIPT, EXECUTION_SCRIPT])
-def test_protocol_doc_shows_the_publish_scripts(script: str) -> None:
-    assert script.strip() in PROTOCOL.read_text(), "copy the script from shared/publisher.py into docs/protocol.md"
+@pytest.mark.parametrize(("name", "script"), [("notification", NOTIFICATION_SCRIPT), ("execution", EXECUTION_SCRIPT)])
+def test_the_published_scripts_are_the_ones_the_library_runs(name: str, script: str) -> None:
+    path = SCRIPTS / f"{name}.lua"
+    header = (
+        f"-- Generated from shared/publisher.py ({name.upper()}_SCRIPT); tests/unit/test_docs.py keeps it current.\n"
+    )
+    assert path.read_text() == header + script + "\n", f"regenerate {path} from shared/publisher.py"
+
+
+@pytest.mark.parametrize("record", [Notification, ExecutionUpdate])
+def test_protocol_doc_lists_every_record_limit(record: type[msgspec.Struct]) -> None:
+    assert limits_table(record) in PROTOCOL.read_text(), f"regenerate the {record.__name__} limits in {PROTOCOL}"
