@@ -22,6 +22,13 @@ logger = logging.getLogger(__name__)
 
 # A channel name or payload larger than this is a protocol error, not data.
 MAX_BULK_BYTES: Final = 16 * 1024 * 1024
+# A subscribed connection's replies are short arrays of strings and numbers
+# (["message", channel, payload], ["subscribe", channel, count]); anything
+# longer, deeper or with a longer line is a protocol error, so a reply that
+# arrives slowly is re-read from its start at a bounded cost.
+MAX_ARRAY_ITEMS: Final = 8
+MAX_NESTING: Final = 2
+MAX_LINE_BYTES: Final = 1024
 CONNECT_TIMEOUT_S: Final = 5.0
 
 Message = tuple[bytes, bytes]  # (channel, payload)
@@ -72,7 +79,7 @@ class RespParser:
         replies: list[object] = []
         position = 0
         while True:
-            parsed = self._parse(position)
+            parsed = self._parse(position, 0)
             if parsed is None:
                 break
             reply, position = parsed
@@ -80,22 +87,29 @@ class RespParser:
         del self._buffer[:position]
         return replies
 
-    def _parse(self, position: int) -> tuple[object, int] | None:  # noqa: PLR0911 - one return per RESP type
+    def _array(self, count: int, after: int, depth: int) -> tuple[object, int] | None:
+        if count > MAX_ARRAY_ITEMS or depth >= MAX_NESTING:
+            raise PubSubError(f"an array of {count} items at depth {depth} is not a pub/sub reply")
+        items: list[object] = []
+        for _ in range(count):
+            parsed = self._parse(after, depth + 1)
+            if parsed is None:
+                return None
+            item, after = parsed
+            items.append(item)
+        return items, after
+
+    def _parse(self, position: int, depth: int) -> tuple[object, int] | None:  # noqa: PLR0911 - one per RESP type
         buffer = self._buffer
-        end = buffer.find(b"\r\n", position)
+        end = buffer.find(b"\r\n", position, position + MAX_LINE_BYTES)
         if end < 0:
+            if len(buffer) - position >= MAX_LINE_BYTES:
+                raise PubSubError(f"a reply line longer than {MAX_LINE_BYTES} bytes")
             return None
         kind, line = buffer[position : position + 1], bytes(buffer[position + 1 : end])
         after = end + 2
         if kind == b"*":
-            items: list[object] = []
-            for _ in range(int(line)):
-                parsed = self._parse(after)
-                if parsed is None:
-                    return None
-                item, after = parsed
-                items.append(item)
-            return items, after
+            return self._array(int(line), after, depth)
         if kind == b"$":
             length = int(line)
             if length < 0:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import logging
 from typing import TYPE_CHECKING, Final, cast
 
@@ -41,6 +40,9 @@ BINARY_PREFIX: Final = "b"  # a base64 binary message in a long-polling payload
 SEPARATOR: Final = "\x1e"
 PROBE: Final = "probe"
 INVALID_PACKET: Final = "invalid_packet"  # the close reason of a client that broke the protocol
+# Packets one long-polling POST may carry: the official client batches what it buffered, a few at a
+# time; a megabyte of tiny packets would cost the loop one handler call each, in one go.
+MAX_PACKETS_PER_POST: Final = 1000
 _PING_FRAME: Final = websocket.text_frame(PING.encode())
 _PONG_PROBE_FRAME: Final = websocket.text_frame((PONG + PROBE).encode())
 
@@ -243,17 +245,20 @@ class Session:
     def post(self, body: bytes) -> str | None:
         """A POST's packets, each handled in order; returns why it was refused, or None."""
         try:
-            packets = body.decode().split(SEPARATOR)
+            packets = body.decode().split(SEPARATOR, MAX_PACKETS_PER_POST)
         except UnicodeDecodeError:
             self.fault("a polling payload must be UTF-8")
             return "payloads must be UTF-8"
+        if len(packets) > MAX_PACKETS_PER_POST:
+            self.fault(f"more than {MAX_PACKETS_PER_POST} packets in one POST")
+            return f"at most {MAX_PACKETS_PER_POST} packets per POST"
         for text in packets:
             if self.closed:
                 break
             if text[:1] == BINARY_PREFIX:
                 try:
                     data = base64.b64decode(text[1:], validate=True)
-                except binascii.Error:
+                except ValueError:  # binascii.Error, or a character outside ASCII (found by the fuzzer)
                     self.fault("a binary packet must be base64")
                     return "binary packets must be base64"
                 self.receive_binary(data)

@@ -59,6 +59,8 @@ async def test_binary_events_over_polling_are_read_and_refused_with_an_ack(redis
         ack = ack_of(next(p for p in received if p.startswith("433")), 3)
         assert ack[0]["error"]["code"] == "binary_not_supported"  # type: ignore[index]
         assert (await polling.post("bnot base64!"))[0] == 400  # an attachment nobody announced, badly encoded
+        polling = await open_polling(http, node.url)
+        assert (await polling.post("b\u06d9"))[0] == 400  # found by the fuzzer: not even ASCII (was a 500)
 
 
 @pytest.mark.parametrize(

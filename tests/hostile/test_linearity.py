@@ -1,0 +1,100 @@
+"""Every parser's cost is linear in its input: each pathological shape, at scale, within a generous budget.
+
+The WebSocket frame parser's shapes are in test_websocket_frames. Budgets are CPU seconds of this
+process (see `cpu_budget`), many times what linear work needs and far below what quadratic work costs
+at these sizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from gateway.protocol.sio import MAX_JSON_DEPTH, ProtocolFault, decode_data, read_header
+from gateway.pubsub import PubSubError, RespParser
+from shared.nesting import deeper_than
+from tests.harness import make_token, running_node
+from tests.hostile.conftest import cpu_budget
+from tests.hostile.edge import open_polling
+
+
+def test_a_large_redis_message_dripped_in_small_reads_costs_linear_time() -> None:
+    payload = b"x" * 2_000_000
+    data = b"*3\r\n$7\r\nmessage\r\n$5\r\nmd:xy\r\n$%d\r\n%s\r\n" % (len(payload), payload)
+    parser = RespParser()
+    with cpu_budget(3.0):
+        replies = [r for i in range(0, len(data), 512) for r in parser.feed(data[i : i + 512])]
+    assert replies == [[b"message", b"md:xy", payload]]
+
+
+def test_many_small_redis_messages_in_one_read_cost_linear_time() -> None:
+    data = b"*3\r\n$7\r\nmessage\r\n$5\r\nmd:xy\r\n$2\r\nhi\r\n" * 100_000
+    with cpu_budget(3.0):
+        assert len(RespParser().feed(data)) == 100_000
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"*1\r\n" * 10_000,  # arrays nested past any pub/sub reply
+        b"*100000\r\n",  # an array longer than any pub/sub reply
+        b"+" + b"x" * 100_000,  # a line that never ends
+    ],
+)
+def test_redis_replies_no_pubsub_connection_gets_are_refused_at_once(data: bytes) -> None:
+    with cpu_budget(1.0), pytest.raises(PubSubError):
+        RespParser().feed(data)
+
+
+def test_socketio_packets_at_the_size_limit_cost_linear_time() -> None:
+    shapes = [
+        '42["x",' + json.dumps(["a" * 10] * 1400) + "]",  # many strings
+        '42["x",' + json.dumps(list(range(3000))) + "]",  # many numbers
+        '42["x","' + "\\u00e9" * 2500 + '"]',  # escapes
+        '42["x",' + "[" * 31 + "]" * 31 + "]",  # as deep as allowed (the event list is a level)
+    ]
+    with cpu_budget(3.0):
+        for _ in range(200):
+            for text in shapes:
+                header = read_header(text[1:])
+                decode_data(header, text[1:])
+    too_deep = '2["x",' + "[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1) + "]"
+    with pytest.raises(ProtocolFault):
+        decode_data(read_header(too_deep), too_deep)
+
+
+def test_measuring_json_depth_is_linear_in_its_size() -> None:
+    wide = [[i, {"k": [i]}] for i in range(200_000)]
+    with cpu_budget(3.0):
+        assert not deeper_than(wide, 32)
+
+
+async def test_a_polling_post_is_bounded_in_packets(redis_url: str) -> None:
+    """A megabyte of tiny packets in one POST would cost a handler call each in one loop turn."""
+    async with running_node(redis_url) as node, aiohttp.ClientSession() as http:
+        polling = await open_polling(http, node.url)
+        assert (await polling.post("40" + json.dumps({"token": make_token()})))[0] == 200
+        while not any(p.startswith("40{") for p in (await polling.get())[1]):
+            pass
+        with cpu_budget(3.0):
+            assert (await polling.post(*(["6"] * 1000)))[0] == 200  # a thousand NOOPs is fine
+            assert (await polling.post(*(["6"] * 100_000)))[0] == 400  # a hundred thousand is not
+        await asyncio.sleep(0)
+        assert not node.node.server.engine.sessions
+
+
+async def test_a_request_head_dripped_byte_by_byte_costs_linear_time(redis_url: str) -> None:
+    async with running_node(redis_url) as node:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(node.url.rsplit(":", 1)[1]))
+        head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 7000 + b"\r\n\r\n"
+        with cpu_budget(3.0):
+            for i in range(len(head)):
+                writer.write(head[i : i + 1])
+                if i % 64 == 0:
+                    await writer.drain()
+            response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert response.startswith(b"HTTP/1.1 200")
+        writer.close()
