@@ -6,12 +6,19 @@
     GET    /metrics         Prometheus text, from this collector's own registry
     GET    /healthz         200 while running, 503 once terminated
 
-It listens on loopback by default: it can change what the collector does,
-so expose it only where operators are.
+It can make the collector open exchange connections, which the exchange
+limits per address, so changes are guarded: they need `Authorization:
+Bearer <COLLECTOR_ADMIN_TOKEN>` (without a configured token they are off)
+and a JSON body, add at most `MAX_TOPICS_PER_REQUEST` topics at a time and
+never more than `max_topics` in all. Every request must name an allowed Host
+(loopback names and `COLLECTOR_ADMIN_HOSTS`: no DNS rebinding) and carry no
+Origin but an allowed one (no cross-site request from an operator's browser).
 """
 
 from __future__ import annotations
 
+import hmac
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
@@ -26,6 +33,9 @@ from shared.status import ConnectionState, encode_status
 from shared.topics import Topic
 
 MAX_BODY_BYTES: Final = 64 * 1024
+# Topics one request may add: a few exchange subscribe messages' worth, never a burst of new connections.
+MAX_TOPICS_PER_REQUEST: Final = 50
+LOOPBACK_HOSTS: Final = ("localhost", "127.0.0.1", "[::1]")
 
 
 class _Body(msgspec.Struct, forbid_unknown_fields=True):
@@ -41,13 +51,57 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+@dataclass(frozen=True, slots=True)
+class AdminGuard:
+    """Who may use the admin API: a token for changes, allowed Host names and Origins, a topic cap."""
+
+    token: str = ""
+    hosts: tuple[str, ...] = ()  # besides the loopback names
+    origins: tuple[str, ...] = ()
+    max_topics: int = 200
+
+    def refusal(self, request: web.Request) -> web.Response | None:
+        """Why `request` may not go on (checked for every request), or None."""
+        host = (request.headers.get("Host") or "").lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if name not in LOOPBACK_HOSTS and name not in self.hosts:
+            return _error(421, f"host {host[:100]!r} is not one this API answers to (COLLECTOR_ADMIN_HOSTS)")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin not in self.origins:
+            return _error(403, "requests from web pages are refused (COLLECTOR_ADMIN_ORIGINS)")
+        if request.method in ("GET", "HEAD"):
+            return None
+        return self._change_refusal(request)
+
+    def _change_refusal(self, request: web.Request) -> web.Response | None:
+        if not self.token:
+            return _error(403, "changes are off: set COLLECTOR_ADMIN_TOKEN to allow them")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            return _error(401, "send Authorization: Bearer <COLLECTOR_ADMIN_TOKEN>")
+        if request.content_type != "application/json":
+            return _error(415, "send the body as application/json")
+        return None
+
+
 class AdminApi:
     """Routes bound to one collector and its metrics."""
 
-    def __init__(self, collector: Collector, metrics: CollectorMetrics) -> None:
+    def __init__(self, collector: Collector, metrics: CollectorMetrics, guard: AdminGuard) -> None:
         self._collector = collector
         self._metrics = metrics
-        self.app = web.Application(client_max_size=MAX_BODY_BYTES)
+        self._guard = guard
+
+        @web.middleware
+        async def guarded(request: web.Request, handler: Any) -> web.StreamResponse:
+            refusal = guard.refusal(request)
+            if refusal is not None:
+                metrics.admin_refusals.labels(str(refusal.status)).inc()
+                return refusal
+            response: web.StreamResponse = await handler(request)
+            return response
+
+        self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[guarded])
         self.app.router.add_get("/status", self.status)
         self.app.router.add_post("/subscriptions", self.subscribe)
         self.app.router.add_delete("/subscriptions", self.unsubscribe)
@@ -61,6 +115,11 @@ class AdminApi:
         topics = await self._topics(request)
         if isinstance(topics, web.Response):
             return topics
+        new = set(topics) - set(self._collector.topics)
+        if len(new) > MAX_TOPICS_PER_REQUEST:
+            return _error(413, f"add at most {MAX_TOPICS_PER_REQUEST} topics per request")
+        if len(self._collector.topics) + len(new) > self._guard.max_topics:
+            return _error(409, f"this collector serves at most {self._guard.max_topics} topics (COLLECTOR_MAX_TOPICS)")
         try:
             added = self._collector.add(topics)
         except SubscriptionError as exc:

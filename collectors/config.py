@@ -94,6 +94,18 @@ class CollectorConfig:
     book_rate: float = setting(10.0, "COLLECTOR_BOOK_RATE", "Most book views per second per symbol; 0: every change.")
     admin_host: str = setting("127.0.0.1", "COLLECTOR_ADMIN_HOST", "Address of the admin HTTP API.")
     admin_port: int = setting(9300, "COLLECTOR_ADMIN_PORT", "Port of the admin HTTP API; 0 picks a free one.")
+    admin_token: str = setting(
+        "", "COLLECTOR_ADMIN_TOKEN", "Bearer token the admin API's changes need; empty: changes are off."
+    )
+    admin_hosts: list[str] = setting(
+        [], "COLLECTOR_ADMIN_HOSTS", "Host names the admin API answers to, besides localhost, 127.0.0.1 and [::1]."
+    )
+    admin_origins: list[str] = setting(
+        [], "COLLECTOR_ADMIN_ORIGINS", "Web origins allowed to call the admin API (empty: no web page may)."
+    )
+    max_topics: int = setting(
+        200, "COLLECTOR_MAX_TOPICS", "Most topics this collector serves; the admin API adds none past it."
+    )
     status_interval_s: float = setting(5.0, "COLLECTOR_STATUS_INTERVAL_S", "Seconds between status records.")
     status_ttl_s: float = setting(30.0, "COLLECTOR_STATUS_TTL_S", "Seconds a status record lives in Redis.")
     ping_interval_s: float = setting(20.0, "COLLECTOR_PING_INTERVAL_S", "Ping after this many idle seconds.")
@@ -124,7 +136,7 @@ class CollectorConfig:
         positive = (
             *("book_depth", "status_interval_s", "ping_interval_s", "pong_timeout_s", "connect_timeout_s"),
             *("backoff_initial_s", "stale_after_s", "trades_stale_after_s", "queue_size", "batch_size"),
-            *("latest_ttl_s", "shutdown_timeout_s"),
+            *("latest_ttl_s", "shutdown_timeout_s", "max_topics"),
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -138,6 +150,8 @@ class CollectorConfig:
             raise ConfigError("status_ttl_s must be at least status_interval_s")
         if not 0 <= self.admin_port <= 65535:
             raise ConfigError(f"admin_port {self.admin_port} is not a port")
+        if len(self.symbols) * len(self.channels) > self.max_topics:
+            raise ConfigError(f"{len(self.symbols) * len(self.channels)} topics exceed max_topics ({self.max_topics})")
 
     @property
     def name(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as PromCollector
 
@@ -27,6 +27,12 @@ class CollectorMetrics(PromCollector):
         self._sink = sink
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
+        self.admin_refusals = Counter(
+            "collector_admin_refusals_total",
+            "Admin API requests refused (host, origin, token, body type), by HTTP status.",
+            ["status"],
+            registry=self.registry,
+        )
 
     def collect(self) -> Iterator[Metric]:
         collector, sink = self._collector, self._sink

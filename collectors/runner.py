@@ -16,7 +16,7 @@ import signal
 from collections.abc import Sequence
 from typing import Final
 
-from collectors.admin import AdminApi, start_admin
+from collectors.admin import AdminApi, AdminGuard, start_admin
 from collectors.config import URL_SETTINGS, CollectorConfig, ConfigError, parse_exchange
 from collectors.exchanges import ADAPTERS
 from collectors.feed.collector import Collector
@@ -64,7 +64,13 @@ class CollectorService:
         self.status = StatusPublisher(
             self.redis, self.collector.status, interval_s=config.status_interval_s, ttl_s=config.status_ttl_s
         )
-        self.admin = AdminApi(self.collector, self.metrics)
+        guard = AdminGuard(
+            token=config.admin_token,
+            hosts=tuple(host.lower() for host in config.admin_hosts),
+            origins=tuple(config.admin_origins),
+            max_topics=config.max_topics,
+        )
+        self.admin = AdminApi(self.collector, self.metrics, guard)
         self.admin_port = 0  # bound port, once running
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:

@@ -15,12 +15,18 @@ from shared.status import ConnectionState, decode_status
 from shared.topics import Exchange
 from tests.collector_support import Tap, collector_config, restored, running, wait_until
 
+TOKEN = "admin-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
 
 async def test_status_subscriptions_metrics_and_health(redis_url: str, redis_client: redis.asyncio.Redis) -> None:
     exchange = Exchange.BINANCE
     async with Simulator(SimulatorConfig(exchanges=[exchange])) as sim, Tap(redis_url) as tap:
-        config = collector_config(sim, exchange, redis_url, channels=["ticker", "book"])
-        async with running(config) as service, aiohttp.ClientSession(f"http://127.0.0.1:{service.admin_port}") as http:
+        config = collector_config(sim, exchange, redis_url, channels=["ticker", "book"], admin_token=TOKEN)
+        async with (
+            running(config) as service,
+            aiohttp.ClientSession(f"http://127.0.0.1:{service.admin_port}", headers=AUTH) as http,
+        ):
             await wait_until(lambda: restored(sim, exchange, service))
 
             async with http.get("/status") as response:
@@ -58,7 +64,9 @@ async def test_status_subscriptions_metrics_and_health(redis_url: str, redis_cli
                 ({"topic": ["binance:ticker:BTC/USDT"]}, "bad request body"),
                 ({}, "name some topics"),
             ]:
-                async with http.post("/subscriptions", data=msgspec.json.encode(bad)) as response:
+                async with http.post(
+                    "/subscriptions", data=msgspec.json.encode(bad), headers={"Content-Type": "application/json"}
+                ) as response:
                     assert response.status == 400, bad
                     assert reason in (await response.json())["error"]
 
