@@ -260,6 +260,7 @@ class Deployment:
     nginx: asyncio.subprocess.Process | None
     redis: redis.asyncio.Redis
     redis_pid: int
+    redis_url: str
 
     def server_pids(self) -> list[int]:
         return [pid for server in self.servers for pid in process_tree(server.pid)]
@@ -283,8 +284,16 @@ class Deployment:
 
 
 async def start_server(
-    kind: str, port: int, redis_url: str, clients: int, *, proxied: bool
+    kind: str,
+    port: int,
+    redis_url: str,
+    clients: int,
+    *,
+    proxied: bool,
+    overrides: dict[str, str] | None = None,
+    log: int | None = None,
 ) -> asyncio.subprocess.Process:
+    """One server process; `overrides` changes its environment, `log` (a file descriptor) takes its output."""
     env = {
         **os.environ,
         "REDIS_URL": redis_url,
@@ -302,17 +311,18 @@ async def start_server(
         # Behind nginx, as in the stack: the client address is the one nginx appended.
         "GATEWAY_TRUST_FORWARDED_FOR": "true" if proxied else "false",
         "GATEWAY_SHUTDOWN_TIMEOUT_S": "2",
+        **(overrides or {}),
     }
     if kind == "node":
         return await asyncio.create_subprocess_exec(
-            "node", str(NODE_BASELINE / "server.mjs"), env={**env, "PORT": str(port)}
+            "node", str(NODE_BASELINE / "server.mjs"), env={**env, "PORT": str(port)}, stdout=log, stderr=log
         )
     module = (
         ["gateway"]
         if kind == "gateway"
         else ["loadtests.baseline_server", "--port", str(port), "--redis-url", redis_url]
     )
-    return await asyncio.create_subprocess_exec(sys.executable, "-m", *module, env=env)
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", *module, env=env, stdout=log, stderr=log)
 
 
 def install_missing(setups: Sequence[Setup]) -> None:
@@ -361,7 +371,9 @@ async def stop(process: asyncio.subprocess.Process) -> None:
 
 
 @asynccontextmanager
-async def deploy(setup: Setup, clients: int) -> AsyncIterator[Deployment]:
+async def deploy(
+    setup: Setup, clients: int, *, overrides: dict[str, str] | None = None, log: int | None = None
+) -> AsyncIterator[Deployment]:
     """A private Redis and the setup's servers (behind nginx when `setup.gateways` is set), all stopped on exit."""
     with EmbeddedRedis() as embedded, tempfile.TemporaryDirectory(prefix="relay-bench-") as workdir:
         client = redis.asyncio.Redis.from_url(embedded.url)
@@ -370,7 +382,15 @@ async def deploy(setup: Setup, clients: int) -> AsyncIterator[Deployment]:
             redis_pid = int((await client.info("server"))["process_id"])
             ports = [free_port() for _ in range(setup.gateways or 1)]
             servers = [
-                await start_server(setup.kind, port, embedded.url, clients, proxied=setup.gateways is not None)
+                await start_server(
+                    setup.kind,
+                    port,
+                    embedded.url,
+                    clients,
+                    proxied=setup.gateways is not None,
+                    overrides=overrides,
+                    log=log,
+                )
                 for port in ports
             ]
             processes += servers
@@ -383,7 +403,7 @@ async def deploy(setup: Setup, clients: int) -> AsyncIterator[Deployment]:
                 nginx = await asyncio.create_subprocess_exec(*service.argv, env={**os.environ, **service.env})
                 processes.append(nginx)
                 await wait_ready(port, nginx)
-            yield Deployment(port, ports, servers, nginx, client, redis_pid)
+            yield Deployment(port, ports, servers, nginx, client, redis_pid, embedded.url)
         finally:
             await asyncio.gather(*(stop(process) for process in reversed(processes)))
             await client.aclose()
@@ -518,11 +538,16 @@ async def measure(deployment: Deployment, pool: ClientPool, feed: Feed, rate: fl
 
 
 @asynccontextmanager
-async def loaded(setup: Setup, options: Options) -> AsyncIterator[tuple[Deployment, ClientPool, Feed]]:
+async def loaded(
+    setup: Setup, options: Options, *, overrides: dict[str, str] | None = None, log: int | None = None
+) -> AsyncIterator[tuple[Deployment, ClientPool, Feed]]:
     """A deployment with every load client connected and subscribed, and a feed for its topics."""
     topics = topic_names(options.topics)
     specs = client_specs(options.clients, topics)
-    async with deploy(setup, options.clients) as deployment, ClientPool(options.client_processes) as pool:
+    async with (
+        deploy(setup, options.clients, overrides=overrides, log=log) as deployment,
+        ClientPool(options.client_processes) as pool,
+    ):
         report = await pool.connect(HOST, deployment.port, specs, CONNECT_DEADLINE_S)
         if report.connected < len(specs):
             raise BenchError(f"{setup.label}: {report.connected}/{len(specs)} clients connected: {report.errors}")

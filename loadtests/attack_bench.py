@@ -1,0 +1,155 @@
+"""Attack while serving: honest clients at 20,000 deliveries/s while one attacker runs each audit attack in turn.
+
+    python -m loadtests.attack_bench                     # every attack, 10 s windows
+    python -m loadtests.attack_bench --seconds 5 --attacks fragment_flood,ping_payloads
+
+One gateway process with its default limits, a private Redis, 200 load clients (relay_bench's) on one
+topic at 100 messages/s. A quiet window first, then for each attack (loadtests/attacks.py, in a
+process of its own, from its own address) a window with the attack running, then a settle pause.
+Printed per window: the honest clients' p50/p99 latency and fraction delivered, the node's RSS at the
+start, at most and after the pause, whether the node ended the attacker's connections, and the
+tracebacks (ERROR log lines) the node wrote. The goals (issue 9): p99 within 2 ms of the quiet window,
+RSS after within 10% of the quiet one, every attacker connection ended, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import uvloop
+
+from loadtests.attacks import ATTACKS
+from loadtests.load_client import raise_fd_limit
+from loadtests.relay_bench import HOST, Options, Setup, loaded, measure, print_table, rss_kib
+
+SETTLE_S: Final = 3.0
+P99_SLACK_MS: Final = 2.0
+RSS_SLACK: Final = 0.10
+# The node as deployed: default limits (relay_bench raises the per-address ones for its own clients).
+DEFAULT_LIMITS: Final = {
+    "GATEWAY_CONNECT_BURST_PER_IP": "50",
+    "GATEWAY_CONNECT_RATE_PER_IP": "10",
+    "GATEWAY_HANDSHAKE_BURST_PER_IP": "100",
+    "GATEWAY_HANDSHAKE_RATE_PER_IP": "20",
+    "GATEWAY_MAX_CONNECTIONS_PER_USER": "50",
+    "GATEWAY_LOG_LEVEL": "info",
+}
+
+
+def errors_in(log: Path, start: int) -> tuple[int, list[str]]:
+    """ERROR lines the node logged after byte `start` of its log; and where the log ends now."""
+    text = log.read_bytes()
+    lines = text[start:].decode(errors="replace").splitlines()
+    return len(text), [line for line in lines if '"level": "ERROR"' in line or "Traceback" in line]
+
+
+async def attack(name: str, port: int, seconds: float, redis_url: str) -> dict[str, Any]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "loadtests.attacks",
+        name,
+        HOST,
+        str(port),
+        str(seconds),
+        redis_url,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    output, _ = await process.communicate()
+    lines = output.decode().strip().splitlines()
+    return json.loads(lines[-1]) if lines else {"attack": name, "error": f"exit {process.returncode}"}
+
+
+async def run(names: list[str], seconds: float, clients: int) -> list[dict[str, Any]]:
+    options = Options(
+        clients=clients, topics=1, rate=20_000 / clients, seconds=seconds,
+        client_processes=2, steps=[], scenario="load", idle=0,
+    )  # fmt: skip
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="attack-bench-") as workdir:
+        log = Path(workdir) / "gateway.log"
+        with log.open("wb") as sink:
+            async with loaded(Setup("gateway", None), options, overrides=DEFAULT_LIMITS, log=sink.fileno()) as (
+                deployment,
+                pool,
+                feed,
+            ):
+                redis_url = deployment.redis_url
+                offset = 0
+                quiet = await measure(deployment, pool, feed, options.rate, seconds)
+                offset, errors = errors_in(log, offset)
+                results.append({"window": "quiet", **quiet, "errors": len(errors)})
+                for name in names:
+                    attacking = asyncio.create_task(attack(name, deployment.port, seconds, redis_url))
+                    during = await measure(deployment, pool, feed, options.rate, seconds)
+                    outcome = await attacking
+                    await asyncio.sleep(SETTLE_S)
+                    rss_after = rss_kib(deployment.server_pids())
+                    offset, errors = errors_in(log, offset)
+                    results.append(
+                        {
+                            "window": name,
+                            **during,
+                            "rss_after_kib": rss_after,
+                            "attacker_ended": outcome.get("disconnected"),
+                            "attack_tries": outcome.get("tries"),
+                            "attack_outcomes": outcome.get("outcomes"),
+                            "errors": len(errors),
+                            "error_lines": errors[:3],
+                            "node_alive": all(server.returncode is None for server in deployment.servers),
+                        }
+                    )
+    return results
+
+
+def verdicts(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    quiet = results[0]
+    for result in results[1:]:
+        result["p99_over_quiet_ms"] = result["latency_p99_ms"] - quiet["latency_p99_ms"]
+        result["rss_after_vs_quiet"] = result["rss_after_kib"] / quiet["rss_end_kib"] - 1
+        result["goals_met"] = (
+            result["p99_over_quiet_ms"] <= P99_SLACK_MS
+            and result["rss_after_vs_quiet"] <= RSS_SLACK
+            and result["attacker_ended"] is not False
+            and result["errors"] == 0
+            and result["fraction_delivered"] >= 0.999
+        )
+    return results
+
+
+def report(results: list[dict[str, Any]]) -> None:
+    for result in results:
+        print(json.dumps(result, default=str))
+    keys = ["latency_p50_ms", "latency_p99_ms", "p99_over_quiet_ms", "fraction_delivered", "delivered_per_s",
+            "rss_start_kib", "rss_max_kib", "rss_after_kib", "rss_after_vs_quiet", "attacker_ended",
+            "attack_tries", "errors", "goals_met", "bound"]  # fmt: skip
+    print()
+    print_table(["window", *keys], [[r["window"], *(r.get(k, "") for k in keys)] for r in results])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each window (default 10)")
+    parser.add_argument("--clients", type=int, default=200, help="honest clients (default 200)")
+    parser.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated, of {', '.join(ATTACKS)}")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    names = args.attacks.split(",")
+    if unknown := set(names) - set(ATTACKS):
+        parser.error(f"unknown attack(s) {', '.join(sorted(unknown))}")
+    raise_fd_limit()
+    results = verdicts(uvloop.run(run(names, args.seconds, args.clients)))
+    report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
