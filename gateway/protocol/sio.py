@@ -456,9 +456,11 @@ class SocketIOServer:
         name, args = data[0], data[1:]
         handler = self._handlers.get(name)
         if handler is None:
+            self.observer.event_refused("unknown_event")
             result: object = error_ack("unknown_event", f"no event {name[:64]!r}")
         elif len(args) > 1:
-            result = error_ack("bad_request", f"{name} takes one argument, got {len(args)}")
+            self.observer.event_refused("bad_request")
+            result = error_ack("bad_request", f"{name[:64]} takes one argument, got {len(args)}")
         else:
             try:
                 result = await handler(socket.sid, args[0] if args else None)
