@@ -24,9 +24,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 (cd tests/e2e/js && npm ci --no-audit --no-fund --loglevel=error)
+(cd web && npm ci --no-audit --no-fund --loglevel=error)
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+# The web packages: strict TypeScript, then vitest (its tests start a real local stack with this venv).
+(cd web && npm run typecheck && npm test)
 # pytest exits 5 when it collected no test: with `set -e` that fails the run too.
 .venv/bin/python -m pytest --cov=gateway --cov=collectors --cov=shared --cov-report=term:skip-covered "$@"
