@@ -45,6 +45,7 @@ export function isSaneBook(book: Pick<Book, "bids" | "asks">): boolean {
 
 /** The state after `book`, limited to `depth` levels a side. */
 export function applyBook(state: OrderBookState, book: Book, depth = 50): OrderBookState {
+  if (state.seq > 0 && book.seq === state.seq && book.ts === state.ts) return state; // the same view again
   if (!isSaneBook(book)) return { ...state, rejected: state.rejected + 1 };
   const restarted = state.seq > 0 && book.seq > 0 && book.seq <= state.seq;
   const skipped = state.seq > 0 && book.seq > state.seq + 1 ? book.seq - state.seq - 1 : 0;

@@ -48,12 +48,18 @@ export class TopicRegistry {
 
   constructor(private readonly transport: TopicTransport) {}
 
-  /** Want `topic` (and call `listener` with each of its events) until the returned function is called. */
+  /**
+   * Want `topic` until the returned function is called; `listener` gets each of its events,
+   * starting with the latest one already received (so a late subscriber starts where the others are).
+   */
   acquire(topic: Topic, listener?: MarketListener): () => void {
     if (!isTopic(topic)) throw new TypeError(`not a topic: ${String(topic)}`);
     const entry = this.#entry(topic);
     entry.count += 1;
-    if (listener) entry.listeners.add(listener);
+    if (listener) {
+      entry.listeners.add(listener);
+      if (entry.latest !== undefined) listener(entry.latest);
+    }
     this.schedule();
     let released = false;
     return () => {
