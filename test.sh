@@ -9,12 +9,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --editable '.[test]'
 
-# The end-to-end tests drive the official JavaScript client with node, and a
-# real nginx in front of two nodes. Install them from Debian where missing.
+# The end-to-end tests drive the official JavaScript client with node, a real
+# nginx in front of two nodes, and the example web app in Chromium. Install them
+# from Debian where missing.
 missing=()
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
