@@ -76,15 +76,24 @@ export class NotificationFeed {
     if (!marks.all) void this.#refreshUnread(); // only the gateway knows about unlisted ones
   }
 
+  /** Marks read here at once, then at the gateway; a failure (e.g. disconnected) shows in `error`, never throws. */
   async markRead(positions: readonly string[]): Promise<void> {
     if (positions.length === 0) return;
     this.markedRead({ positions: [...positions], all: false });
-    this.#applyUnread(await this.transport.markRead({ positions }));
+    await this.#send({ positions });
   }
 
   async markAllRead(): Promise<void> {
     this.markedRead({ positions: [], all: true });
-    this.#applyUnread(await this.transport.markRead({ all: true }));
+    await this.#send({ all: true });
+  }
+
+  async #send(request: { positions: readonly string[] } | { all: true }): Promise<void> {
+    try {
+      this.#applyUnread(await this.transport.markRead(request));
+    } catch (error) {
+      this.#fail(error instanceof Error ? error.message : String(error));
+    }
   }
 
   async #refreshUnread(): Promise<void> {
@@ -97,6 +106,7 @@ export class NotificationFeed {
 
   #applyUnread(reply: UnreadReply): void {
     if (reply.ok) this.store.set({ ...this.store.get(), unread: reply.unread });
+    else this.#fail(reply.error.message);
   }
 
   #merge(
