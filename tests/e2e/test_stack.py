@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from shared.embedded_redis import free_port
+from stack.config import StackConfig
 from tests.harness import connected, free_port_block
 
 pytestmark = pytest.mark.e2e
@@ -118,6 +119,7 @@ async def test_the_whole_system_on_one_host(tmp_path: Path) -> None:
             # The README's publishing snippet, verbatim but for the port of this test's Redis.
             snippet = readme_publish_snippet()
             assert '"redis://127.0.0.1:9379/0"' in snippet and 'user_id="demo"' in snippet
+            assert StackConfig().redis_port == 9379, "the README snippet names the default port"
             exec(snippet.replace("redis://127.0.0.1:9379/0", stack.ready["redis_url"]), {})
             notification, _position = await client.next("notification", timeout=10)
             assert notification["user_id"] == "demo" and notification["title"] == "Order filled"

@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,9 +84,6 @@ class Browser:
 
 def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, deadline_s: float = 60) -> None:
     """Until `url` answers 200 (generous: the machine is shared)."""
-    import urllib.error  # noqa: PLC0415
-    import urllib.request  # noqa: PLC0415
-
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         assert process.poll() is None, f"exited early: {log.read_text()[-3000:]}"
