@@ -39,6 +39,8 @@ DRIVER = Path(__file__).parent / "web" / "driver.mjs"
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 TOKEN_TTL_S = 12
+# Next.js would otherwise try to send usage telemetry: a test makes no outside connection.
+NEXT_ENV = {**os.environ, "NEXT_TELEMETRY_DISABLED": "1"}
 LIVE = "document.querySelector('[data-testid=connection]')?.textContent === 'live'"
 
 
@@ -119,7 +121,10 @@ def app_build() -> None:
     assert shutil.which("node"), "node is required (test.sh installs it)"
     assert (WEB / "node_modules" / "next").is_dir(), "run `npm ci` in web/ (test.sh does)"
     assert Path(CHROMIUM).exists(), "chromium is required (test.sh installs it: apt-get install chromium)"
-    subprocess.run(["npm", "run", "build"], cwd=WEB, check=True, capture_output=True, timeout=600)
+    build = subprocess.run(
+        ["npm", "run", "build"], cwd=WEB, capture_output=True, text=True, timeout=600, env=NEXT_ENV, check=False
+    )
+    assert build.returncode == 0, f"next build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
 
 
 def note(n: str) -> Notification:
@@ -239,7 +244,7 @@ def test_example_app_in_chromium(app_build: None, tmp_path: Path) -> None:
         gateway_cmd = [sys.executable, "-m", "gateway"]
         gateway_ready = f"http://127.0.0.1:{gateway_port}/readyz"
         app_env = {
-            **os.environ,
+            **NEXT_ENV,
             "FANOUT_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}",
             "FANOUT_JWT_SECRET": secret,
             "FANOUT_TOKEN_TTL_S": str(TOKEN_TTL_S),
