@@ -1,45 +1,60 @@
-"""`fanout-local`: start the whole system on this host and print how to connect."""
+"""`fanout-local`: start the whole system on this host and print how to connect.
+
+    fanout-local [--symbols BTC,SOL] [--config fanout-local.toml] ...   run the stack
+    fanout-local token --user bob --teams red,blue --ttl 3600            mint a token for it
+
+Everything the stack refuses (a bad setting, a port in use, a variable it
+would override) is one line on stderr and exit status 2, before anything starts.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
-import secrets
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
-import jwt
+import aiohttp
 
-from collectors.config import URL_SETTINGS
+from collectors.config import URL_SETTINGS, CollectorConfig
 from collectors.exchanges import ADAPTERS
-from collectors.simulator.config import PORT_ORDER
-from shared.config import load_or_exit
-from shared.embedded_redis import EmbeddedRedisError, redis_or_embedded
+from collectors.simulator.config import PORT_ORDER, SimulatorConfig
+from gateway.config import GatewayConfig
+from shared.config import ConfigError
+from shared.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from shared.logs import setup_logging
 from shared.topics import Exchange
 from stack.balancer import BalancerError, balancer_service
-from stack.config import Simulate, StackConfig
+from stack.config import Simulate, StackConfig, load_stack_config, refused_variables
+from stack.state import DEMO_TEAM, DEMO_USER, clear_running, mint_token, stack_secret, write_running
 from stack.supervisor import Service, python_module, supervise
 
 logger = logging.getLogger(__name__)
 
-DEMO_TOKEN_TTL_S = 24 * 3600
-REACHABILITY_TIMEOUT_S = 3.0
-# Symbols each exchange lists for its demo collector.
-SYMBOLS: Final[dict[Exchange, str]] = {
-    Exchange.BINANCE: "BTC/USDT,ETH/USDT",
-    Exchange.COINBASE: "BTC/USD,ETH/USD",
-    Exchange.KRAKEN: "BTC/USD,ETH/USD",
-    Exchange.BYBIT: "BTC/USDT,ETH/USDT",
-    Exchange.OKX: "BTC/USDT,ETH/USDT",
+DEMO_TOKEN_TTL_S: Final = 24 * 3600
+REACHABILITY_TIMEOUT_S: Final = 3.0
+READY_POLL_S: Final = 0.25
+STILL_WAITING_EVERY_S: Final = 15.0
+# The settings class of each child module, to know which variables its flags override.
+SETTINGS_OF: Final[dict[str, type]] = {
+    "gateway": GatewayConfig,
+    "collectors": CollectorConfig,
+    "collectors.simulator": SimulatorConfig,
 }
+LOOPBACK: Final = "127.0.0.1"
+
+
+class Refused(Exception):
+    """The stack will not start; the message is the one line the user sees."""
 
 
 def exchanges_reachable() -> bool:
@@ -57,7 +72,7 @@ def simulated(url: str, exchange: Exchange, config: StackConfig) -> str:
     parts = urlsplit(url)
     scheme = {"wss": "ws", "https": "http"}.get(parts.scheme, parts.scheme)
     port = config.simulator_port + PORT_ORDER.index(exchange)
-    return urlunsplit((scheme, f"127.0.0.1:{port}", parts.path, parts.query, ""))
+    return urlunsplit((scheme, f"{LOOPBACK}:{port}", parts.path, parts.query, ""))
 
 
 def gateway_ports(config: StackConfig) -> list[int]:
@@ -66,97 +81,215 @@ def gateway_ports(config: StackConfig) -> list[int]:
 
 
 def services(config: StackConfig, *, simulate: bool, workdir: Path) -> list[Service]:
+    log_level = config.log_level.lower()
     result = []
     if simulate and config.exchanges:
         result.append(
             python_module(
                 "simulator",
                 "collectors.simulator",
-                "--exchange",
-                ",".join(config.exchanges),
-                "--port",
-                str(config.simulator_port),
-                "--mode",
-                "synthetic",
-                "--rate",
-                str(config.simulator_rate),
+                *("--exchange", ",".join(config.exchanges), "--port", str(config.simulator_port)),
+                *("--mode", "synthetic", "--rate", str(config.simulator_rate), "--log-level", log_level),
+                binds=[(LOOPBACK, config.simulator_port + PORT_ORDER.index(e)) for e in config.exchanges],
             )
         )
     for index, exchange in enumerate(config.exchanges):
+        admin_port = config.admin_port + index
         args = [
-            str(exchange),
-            "--symbols",
-            SYMBOLS[exchange],
-            "--channels",
-            ",".join(config.channels),
-            "--admin-port",
-            str(config.admin_port + index),
+            *("--exchange", str(exchange), "--symbols", ",".join(config.symbols_of(exchange))),
+            *("--channels", ",".join(config.channels), "--admin-port", str(admin_port), "--log-level", log_level),
         ]
         if simulate:
             for setting_name, endpoint in URL_SETTINGS.items():
                 url = ADAPTERS[exchange].endpoints.get(endpoint)
                 if url:
                     args += ["--" + setting_name.replace("_", "-"), simulated(url, exchange, config)]
-        result.append(python_module(f"collector-{exchange}", "collectors", *args))
-    result += [
-        python_module(
-            f"gateway-{i + 1}",
-            "gateway",
-            env={
-                "GATEWAY_PORT": str(port),
-                "GATEWAY_HOST": config.host,
-                "GATEWAY_NODE_ID": f"gateway-{i + 1}",
-                # Behind nginx every client would otherwise share nginx's address.
-                "GATEWAY_TRUST_FORWARDED_FOR": "true" if config.balancer else "false",
-            },
+        result.append(
+            python_module(
+                f"collector-{exchange}",
+                "collectors",
+                *args,
+                binds=[(LOOPBACK, admin_port)],
+                ready_url=f"http://{LOOPBACK}:{admin_port}/healthz",
+            )
         )
-        for i, port in enumerate(gateway_ports(config))
-    ]
+    for i, port in enumerate(gateway_ports(config)):
+        result.append(
+            python_module(
+                f"gateway-{i + 1}",
+                "gateway",
+                env={
+                    "GATEWAY_PORT": str(port),
+                    "GATEWAY_HOST": config.host,
+                    "GATEWAY_NODE_ID": f"gateway-{i + 1}",
+                    "GATEWAY_LOG_LEVEL": log_level,
+                    # Behind nginx every client would otherwise share nginx's address.
+                    "GATEWAY_TRUST_FORWARDED_FOR": "true" if config.balancer else "false",
+                },
+                binds=[(config.host, port)],
+                ready_url=f"http://{_connectable(config.host)}:{port}/readyz",
+            )
+        )
     if config.balancer:
         backends = [(config.host, port) for port in gateway_ports(config)]
         result.append(balancer_service(config.port, backends, workdir / "nginx"))
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    config = load_or_exit(StackConfig, argv, prog="fanout-local")
-    setup_logging(config.log_level)
+def _connectable(host: str) -> str:
+    return LOOPBACK if host in ("0.0.0.0", "") else host
+
+
+def set_by_stack(started: Iterable[Service]) -> set[str]:
+    """Every variable of a child's settings that the stack sets for it (by environment or flag)."""
+    names: set[str] = set()
+    for service in started:
+        names.update(service.env)
+        argv = list(service.argv)
+        settings = SETTINGS_OF.get(argv[2]) if len(argv) > 2 and argv[1] == "-m" else None
+        if settings is not None:
+            env_of_flag = {field.metadata["flag"]: field.metadata["env"] for field in fields(settings)}
+            names.update(env_of_flag[arg] for arg in argv[3:] if arg in env_of_flag)
+    return names
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        # As the servers do: a port whose last connections linger in TIME_WAIT is free to listen on.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+# The setting that moves each kind of service to other ports, by service name prefix.
+PORT_SETTING: Final = {
+    "redis": "--redis-port",
+    "simulator": "--simulator-port",
+    "collector": "--admin-port",
+    "gateway": "--port",
+    "nginx": "--port",
+}
+
+
+def check_ports(binds: Iterable[tuple[str, str, int]]) -> None:
+    """Refuse to start when anything the stack would listen on is taken: (who, host, port)."""
+    for who, host, port in binds:
+        if port_in_use(host, port):
+            setting = PORT_SETTING[who.split("-")[0]]
+            raise Refused(f"port {port} on {host} ({who}) is in use; stop what holds it, or move it with {setting}")
+
+
+async def wait_until_ready(urls: Mapping[str, str], announce: dict[str, object], state_dir: str) -> None:
+    """Poll every service's readiness URL; once all answer 200, log `ready` and write stack.json."""
+    pending = dict(urls)
+    next_note = time.monotonic() + STILL_WAITING_EVERY_S
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        while pending:
+            for name, url in list(pending.items()):
+                try:
+                    async with http.get(url) as response:
+                        if response.status == 200:
+                            del pending[name]
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+            if pending and time.monotonic() > next_note:
+                logger.info("still waiting for", extra={"services": sorted(pending)})
+                next_note = time.monotonic() + STILL_WAITING_EVERY_S
+            if pending:
+                await asyncio.sleep(READY_POLL_S)
+    write_running(state_dir, {**announce, "pid": os.getpid()})
+    logger.info("ready", extra=announce)
+
+
+def run_token(argv: Sequence[str]) -> int:
+    """`fanout-local token`: print a token for any user and teams, signed with the stack's secret."""
+    parser = argparse.ArgumentParser(prog="fanout-local token", description=run_token.__doc__)
+    parser.add_argument("--user", default=DEMO_USER, help=f"the token's sub (default {DEMO_USER})")
+    parser.add_argument("--teams", default=DEMO_TEAM, help=f"comma-separated team ids (default {DEMO_TEAM})")
+    parser.add_argument("--ttl", type=int, default=DEMO_TOKEN_TTL_S, help="lifetime in seconds (default 24 h)")
+    parser.add_argument("--state-dir", default=os.environ.get("STACK_STATE_DIR", ".fanout-local"))
+    parser.add_argument("--jwt-secret", default=os.environ.get("GATEWAY_JWT_SECRET", ""))
+    args = parser.parse_args(argv)
+    teams = [team.strip() for team in args.teams.split(",") if team.strip()]
     try:
-        with redis_or_embedded(config.redis_url) as redis_url:
-            return run_stack(config, redis_url)
-    except EmbeddedRedisError:
-        logger.exception("cannot start an embedded redis")
-        return 1
+        print(mint_token(stack_secret(args.state_dir, args.jwt_secret), args.user, teams, args.ttl))
+    except ConfigError as exc:
+        print(f"fanout-local token: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
-def run_stack(config: StackConfig, redis_url: str) -> int:
-    """Start every service against `redis_url` and supervise them until a signal or a failure."""
-    simulate = config.simulate is Simulate.ALWAYS or (config.simulate is Simulate.AUTO and not exchanges_reachable())
-    secret = config.jwt_secret or secrets.token_urlsafe(32)
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "GATEWAY_JWT_SECRET": secret,
-        "GATEWAY_LOG_LEVEL": config.log_level,
-        "COLLECTOR_LOG_LEVEL": config.log_level,
-    }
-    token = jwt.encode({"sub": "demo", "teams": ["demo"], "exp": int(time.time()) + DEMO_TOKEN_TTL_S}, secret)
-    logger.info(
-        "stack starting",
-        extra={
-            "redis_url": redis_url,
-            "url": f"http://{config.host}:{config.port}",
-            "gateways": [f"http://{config.host}:{port}" for port in gateway_ports(config)],
-            "demo_token": token,
-            "simulated_exchanges": simulate,
-        },
+def preflight(config: StackConfig, workdir: Path) -> tuple[list[Service], bool]:
+    """The services to start and whether they are simulated; raises Refused when the stack must not start."""
+    # Simulated or not, the same variables are refused: the answer must not depend on the network.
+    refusal = refused_variables(os.environ, set_by_stack(services(config, simulate=True, workdir=workdir)))
+    if refusal:
+        raise Refused(refusal)
+    simulate = config.simulate is Simulate.ALWAYS or (
+        config.simulate is Simulate.AUTO and bool(config.exchanges) and not exchanges_reachable()
     )
+    started = services(config, simulate=simulate, workdir=workdir)
+    redis_bind = [] if config.redis_url or not config.redis_port else [("redis", LOOPBACK, config.redis_port)]
+    check_ports([*redis_bind, *((service.name, host, port) for service in started for host, port in service.binds)])
+    return started, simulate
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["token"]:
+        return run_token(args[1:])
     try:
+        config = load_stack_config(args, os.environ)
+        secret = stack_secret(config.state_dir, config.jwt_secret)
         with tempfile.TemporaryDirectory(prefix="fanout-local-") as workdir:
-            return asyncio.run(supervise(services(config, simulate=simulate, workdir=Path(workdir)), env))
-    except BalancerError as exc:
-        logger.error("cannot start the balancer", extra={"error": str(exc)})  # noqa: TRY400 - no traceback needed
+            started, simulate = preflight(config, Path(workdir))
+            setup_logging(config.log_level)
+            return run_stack(config, started, secret, simulate=simulate)
+    except (ConfigError, Refused, BalancerError) as exc:
+        print(f"fanout-local: {exc}", file=sys.stderr)
+        return 2
+    except EmbeddedRedisError as exc:
+        print(f"fanout-local: cannot start an embedded redis: {exc}", file=sys.stderr)
         return 1
+
+
+def run_stack(config: StackConfig, started: list[Service], secret: str, *, simulate: bool) -> int:
+    """Start Redis (unless given one) and every service; log `ready` once all serve; run until a signal."""
+    embedded = None if config.redis_url else EmbeddedRedis(port=config.redis_port or None).start()
+    redis_url = config.redis_url or (embedded.url if embedded else "")
+    try:
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "GATEWAY_JWT_SECRET": secret,
+            "GATEWAY_CORS_ORIGINS": ",".join(config.origins),
+        }
+        announce: dict[str, object] = {
+            "url": f"http://{_connectable(config.host)}:{config.port}",
+            "gateways": [f"http://{_connectable(config.host)}:{port}" for port in gateway_ports(config)],
+            "redis_url": redis_url,
+            "demo_user": DEMO_USER,
+            "demo_team": DEMO_TEAM,
+            "demo_token": mint_token(secret, DEMO_USER, [DEMO_TEAM], DEMO_TOKEN_TTL_S),
+            "cors_origins": config.origins,
+            "simulated_exchanges": simulate,
+            "token_command": "./run.sh token --user <id> --teams <a,b> --ttl <seconds>",
+        }
+        logger.info("stack starting", extra={"services": [service.name for service in started]})
+        urls = {service.name: service.ready_url for service in started if service.ready_url}
+        try:
+            return asyncio.run(
+                supervise(started, env, lambda: wait_until_ready(urls, announce, config.state_dir)),
+            )
+        finally:
+            clear_running(config.state_dir)
+    finally:
+        if embedded is not None:
+            embedded.stop()
 
 
 if __name__ == "__main__":

@@ -43,4 +43,10 @@ def balancer_service(listen_port: int, backends: list[tuple[str, int]], prefix: 
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
     conf.write_text(render(listen_port, backends, prefix))
-    return Service("nginx", [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"], {})
+    return Service(
+        "nginx",
+        [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+        {},
+        binds=[("127.0.0.1", listen_port)],  # as the template's `listen`
+        ready_url=f"http://127.0.0.1:{listen_port}/readyz",  # a gateway's, through nginx
+    )

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -22,15 +22,28 @@ STOP_GRACE_S: Final = 15.0
 
 @dataclass(frozen=True, slots=True)
 class Service:
-    """One child process: a name for the logs, its argv and extra environment."""
+    """One child process: a name for the logs, its argv and extra environment.
+
+    `binds` are the (host, port) pairs it will listen on, checked free before
+    anything starts; `ready_url` answers 200 once it serves.
+    """
 
     name: str
     argv: Sequence[str]
     env: Mapping[str, str]
+    binds: Sequence[tuple[str, int]] = ()
+    ready_url: str | None = None
 
 
-def python_module(name: str, module: str, *args: str, env: Mapping[str, str] | None = None) -> Service:
-    return Service(name, [sys.executable, "-m", module, *args], dict(env or {}))
+def python_module(
+    name: str,
+    module: str,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    binds: Sequence[tuple[str, int]] = (),
+    ready_url: str | None = None,
+) -> Service:
+    return Service(name, [sys.executable, "-m", module, *args], dict(env or {}), binds, ready_url)
 
 
 async def _stop(name: str, process: asyncio.subprocess.Process) -> None:
@@ -45,8 +58,15 @@ async def _stop(name: str, process: asyncio.subprocess.Process) -> None:
         await process.wait()
 
 
-async def supervise(services: Sequence[Service], base_env: Mapping[str, str]) -> int:
-    """Start every service; on a signal or a child's exit, stop them all (reverse order)."""
+async def supervise(
+    services: Sequence[Service],
+    base_env: Mapping[str, str],
+    started: Callable[[], Awaitable[None]] | None = None,
+) -> int:
+    """Start every service; on a signal or a child's exit, stop them all (reverse order).
+
+    `started` runs once every child is spawned (to wait for readiness); it is cancelled when the stack stops.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -60,7 +80,12 @@ async def supervise(services: Sequence[Service], base_env: Mapping[str, str]) ->
             logger.info("started", extra={"service": service.name, "pid": process.pid})
         waits = {asyncio.ensure_future(p.wait()): name for name, p in processes}
         stopper = asyncio.ensure_future(stop.wait())
+        watcher = asyncio.ensure_future(started()) if started is not None else None
         done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         for finished in done:
             if finished in waits:
                 code = finished.result()
