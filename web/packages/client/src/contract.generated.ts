@@ -272,7 +272,8 @@ export const SCHEMA_DEFS = {
       },
       "ts": {
         "type": "integer",
-        "minimum": 0
+        "minimum": 0,
+        "maximum": 9007199254740991
       },
       "recv_ts": {
         "type": "number"
@@ -334,7 +335,8 @@ export const SCHEMA_DEFS = {
       },
       "ts": {
         "type": "integer",
-        "minimum": 0
+        "minimum": 0,
+        "maximum": 9007199254740991
       },
       "recv_ts": {
         "type": "number"
@@ -427,7 +429,8 @@ export const SCHEMA_DEFS = {
       },
       "ts": {
         "type": "integer",
-        "minimum": 0
+        "minimum": 0,
+        "maximum": 9007199254740991
       },
       "recv_ts": {
         "type": "number"
@@ -463,7 +466,8 @@ export const SCHEMA_DEFS = {
       },
       "open_time": {
         "type": "integer",
-        "minimum": 0
+        "minimum": 0,
+        "maximum": 9007199254740991
       },
       "open": {
         "type": "string",
@@ -498,7 +502,8 @@ export const SCHEMA_DEFS = {
       },
       "ts": {
         "type": "integer",
-        "minimum": 0
+        "minimum": 0,
+        "maximum": 9007199254740991
       },
       "recv_ts": {
         "type": "number"
@@ -564,7 +569,8 @@ export const SCHEMA_DEFS = {
       },
       "created_at": {
         "type": "integer",
-        "minimum": 0
+        "minimum": 0,
+        "maximum": 9007199254740991
       },
       "action": {
         "anyOf": [
@@ -669,12 +675,13 @@ export const SCHEMA_DEFS = {
       },
       "updated_at": {
         "type": "integer",
-        "minimum": 0
+        "minimum": 0,
+        "maximum": 9007199254740991
       },
       "version": {
         "type": "integer",
         "minimum": 1,
-        "maximum": 9007199254740992
+        "maximum": 9007199254740991
       }
     },
     "required": [
