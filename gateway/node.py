@@ -23,6 +23,7 @@ from gateway.admission import Admission
 from gateway.auth import Identity, TokenVerifier
 from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError, RequestError
+from gateway.executions import ExecutionRequests
 from gateway.fanout import Fanout
 from gateway.history import History
 from gateway.metrics import GatewayMetrics, ProtocolReports
@@ -101,6 +102,7 @@ class GatewayNode:
         self.recovery = Recovery(self.server, self.history, self.relay, self.metrics, max_recovery=config.max_recovery)
         self.fanout = Fanout(self.server, self.recovery, self.metrics, on_revocation=self._revoked)
         self.notifications = NotificationRequests(self.history, self.redis, self.metrics)
+        self.executions = ExecutionRequests(self.history, self.metrics)
         self.admission = Admission(config, self.verifier, self.redis)
         self.subscriptions = Subscriptions(
             config,
@@ -122,6 +124,7 @@ class GatewayNode:
         self.server.on("notifications:list", self._with_session(self.notifications.page))
         self.server.on("notifications:read", self._with_session(self.notifications.mark_read))
         self.server.on("notifications:unread", self._with_session(self.notifications.unread))
+        self.server.on("executions:list", self._with_session(self.executions.states))
 
     # Lifecycle
 

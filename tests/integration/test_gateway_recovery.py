@@ -216,6 +216,27 @@ async def test_execution_states_on_connect_and_stale_versions(
             await client.nothing("execution")
 
 
+async def test_a_tab_lists_execution_states_without_reconnecting(
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
+) -> None:
+    publisher = AsyncPublisher(redis_client)
+    await publisher.publish(update("red", "run-1", 1))
+    last = await publisher.publish(update("red", "run-1", 2))
+    await publisher.publish(update("blue", "run-9", 1))
+    auth = {"token": make_token(sub="leo", teams=["red", "green"]), "positions": {"executions": {"red": last}}}
+    async with running_node(redis_url) as node, connected(node.url, None, auth=auth) as client:
+        await client.next("sync")
+        await client.nothing("execution")  # resumed: no states sent on connect
+        reply = await client.call("executions:list", None)
+        red = reply["teams"]["red"]
+        assert [(i["update"]["execution_id"], i["update"]["version"]) for i in red["items"]] == [("run-1", 2)]
+        assert red["position"] == last and red["items"][0]["position"] == last
+        assert reply["teams"]["green"] == {"items": [], "position": "0-0"}
+        assert "blue" not in reply["teams"]  # not one of this user's teams
+        assert (await client.call("executions:list", {"team": "blue"}))["error"]["code"] == "bad_request"
+
+
 async def test_list_read_and_unread_count_sync_across_sockets(
     redis_client: redis.asyncio.Redis,
     redis_url: str,
