@@ -104,7 +104,18 @@ class CollectorConfig:
         [], "COLLECTOR_ADMIN_ORIGINS", "Web origins allowed to call the admin API (empty: no web page may)."
     )
     max_topics: int = setting(
-        200, "COLLECTOR_MAX_TOPICS", "Most topics this collector serves; the admin API adds none past it."
+        200, "COLLECTOR_MAX_TOPICS", "Most topics this collector serves; the admin API and demand add none past it."
+    )
+    on_demand: bool = setting(
+        False,
+        "COLLECTOR_ON_DEMAND",
+        "Collect the topics gateways ask for (GATEWAY_ON_DEMAND) while they are wanted.",
+    )
+    on_demand_allow: list[str] = setting(
+        ["*"], "COLLECTOR_ON_DEMAND_ALLOW", "Topic patterns (glob) that may be collected on demand."
+    )
+    on_demand_linger_s: float = setting(
+        60.0, "COLLECTOR_ON_DEMAND_LINGER_S", "Seconds an on-demand topic is kept after the last gateway let go."
     )
     status_interval_s: float = setting(5.0, "COLLECTOR_STATUS_INTERVAL_S", "Seconds between status records.")
     status_ttl_s: float = setting(30.0, "COLLECTOR_STATUS_TTL_S", "Seconds a status record lives in Redis.")
@@ -141,7 +152,7 @@ class CollectorConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        for name in ("book_rate", "max_connection_age_s", "stable_after_s"):
+        for name in ("book_rate", "max_connection_age_s", "stable_after_s", "on_demand_linger_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         if self.backoff_max_s < self.backoff_initial_s:

@@ -33,6 +33,12 @@ class CollectorMetrics(PromCollector):
             ["status"],
             registry=self.registry,
         )
+        self.demand_refusals = Counter(
+            "collector_demand_refusals_total",
+            "Topics gateways asked for that this collector does not collect, by reason (counted once each).",
+            ["reason"],
+            registry=self.registry,
+        )
 
     def collect(self) -> Iterator[Metric]:
         collector, sink = self._collector, self._sink

@@ -18,6 +18,7 @@ from typing import Final
 
 from collectors.admin import AdminApi, AdminGuard, start_admin
 from collectors.config import URL_SETTINGS, CollectorConfig, ConfigError, parse_exchange
+from collectors.demand import DemandWatcher
 from collectors.exchanges import ADAPTERS
 from collectors.feed.collector import Collector
 from collectors.metrics import CollectorMetrics
@@ -71,6 +72,19 @@ class CollectorService:
             max_topics=config.max_topics,
         )
         self.admin = AdminApi(self.collector, self.metrics, guard)
+        self.demand = (
+            DemandWatcher(
+                self.collector,
+                self.redis,
+                exchange,
+                self.metrics.demand_refusals,
+                allow=config.on_demand_allow,
+                max_topics=config.max_topics,
+                linger_s=config.on_demand_linger_s,
+            )
+            if config.on_demand
+            else None
+        )
         self.admin_port = 0  # bound port, once running
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -86,7 +100,10 @@ class CollectorService:
                 sink = tg.create_task(self.sink.run(), name=f"{config.name}-sink")
                 status = tg.create_task(self.status.run(), name=f"{config.name}-status")
                 collector = tg.create_task(self.collector.run(ready), name=f"{config.name}-collector")
+                demand = tg.create_task(self.demand.run(), name=f"{config.name}-demand") if self.demand else None
                 await stop.wait()
+                if demand is not None:
+                    demand.cancel()
                 self.collector.stop()
                 await collector
                 sink.cancel()

@@ -54,6 +54,11 @@ class GatewayConfig:
     allowed_topics: list[str] = setting(
         ["*"], "GATEWAY_ALLOWED_TOPICS", "Topic patterns (glob) any authenticated user may subscribe to."
     )
+    on_demand: bool = setting(
+        False,
+        "GATEWAY_ON_DEMAND",
+        "Ask collectors to collect the topics clients subscribe to that no collector serves (see COLLECTOR_ON_DEMAND).",
+    )
     max_subscriptions: int = setting(100, "GATEWAY_MAX_SUBSCRIPTIONS", "Topics one socket may subscribe to at once.")
     max_topics_per_request: int = setting(
         100, "GATEWAY_MAX_TOPICS_PER_REQUEST", "Topics in one subscribe or unsubscribe request."

@@ -22,6 +22,7 @@ from gateway import ops
 from gateway.admission import Admission
 from gateway.auth import Identity, TokenVerifier
 from gateway.config import GatewayConfig
+from gateway.demand import Demand
 from gateway.errors import AuthCode, AuthError, RequestError
 from gateway.executions import ExecutionRequests
 from gateway.fanout import Fanout
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 SOCKETIO_PATH: Final = "/socket.io"
 REDIS_POOL_SIZE: Final = 16
+DEMAND_FIRST_READ_S: Final = 5.0
 
 
 class GatewayNode:
@@ -104,6 +106,7 @@ class GatewayNode:
         self.notifications = NotificationRequests(self.history, self.redis, self.metrics)
         self.executions = ExecutionRequests(self.history, self.metrics)
         self.admission = Admission(config, self.verifier, self.redis)
+        self.demand = Demand(self.redis, self._market_topics, node=config.name, on_demand=config.on_demand)
         self.subscriptions = Subscriptions(
             config,
             server=self.server,
@@ -112,6 +115,7 @@ class GatewayNode:
             policy=self.policy,
             client=self.redis,
             metrics=self.metrics,
+            demand=self.demand,
         )
         self.http = HttpServer(
             self._route, max_body_bytes=config.max_packet_bytes, trust_forwarded_for=config.trust_forwarded_for
@@ -130,6 +134,10 @@ class GatewayNode:
 
     async def start(self) -> None:
         self._spawn(self.relay.run())
+        # One read of the collectors' status before serving, so every subscribe ack can say `collected`.
+        with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.demand.refresh(), DEMAND_FIRST_READ_S)
+        self._spawn(self.demand.run())
         self.server.start()
         await self.http.start(self.config.host, self.config.port)
 
@@ -177,6 +185,10 @@ class GatewayNode:
     def _redis_state(self, connected: bool) -> None:
         self.metrics.redis_connected.set(1 if connected else 0)
         self.recovery.connection_changed(connected)
+
+    def _market_topics(self) -> list[str]:
+        """The market topics this node's clients hold (their Redis channels are subscribed)."""
+        return [c.removeprefix(names.MARKET_PREFIX) for c in self.relay.channels if c.startswith(names.MARKET_PREFIX)]
 
     @property
     def ready(self) -> bool:

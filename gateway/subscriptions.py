@@ -16,6 +16,7 @@ import redis.asyncio
 import redis.exceptions
 
 from gateway.config import GatewayConfig
+from gateway.demand import Demand
 from gateway.errors import RequestError
 from gateway.fanout import Fanout
 from gateway.metrics import GatewayMetrics
@@ -59,8 +60,10 @@ class Subscriptions:
         policy: TopicPolicy,
         client: redis.asyncio.Redis,
         metrics: GatewayMetrics,
+        demand: Demand,
     ) -> None:
         self.config = config
+        self.demand = demand
         self.server = server
         self.relay = relay
         self.fanout = fanout
@@ -110,7 +113,23 @@ class Subscriptions:
                     results[index] = _result(
                         result["topic"], TopicResult.UNAVAILABLE, "the node cannot reach Redis; retry"
                     )
+        await self._tell_collected(results)
         return {"ok": True, "results": results}
+
+    async def _tell_collected(self, results: list[dict[str, object]]) -> None:
+        """Add `collected` to each subscribed topic's result; lease those no collector serves (on demand)."""
+        uncollected = []
+        for result in results:
+            collected = self.demand.collected(str(result["topic"])) if result["ok"] else None
+            if collected is not None:
+                result["collected"] = collected
+                if not collected:
+                    uncollected.append(str(result["topic"]))
+        if uncollected:
+            try:
+                await self.demand.lease(uncollected)
+            except (redis.exceptions.RedisError, OSError) as exc:
+                logger.warning("could not lease topics for collection", extra={"error": str(exc)})
 
     async def _subscribe(self, session: Session, topics: list[Topic]) -> set[str]:
         """Subscribe `session` to `topics`; returns the topics that could not be subscribed."""
@@ -177,6 +196,8 @@ class Subscriptions:
         self.relay.release(channel)
         if not self.relay.wants(channel):
             self.fanout.forget(channel)
+            if channel.startswith(names.MARKET_PREFIX):
+                self.demand.release(channel.removeprefix(names.MARKET_PREFIX))
 
     async def acquire_all(self, channels: list[str]) -> set[str]:
         """Subscribe the channels in Redis; returns those confirmed in time."""

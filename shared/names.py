@@ -68,6 +68,11 @@ def collector_status_key(collector_id: str) -> str:
     return f"{COLLECTOR_STATUS_PREFIX}{collector_id}"
 
 
+def collector_demand_key(exchange: str) -> str:
+    """Sorted set of one exchange's topics gateways want collected: topic -> lease expiry (ms)."""
+    return f"collector:demand:{exchange}"
+
+
 def revoked_user(user_id: str) -> str:
     """String key: tokens of this user issued (iat) before the stored time (ms) are refused."""
     return f"revoked:user:{user_id}"

@@ -109,6 +109,7 @@ def services(config: StackConfig, *, simulate: bool, workdir: Path) -> list[Serv
                 f"collector-{exchange}",
                 "collectors",
                 *args,
+                env={"COLLECTOR_ON_DEMAND": str(config.on_demand).lower()},
                 binds=[(LOOPBACK, admin_port)],
                 ready_url=f"http://{LOOPBACK}:{admin_port}/healthz",
             )
@@ -125,6 +126,7 @@ def services(config: StackConfig, *, simulate: bool, workdir: Path) -> list[Serv
                     "GATEWAY_LOG_LEVEL": log_level,
                     # Behind nginx every client would otherwise share nginx's address.
                     "GATEWAY_TRUST_FORWARDED_FOR": "true" if config.balancer else "false",
+                    "GATEWAY_ON_DEMAND": str(config.on_demand).lower(),
                 },
                 binds=[(config.host, port)],
                 ready_url=f"http://{_connectable(config.host)}:{port}/readyz",

@@ -48,6 +48,8 @@ INSTEAD: Final[dict[str, str]] = {
     "COLLECTOR_REST_URL": "--simulate never to reach the real exchanges",
     "COLLECTOR_BUSINESS_URL": "--simulate never to reach the real exchanges",
     "COLLECTOR_LOG_LEVEL": "--log-level or STACK_LOG_LEVEL",
+    "GATEWAY_ON_DEMAND": "--on-demand or STACK_ON_DEMAND",
+    "COLLECTOR_ON_DEMAND": "--on-demand or STACK_ON_DEMAND",
     "SIM_EXCHANGES": "--exchanges or STACK_EXCHANGES",
     "SIM_PORT": "--simulator-port or STACK_SIMULATOR_PORT",
     "SIM_MODE": "nothing: the stack's simulator is synthetic",
@@ -111,6 +113,11 @@ class StackConfig:
     simulator_port: int = setting(9400, "STACK_SIMULATOR_PORT", "First port of the simulator (one per exchange).")
     simulator_rate: float = setting(20.0, "STACK_SIMULATOR_RATE", "Simulated book updates per second per symbol.")
     admin_port: int = setting(9300, "STACK_ADMIN_PORT", "First admin API port of the collectors (one per exchange).")
+    on_demand: bool = setting(
+        True,
+        "STACK_ON_DEMAND",
+        "Collect any topic a client subscribes to (on-demand collection in gateways and collectors).",
+    )
     log_level: str = setting("info", "STACK_LOG_LEVEL", "Log level of every process.")
 
     def __post_init__(self) -> None:

@@ -101,7 +101,7 @@ async def test_official_client_receives_snapshot_live_data_and_notifications(
         # An upgrading client may finish its upgrade before or after its CONNECT is answered.
         assert connected_over == transport or transport == "upgrade"
         reply = (await js.next("subscribed"))["reply"]
-        assert reply == {"ok": True, "results": [{"topic": TOPIC, "ok": True}]}
+        assert reply == {"ok": True, "results": [{"topic": TOPIC, "ok": True, "collected": False}]}
         snapshot = await js.next("market")
         assert snapshot["topic"] == TOPIC and snapshot["data"]["seq"] == 1 and snapshot["data"]["bid"] == "3000.01"
         await publisher.publish_market([ticker(2)])

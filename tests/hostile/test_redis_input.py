@@ -65,7 +65,7 @@ async def test_a_deep_latest_value_does_not_leave_the_topic_half_subscribed(
     async with running_node(redis_url) as node:
         async with connected(node.url, make_token(sub="alice")) as client:
             reply = await client.call("subscribe", [BTC])
-            assert reply == {"ok": True, "results": [{"topic": BTC, "ok": True}]}
+            assert reply == {"ok": True, "results": [{"topic": BTC, "ok": True, "collected": False}]}
             await client.nothing("market", within=0.2)  # the bad value is not sent
             assert node.node.metrics.messages_rejected.labels("latest")._value.get() == 1
             channel = names.market_channel(BTC).encode()

@@ -64,11 +64,11 @@ async def test_subscribe_results_per_topic(redis_client: redis.asyncio.Redis, re
         reply = await client.call("subscribe", [BTC, "binance:ticker:btc-usdt", "okx:ticker:BTC/USDT", 7, BTC])
         assert reply["ok"] is True
         results = reply["results"]
-        assert results[0] == {"topic": BTC, "ok": True}
+        assert results[0] == {"topic": BTC, "ok": True, "collected": False}  # no collector runs here
         assert results[1]["error"] == "invalid_topic"
         assert results[2]["error"] == "forbidden"
         assert results[3]["error"] == "invalid_topic" and results[3]["topic"] == 7
-        assert results[4] == {"topic": BTC, "ok": True}  # idempotent
+        assert results[4] == {"topic": BTC, "ok": True, "collected": False}  # idempotent
         reply = await client.call("subscribe", [TRADES, "binance:book:BTC/USDT", "binance:book:ETH/USDT"])
         assert [r["ok"] for r in reply["results"]] == [True, True, False]
         assert reply["results"][2]["error"] == "limit_reached"
@@ -101,7 +101,10 @@ async def test_malformed_requests_get_error_acks(redis_client: redis.asyncio.Red
         }
         reply = await client.call("refresh", ["not", "an", "object"])
         assert reply["ok"] is False and reply["error"]["code"] == "token_missing"
-        assert await client.call("subscribe", [BTC]) == {"ok": True, "results": [{"topic": BTC, "ok": True}]}
+        assert await client.call("subscribe", [BTC]) == {
+            "ok": True,
+            "results": [{"topic": BTC, "ok": True, "collected": False}],
+        }
 
 
 async def test_snapshot_on_subscribe_then_live(redis_client: redis.asyncio.Redis, redis_url: str) -> None:

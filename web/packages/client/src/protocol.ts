@@ -14,7 +14,8 @@ export interface ErrorReply {
   readonly error: { readonly code: string; readonly message: string };
 }
 export type TopicResult =
-  | { readonly topic: string; readonly ok: true }
+  /** `collected`: whether a collector serves the topic (absent while the node does not know yet). */
+  | { readonly topic: string; readonly ok: true; readonly collected?: boolean }
   | { readonly topic: string; readonly ok: false; readonly error: string; readonly message: string };
 export type SubscribeReply = { readonly ok: true; readonly results: readonly TopicResult[] } | ErrorReply;
 export type RefreshReply = { readonly ok: true; readonly expires_at: number } | ErrorReply;
@@ -105,7 +106,11 @@ export function readSubscribeReply(value: unknown): SubscribeReply {
   if (value.ok !== true || !Array.isArray(value.results)) throw new BadReply("subscribe reply");
   const results = value.results.map((result: unknown): TopicResult => {
     if (!isRecord(result) || typeof result.topic !== "string") throw new BadReply("subscribe result");
-    if (result.ok === true) return { topic: result.topic, ok: true };
+    if (result.ok === true) {
+      return typeof result.collected === "boolean"
+        ? { topic: result.topic, ok: true, collected: result.collected }
+        : { topic: result.topic, ok: true };
+    }
     return {
       topic: result.topic,
       ok: false,
