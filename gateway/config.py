@@ -54,6 +54,12 @@ class GatewayConfig:
     allowed_topics: list[str] = setting(
         ["*"], "GATEWAY_ALLOWED_TOPICS", "Topic patterns (glob) any authenticated user may subscribe to."
     )
+    admin_token: str = setting(
+        "", "GATEWAY_ADMIN_TOKEN", "Bearer token of the status page's data (/status.json); empty: it is off."
+    )
+    status_open: bool = setting(
+        False, "GATEWAY_STATUS_OPEN", "Serve /status.json without a token (the local stack does; never in production)."
+    )
     on_demand: bool = setting(
         False,
         "GATEWAY_ON_DEMAND",

@@ -26,8 +26,7 @@ import redis.asyncio
 import redis.exceptions
 
 from shared import names
-from shared.errors import PayloadError
-from shared.status import decode_status
+from shared.status import decode_status, read_records
 from shared.topics import Topic
 
 logger = logging.getLogger(__name__)
@@ -99,18 +98,8 @@ class Demand:
         await pipe.execute()
 
     async def _read_status(self) -> None:
-        keys = []
-        async for key in self._redis.scan_iter(match=names.COLLECTOR_STATUS_PREFIX + "*", count=100):
-            keys.append(key)
-            if len(keys) >= MAX_STATUS_RECORDS:
-                break
-        collected: set[str] = set()
-        for value in await self._redis.mget(keys) if keys else []:
-            if value is None:
-                continue
-            try:
-                collected.update(decode_status(value).topics)
-            except PayloadError as exc:
-                logger.warning("ignored an invalid collector status", extra={"error": str(exc)})
-        self._collected = frozenset(collected)
+        records = await read_records(
+            self._redis, names.COLLECTOR_STATUS_PREFIX, decode_status, limit=MAX_STATUS_RECORDS
+        )
+        self._collected = frozenset(topic for record in records for topic in record.topics)
         self.known = True

@@ -63,6 +63,11 @@ class GatewayMetrics:
         )
 
 
+def total(counter: Counter) -> int:
+    """A labelled counter's sum over its labels."""
+    return int(sum(s.value for metric in counter.collect() for s in metric.samples if s.name.endswith("_total")))
+
+
 class ProtocolReports:
     """The protocol layer's reports (`engineio.Observer`, `sio.SocketObserver`), counted in the node's metrics."""
 

@@ -27,8 +27,9 @@ from gateway.errors import AuthCode, AuthError, RequestError
 from gateway.executions import ExecutionRequests
 from gateway.fanout import Fanout
 from gateway.history import History
-from gateway.metrics import GatewayMetrics, ProtocolReports
+from gateway.metrics import GatewayMetrics, ProtocolReports, total
 from gateway.notifications import NotificationRequests
+from gateway.pages import Pages
 from gateway.policy import TopicPolicy
 from gateway.protocol.engineio import EngineSettings
 from gateway.protocol.http import HttpServer, Request, Response, Upgrade
@@ -36,9 +37,11 @@ from gateway.protocol.sio import ConnectionRefused, SocketIOServer, SocketSettin
 from gateway.recovery import Recovery, Resume
 from gateway.relay import Relay
 from gateway.sessions import Session
+from gateway.status_board import StatusBoard
 from gateway.subscriptions import Subscriptions
 from shared import names
 from shared.codec import Revocation
+from shared.status import GatewayStatus
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +120,9 @@ class GatewayNode:
             metrics=self.metrics,
             demand=self.demand,
         )
+        self.started_at = int(time.time() * 1000)
+        self.board = StatusBoard(self.redis, self._own_status, lambda: self.server.room_sizes(names.MARKET_PREFIX))
+        self.pages = Pages(self.board, admin_token=config.admin_token, status_open=config.status_open)
         self.http = HttpServer(
             self._route, max_body_bytes=config.max_packet_bytes, trust_forwarded_for=config.trust_forwarded_for
         )
@@ -138,13 +144,29 @@ class GatewayNode:
         with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self.demand.refresh(), DEMAND_FIRST_READ_S)
         self._spawn(self.demand.run())
+        self.board.attach()
+        self._spawn(self.board.run())
         self.server.start()
         await self.http.start(self.config.host, self.config.port)
 
     async def _route(self, request: Request) -> Response | Upgrade:
         if request.path.rstrip("/") == SOCKETIO_PATH:
             return await self.server.handle(request)
+        if self.pages.serves(request.path):
+            return await self.pages.respond(request)
         return ops.respond(request, self)
+
+    def _own_status(self) -> GatewayStatus:
+        return GatewayStatus(
+            id=self.config.name,
+            ts=int(time.time() * 1000),
+            started_at=self.started_at,
+            connections=len(self.sessions),
+            topics=sum(1 for channel in self.relay.channels if channel.startswith(names.MARKET_PREFIX)),
+            messages_in=total(self.metrics.messages_in),
+            messages_out=total(self.metrics.messages_out),
+            redis=self.relay.ready,
+        )
 
     async def close(self) -> None:
         """Stop listening, drop every client and release Redis (after `drain` for a graceful stop)."""
@@ -156,6 +178,9 @@ class GatewayNode:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.recovery.close()
+        self.board.detach()
+        with contextlib.suppress(redis.exceptions.RedisError, OSError):
+            await self.redis.delete(names.gateway_status_key(self.config.name))  # off the status page at once
         await self.server.stop()
         await self.verifier.close()
         await self.redis.aclose()

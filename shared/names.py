@@ -17,6 +17,7 @@ USER_PREFIX: Final = "user:"
 TEAM_PREFIX: Final = "team:"
 COLLECTOR_STATUS_CHANNEL: Final = "collector:status"
 COLLECTOR_STATUS_PREFIX: Final = "collector:status:"
+GATEWAY_STATUS_PREFIX: Final = "gateway:status:"
 # Every gateway node listens here for revocations.
 CONTROL_CHANNEL: Final = "gateway:control"
 
@@ -66,6 +67,11 @@ def finished_executions(team_id: str) -> str:
 
 def collector_status_key(collector_id: str) -> str:
     return f"{COLLECTOR_STATUS_PREFIX}{collector_id}"
+
+
+def gateway_status_key(node_id: str) -> str:
+    """String key holding one gateway node's status record (with a TTL)."""
+    return f"{GATEWAY_STATUS_PREFIX}{node_id}"
 
 
 def collector_demand_key(exchange: str) -> str:

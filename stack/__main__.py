@@ -269,14 +269,19 @@ def run_stack(config: StackConfig, started: list[Service], secret: str, *, simul
             "REDIS_URL": redis_url,
             "GATEWAY_JWT_SECRET": secret,
             "GATEWAY_CORS_ORIGINS": ",".join(config.origins),
+            # The local stack's status page needs no token; a deployment sets GATEWAY_ADMIN_TOKEN instead.
+            "GATEWAY_STATUS_OPEN": "true",
         }
+        demo_token = mint_token(secret, DEMO_USER, [DEMO_TEAM], DEMO_TOKEN_TTL_S)
         announce: dict[str, object] = {
             "url": f"http://{_connectable(config.host)}:{config.port}",
             "gateways": [f"http://{_connectable(config.host)}:{port}" for port in gateway_ports(config)],
             "redis_url": redis_url,
             "demo_user": DEMO_USER,
             "demo_team": DEMO_TEAM,
-            "demo_token": mint_token(secret, DEMO_USER, [DEMO_TEAM], DEMO_TOKEN_TTL_S),
+            "demo_token": demo_token,
+            "demo_page": f"http://{_connectable(config.host)}:{config.port}/#token={demo_token}",
+            "status_page": f"http://{_connectable(config.host)}:{config.port}/status",
             "cors_origins": config.origins,
             "simulated_exchanges": simulate,
             "token_command": "./run.sh token --user <id> --teams <a,b> --ttl <seconds>",

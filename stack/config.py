@@ -49,6 +49,7 @@ INSTEAD: Final[dict[str, str]] = {
     "COLLECTOR_BUSINESS_URL": "--simulate never to reach the real exchanges",
     "COLLECTOR_LOG_LEVEL": "--log-level or STACK_LOG_LEVEL",
     "GATEWAY_ON_DEMAND": "--on-demand or STACK_ON_DEMAND",
+    "GATEWAY_STATUS_OPEN": "nothing: the local stack's status page is open (set GATEWAY_ADMIN_TOKEN elsewhere)",
     "COLLECTOR_ON_DEMAND": "--on-demand or STACK_ON_DEMAND",
     "SIM_EXCHANGES": "--exchanges or STACK_EXCHANGES",
     "SIM_PORT": "--simulator-port or STACK_SIMULATOR_PORT",

@@ -238,6 +238,12 @@ class SocketIOServer:
             socket.rooms.add(room)
             self._rooms.setdefault(room, set()).add(socket.session)
 
+    def room_sizes(self, prefix: str) -> dict[str, int]:
+        """Sockets in each room whose name starts with `prefix` (for the status page)."""
+        return {
+            room.removeprefix(prefix): len(members) for room, members in self._rooms.items() if room.startswith(prefix)
+        }
+
     def leave(self, sid: str, room: str) -> None:
         socket = self.sockets.get(sid)
         if socket is not None:

@@ -21,7 +21,8 @@ const browser = await chromium.launch({
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
   ],
 });
-const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+// bypassCSP: the gateway's own pages forbid eval, and `wait`/`eval` evaluate the test's expressions in the page.
+const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, bypassCSP: true });
 const pages = new Map();
 const consoleErrors = [];
 
