@@ -67,7 +67,7 @@ class SocketIOClient:
             self._ws = websocket.create_connection(url, timeout=10)
             self._ws.recv()  # Engine.IO OPEN
             self._ws.send("40" + json.dumps({"token": token}))
-            reply = str(self._ws.recv())
+            reply = self._connect_reply()
             if not reply.startswith("40"):
                 raise ConnectionError(f"refused: {reply[:200]}")
         except Exception as exc:  # every failure is a locust failure, not a crash
@@ -77,6 +77,16 @@ class SocketIOClient:
         self._reader = gevent.spawn(self._read)
         return True
 
+    def _connect_reply(self) -> str:
+        """The CONNECT's answer (40... or 44...): an Engine.IO PING may come first under load (answered here)."""
+        assert self._ws is not None
+        while True:
+            frame = str(self._ws.recv())
+            if frame == "2":
+                self._ws.send("3")
+            elif frame.startswith(("40", "44")) or not frame.startswith("4"):
+                return frame
+
     def call(self, event: str, data: Any) -> None:
         assert self._ws is not None
         self._ack_id += 1
@@ -84,10 +94,12 @@ class SocketIOClient:
         self._ws.send(f"42{self._ack_id}" + json.dumps([event, data]))
 
     def close(self) -> None:
+        # The reader first, and waited for: two greenlets reading one socket (the reader, and
+        # close() waiting for the server's close frame) could each take the other's frames.
         if self._reader is not None:
-            self._reader.kill(block=False)
+            self._reader.kill(block=True, timeout=2)
         if self._ws is not None:
-            self._ws.close()
+            self._ws.close(timeout=1)
 
     def _read(self) -> None:
         assert self._ws is not None
