@@ -1,4 +1,4 @@
-"""`fanout-gateway`: run one gateway node until SIGTERM or SIGINT."""
+"""`fanout-gateway`: run one gateway node (or `--workers N` of them on one port) until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from gateway.config import GatewayConfig
 from gateway.node import GatewayNode
+from gateway.workers import run_workers
 from shared.config import load_or_exit
 from shared.embedded_redis import EmbeddedRedisError, redis_or_embedded
 from shared.logs import setup_logging
@@ -51,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = uvloop.run
     try:
         with redis_or_embedded(config.redis_url) as redis_url:
+            if config.workers > 1:
+                return run(run_workers(config, sys.argv[1:] if argv is None else argv, redis_url))
             run(serve(config, redis_url))
     except EmbeddedRedisError:
         logger.exception("cannot start an embedded redis")

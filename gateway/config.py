@@ -19,6 +19,17 @@ class GatewayConfig:
         "", "REDIS_URL", "Redis URL; empty starts a private embedded Redis (local runs only).", flag="--redis-url"
     )
     log_level: str = setting("info", "GATEWAY_LOG_LEVEL", "Log level: debug, info, warning, error.")
+    workers: int = setting(
+        1,
+        "GATEWAY_WORKERS",
+        "Node processes on this host and port (SO_REUSEPORT: the kernel spreads connections); "
+        "more than one needs GATEWAY_TRANSPORTS=websocket.",
+    )
+    reuse_port: bool = setting(
+        False,
+        "GATEWAY_REUSE_PORT",
+        "Listen with SO_REUSEPORT beside other processes on the same port (what --workers sets for its workers).",
+    )
     transports: list[Transport] = setting(
         [Transport.WEBSOCKET, Transport.POLLING],
         "GATEWAY_TRANSPORTS",
@@ -148,6 +159,13 @@ class GatewayConfig:
             raise ValueError("one of GATEWAY_JWT_SECRET, GATEWAY_JWT_PUBLIC_KEY or GATEWAY_JWKS_URL is required")
         if not self.transports:
             raise ValueError("GATEWAY_TRANSPORTS must name at least one transport")
+        if not 1 <= self.workers <= 256:
+            raise ValueError("GATEWAY_WORKERS must be between 1 and 256")
+        if self.workers > 1 and Transport.POLLING in self.transports:
+            raise ValueError(
+                "GATEWAY_WORKERS > 1 needs GATEWAY_TRANSPORTS=websocket: a long-polling session's requests would "
+                "reach different workers (run workers on their own ports behind nginx for polling)"
+            )
         for name in (
             "max_subscriptions",
             "max_topics_per_request",

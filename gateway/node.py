@@ -147,7 +147,7 @@ class GatewayNode:
         self.board.attach()
         self._spawn(self.board.run())
         self.server.start()
-        await self.http.start(self.config.host, self.config.port)
+        await self.http.start(self.config.host, self.config.port, reuse_port=self.config.reuse_port)
 
     async def _route(self, request: Request) -> Response | Upgrade:
         if request.path.rstrip("/") == SOCKETIO_PATH:

@@ -286,7 +286,8 @@ class HttpServer:
         self._connections: set[HttpProtocol] = set()
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        """Listen; with `reuse_port`, beside other processes on the same port (the kernel spreads connections)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: HttpProtocol(
@@ -295,6 +296,7 @@ class HttpServer:
             host,
             port,
             reuse_address=True,
+            reuse_port=reuse_port,
             backlog=4096,
         )
 
