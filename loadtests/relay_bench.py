@@ -42,6 +42,7 @@ import redis.asyncio
 import uvloop
 
 from loadtests.load_client import ClientPool, ClientSpec, raise_fd_limit
+from shared import names
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.events import Side, Trade
 from shared.publisher import AsyncPublisher
@@ -226,14 +227,17 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Setup:
-    """One column of the results: which server, and how many processes behind nginx (None: one, direct)."""
+    """One column of the results: which server, how many processes behind nginx (None: one, direct),
+    and how many workers each gateway process runs on its port (SO_REUSEPORT)."""
 
     kind: str
     gateways: int | None
+    workers: int = 1
 
     @property
     def label(self) -> str:
-        return self.kind if self.gateways is None else f"{self.kind} x{self.gateways}"
+        label = self.kind if self.gateways is None else f"{self.kind} x{self.gateways}"
+        return label if self.workers == 1 else f"{label} w{self.workers}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -360,6 +364,15 @@ async def wait_ready(port: int, process: asyncio.subprocess.Process) -> None:
     raise BenchError(f"nothing ready on port {port} after {READY_TIMEOUT_S} s")
 
 
+async def wait_workers(client: redis.asyncio.Redis, count: int) -> None:
+    """Until `count` gateway processes have written their status record (each does so once it listens)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while len(await client.keys(names.GATEWAY_STATUS_PREFIX + "*")) < count:
+        if time.monotonic() > deadline:
+            raise BenchError(f"fewer than {count} gateway workers started in {READY_TIMEOUT_S} s")
+        await asyncio.sleep(0.1)
+
+
 async def stop(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         process.terminate()
@@ -388,13 +401,15 @@ async def deploy(
                     embedded.url,
                     clients,
                     proxied=setup.gateways is not None,
-                    overrides=overrides,
+                    overrides={**(overrides or {}), "GATEWAY_WORKERS": str(setup.workers)},
                     log=log,
                 )
                 for port in ports
             ]
             processes += servers
             await asyncio.gather(*(wait_ready(port, server) for port, server in zip(ports, servers, strict=True)))
+            if setup.workers > 1:  # every worker listening before any client connects
+                await wait_workers(client, len(ports) * setup.workers)
             nginx = None
             port = ports[0]
             if setup.gateways is not None:
@@ -744,6 +759,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, list[Setup], str | 
         "--gateways", help="comma-separated process counts (e.g. 1,2) to run behind nginx; default: one process, direct"
     )
     parser.add_argument(
+        "--workers",
+        default="1",
+        help="comma-separated worker counts of each gateway process (e.g. 1,2: SO_REUSEPORT, the gateway's --workers)",
+    )
+    parser.add_argument(
         "--server",
         default="gateway",
         help=f"comma-separated servers to measure, of {', '.join(SERVERS)}; `both` is gateway,baseline; `all` all",
@@ -766,7 +786,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, list[Setup], str | 
         scenario="saturate" if args.saturate else "stalled" if args.stalled else "idle" if args.idle else "load",
         idle=args.idle,
     )
-    return options, [Setup(kind, count) for count in counts for kind in kinds], args.json
+    workers = [int(count) for count in args.workers.split(",")]
+    if any(count > 1 for count in workers) and kinds != ["gateway"]:
+        parser.error("--workers counts other than 1 are for --server gateway")
+    setups = [Setup(kind, count, worker) for count in counts for kind in kinds for worker in workers]
+    return options, setups, args.json
 
 
 def main(argv: Sequence[str] | None = None) -> None:
