@@ -87,7 +87,7 @@ class GatewayConfig:
         "larger ones get a `payload_too_large` error ack or connect_error.",
     )
     max_packet_bytes: int = setting(
-        1048576,
+        65536,
         "GATEWAY_MAX_PACKET_BYTES",
         "Largest inbound transport message, in bytes; larger ones close the connection.",
     )

@@ -26,6 +26,7 @@ import base64
 import logging
 from typing import TYPE_CHECKING, Final, cast
 
+from gateway.limits import TokenBucket
 from gateway.protocol import websocket
 from gateway.protocol.http import Request
 from gateway.protocol.websocket import CloseCode, Opcode, WebSocketError
@@ -40,6 +41,9 @@ BINARY_PREFIX: Final = "b"  # a base64 binary message in a long-polling payload
 SEPARATOR: Final = "\x1e"
 PROBE: Final = "probe"
 INVALID_PACKET: Final = "invalid_packet"  # the close reason of a client that broke the protocol
+# WebSocket pings a client may send (each costs a pong); beyond, the connection is closed with 1008.
+PINGS_PER_S: Final = 5.0
+PINGS_BURST: Final = 20
 # Packets one long-polling POST may carry: the official client batches what it buffered, a few at a
 # time; a megabyte of tiny packets would cost the loop one handler call each, in one go.
 MAX_PACKETS_PER_POST: Final = 1000
@@ -316,13 +320,14 @@ class Session:
 class WebSocketConnection(asyncio.Protocol):
     """The protocol of an upgraded connection: Engine.IO packets in WebSocket messages."""
 
-    __slots__ = ("engine", "parser", "paused", "session", "transport")
+    __slots__ = ("engine", "parser", "paused", "pings", "session", "transport")
 
     def __init__(self, engine: Engine, session: Session) -> None:
         self.engine = engine
         self.session = session
         self.parser = websocket.FrameParser(engine.settings.max_payload)
         self.paused = False
+        self.pings: TokenBucket | None = None  # made on the first ping: most clients never send one
 
     @property
     def unsent(self) -> int:
@@ -366,6 +371,11 @@ class WebSocketConnection(asyncio.Protocol):
             if self is session.ws and not session.closed:
                 session.receive_binary(payload)
         elif opcode == Opcode.PING:
+            if self.pings is None:
+                self.pings = TokenBucket(PINGS_PER_S, PINGS_BURST)
+            if not self.pings.take():
+                self._violation(CloseCode.POLICY_VIOLATION, f"at most {PINGS_PER_S:g} pings per second")
+                return
             pong = websocket.frame(Opcode.PONG, payload)
             if self.unsent + len(pong) > self.engine.settings.max_buffered:
                 self.engine.overflow(session)  # pings from a client that does not read its pongs
@@ -375,10 +385,14 @@ class WebSocketConnection(asyncio.Protocol):
             self.close(CloseCode.NORMAL)
 
     def pause_writing(self) -> None:
+        # A client that does not read does not get its input handled either: whatever it sends
+        # (pings, events) would only make the node write more for it.
         self.paused = True
+        self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
+        self.transport.resume_reading()
         if self.session.ws is self:
             self.session.flush_slots()
 

@@ -45,6 +45,8 @@ DEFAULT_NAMESPACE: Final = "/"
 _HEADER: Final = re.compile(r"(?P<type>[0-6])(?:(?P<att>[0-9]{1,3})-)?(?:(?P<nsp>/[^,]*),)?(?P<id>[0-9]{1,9})?")
 # Events a socket may have waiting while one runs; past that they are refused.
 MAX_PENDING_EVENTS: Final = 32
+# Packets refused in a row (too large, too fast) before the connection is closed.
+MAX_REFUSED_IN_A_ROW: Final = 200
 # Binary attachments one packet may announce.
 MAX_ATTACHMENTS: Final = 10
 
@@ -109,7 +111,7 @@ class _Reassembly:
 class Socket:
     """One Socket.IO client (the default namespace) on one Engine.IO session."""
 
-    __slots__ = ("bucket", "deadline", "inbox", "reassembly", "rooms", "session", "sid", "state", "worker")
+    __slots__ = ("bucket", "deadline", "inbox", "reassembly", "refused", "rooms", "session", "sid", "state", "worker")
 
     def __init__(self, session: Session, bucket: TokenBucket) -> None:
         self.sid = secrets.token_urlsafe(15)
@@ -121,6 +123,7 @@ class Socket:
         self.worker: asyncio.Task[None] | None = None
         self.deadline: asyncio.TimerHandle | None = None
         self.reassembly: _Reassembly | None = None
+        self.refused = 0  # packets refused in a row
 
 
 def encode(value: object) -> str:
@@ -334,7 +337,10 @@ class SocketIOServer:
         reassembly.size += len(data)  # counted, never kept: no event here takes binary
         if not reassembly.missing:
             socket.reassembly = None
-            self._binary_done(socket, reassembly.header, reassembly.size)
+            try:
+                self._binary_done(socket, reassembly.header, reassembly.size)
+            except ProtocolFault as exc:
+                session.fault(str(exc))
 
     def _packet(self, socket: Socket, text: str) -> None:
         if socket.reassembly is not None:
@@ -356,6 +362,7 @@ class SocketIOServer:
         if not socket.bucket.take():
             self._refuse(socket, header, "rate_limited", "too many packets; slow down")
             return
+        socket.refused = 0
         _check_order(socket, header.kind)
         data = decode_data(header, text)
         if header.attachments is not None:
@@ -405,8 +412,14 @@ class SocketIOServer:
             worker.add_done_callback(self._workers.discard)
 
     def _refuse(self, socket: Socket, header: _Header, code: str, message: str) -> None:
-        """Answer a refused packet: an error ack for an event with an ack id, CONNECT_ERROR for a CONNECT."""
+        """Answer a refused packet: an error ack for an event with an ack id, CONNECT_ERROR for a CONNECT.
+
+        A client that keeps sending past its refusals is closed: each refusal costs the node a write.
+        """
         self.observer.event_refused(code)
+        socket.refused += 1
+        if socket.refused > MAX_REFUSED_IN_A_ROW:
+            raise ProtocolFault(f"more than {MAX_REFUSED_IN_A_ROW} packets refused in a row")
         if header.kind == CONNECT:
             socket.session.send(
                 Packet(CONNECT_ERROR + encode({"message": code, "data": {"code": code, "message": message}}))

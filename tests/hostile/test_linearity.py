@@ -74,7 +74,7 @@ def test_measuring_json_depth_is_linear_in_its_size() -> None:
 
 async def test_a_polling_post_is_bounded_in_packets(redis_url: str) -> None:
     """A megabyte of tiny packets in one POST would cost a handler call each in one loop turn."""
-    async with running_node(redis_url) as node, aiohttp.ClientSession() as http:
+    async with running_node(redis_url, max_packet_bytes=1 << 20) as node, aiohttp.ClientSession() as http:
         polling = await open_polling(http, node.url)
         assert (await polling.post("40" + json.dumps({"token": make_token()})))[0] == 200
         while not any(p.startswith("40{") for p in (await polling.get())[1]):

@@ -55,6 +55,7 @@ async def test_stalled_socket_is_conflated_then_disconnected(
         assert 0 < deepest <= 131072  # the stalled socket's unsent bytes stayed bounded
         assert node.node.metrics.conflated._value.get() > 0
         assert node.node.server.engine.lagging == 1
+        assert not sleeper.ws.transport.is_reading()  # a client that does not read is not read either
         latencies.sort()
         print(
             f"[slow consumer] watcher received {len(latencies)}/{published}, "
