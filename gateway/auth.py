@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from gateway.jwks import JwksCache
 
 MAX_TOKEN_BYTES: Final = 8192
 MAX_TEAMS: Final = 100
+MAX_VERIFIED_TOKENS: Final = 10_000
 # Same alphabet as shared.events.Ident: ids become Redis channel names.
 _IDENT_RE: Final = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 
@@ -64,6 +67,10 @@ class TokenVerifier:
         self._audience = config.jwt_audience or None
         self._leeway = config.jwt_leeway_s
         self._teams_claim = config.teams_claim
+        # Tokens already verified, until they expire: clients reconnecting with the token they had (a node
+        # going away sends thousands at once) cost a dict lookup, not a signature check. Revocation is
+        # checked on every connect all the same (admission).
+        self._verified: OrderedDict[str, Identity] = OrderedDict()
 
     async def close(self) -> None:
         if self._jwks is not None:
@@ -74,6 +81,20 @@ class TokenVerifier:
             raise AuthError(AuthCode.TOKEN_MISSING, "no token: pass auth.token or an Authorization: Bearer header")
         if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES:
             raise AuthError(AuthCode.TOKEN_MALFORMED, "the token must be a JWT string")
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached.expires_at + self._leeway > time.time():
+                self._verified.move_to_end(token)
+                return cached
+            del self._verified[token]
+        identity = await self._decode(token)
+        self._verified[token] = identity
+        if len(self._verified) > MAX_VERIFIED_TOKENS:
+            self._verified.popitem(last=False)
+        return identity
+
+    async def _decode(self, token: str) -> Identity:
+        """Check the signature and the claims (PyJWT), and read the identity."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:

@@ -11,7 +11,10 @@ import socketio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.harness import connected, jwks_server, make_token, new_client, private_pem, running_node
+from gateway.auth import TokenVerifier
+from gateway.config import GatewayConfig
+from gateway.errors import AuthError
+from tests.harness import SECRET, connected, jwks_server, make_token, new_client, private_pem, running_node
 
 
 async def refused_code(url: str, auth: dict[str, object] | None, headers: dict[str, str] | None = None) -> str:
@@ -140,3 +143,15 @@ async def test_refresh_keeps_the_socket(redis_url: str) -> None:
         }
         bad = await client.call("refresh", {"token": "garbage"})
         assert bad["ok"] is False and bad["error"]["code"] == "token_malformed"
+
+
+async def test_a_verified_token_is_remembered_until_it_expires() -> None:
+    verifier = TokenVerifier(GatewayConfig(jwt_secret=SECRET, jwt_leeway_s=0.0))
+    token = make_token(exp_in=1.5)
+    first = await verifier.verify(token)
+    assert await verifier.verify(token) is first  # no second signature check
+    await asyncio.sleep(2.1)
+    with pytest.raises(AuthError) as refused:
+        await verifier.verify(token)
+    assert refused.value.code == "token_expired"
+    await verifier.close()
