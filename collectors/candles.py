@@ -1,7 +1,7 @@
 """OHLCV candles built from trades: one aggregator per exchange, symbol and timeframe.
 
-Buckets start at multiples of the timeframe since the Unix epoch (UTC), as
-the exchanges' own candles do, so ours line up with theirs. Prices keep the
+Buckets are those of `Timeframe.start` (UTC; epoch multiples, Monday weeks,
+calendar months), as the exchanges' own candles are, so ours line up with theirs. Prices keep the
 exchange's text; the volume is summed as `Decimal`, so ``0.1 + 0.2`` gives
 ``0.3`` and never ``0.30000000000000004``. A bucket without trades produces no
 candle: consumers see the gap in ``open_time``.
@@ -76,13 +76,12 @@ class CandleAggregator:
     side numbers them.
     """
 
-    __slots__ = ("_bucket", "_exchange", "_floor", "_period_ms", "_symbol", "_timeframe", "ignored")
+    __slots__ = ("_bucket", "_exchange", "_floor", "_symbol", "_timeframe", "ignored")
 
     def __init__(self, *, exchange: Exchange, symbol: str, timeframe: Timeframe) -> None:
         self._exchange = Exchange(exchange)
         self._symbol = parse_symbol(symbol)
         self._timeframe = Timeframe(timeframe)
-        self._period_ms = self._timeframe.seconds * 1000
         self._bucket: _Bucket | None = None
         self._floor = 0  # open_time of the oldest bucket still accepting trades
         self.ignored = 0  # trades dropped because their bucket was already closed
@@ -93,7 +92,7 @@ class CandleAggregator:
         Raises `DataError` for a price or size that is not a non-negative decimal.
         """
         value, amount = _decimal(price, "price"), _decimal(size, "size")
-        open_time = ts - ts % self._period_ms
+        open_time = self._timeframe.start(ts)
         if open_time < self._floor:
             self.ignored += 1
             return []
@@ -118,13 +117,13 @@ class CandleAggregator:
         bucket arriving after this is ignored.
         """
         bucket = self._bucket
-        if bucket is None or now_ms < bucket.open_time + self._period_ms:
+        if bucket is None or now_ms < self._timeframe.end(bucket.open_time):
             return None
         return self._close(bucket, now_ms, recv_ts)
 
     def _close(self, bucket: _Bucket, ts: int, recv_ts: float) -> Candle:
         self._bucket = None
-        self._floor = bucket.open_time + self._period_ms
+        self._floor = self._timeframe.end(bucket.open_time)
         return self._candle(bucket, ts, recv_ts, closed=True)
 
     def _candle(self, bucket: _Bucket, ts: int, recv_ts: float, *, closed: bool) -> Candle:

@@ -82,7 +82,9 @@ class CollectorConfig:
     )
     symbols: list[str] = setting([], "COLLECTOR_SYMBOLS", "Unified symbols, e.g. BTC/USDT,ETH/USDT.")
     channels: list[str] = setting(
-        ["ticker", "trades", "book"], "COLLECTOR_CHANNELS", "ticker, trades, book and candles:<1m|5m|15m|1h|4h|1d>."
+        ["ticker", "trades", "book"],
+        "COLLECTOR_CHANNELS",
+        "ticker, trades, book and candles:<timeframe> (1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M).",
     )
     collector_id: str = setting("", "COLLECTOR_ID", "Name in status and logs (default: the exchange).", flag="--id")
     config: str = setting("", "COLLECTOR_CONFIG", "TOML file with settings and/or [[collectors]] tables.")

@@ -28,14 +28,8 @@ Diff = tuple[list[list[str]], list[list[str]], int]
 # for a top-N view that stays right however far the price runs.
 SNAPSHOT_LIMIT: Final = 1000
 SNAPSHOT_TIMEOUT_S: Final = 10.0
-_TIMEFRAMES: Final = {
-    "1m": Timeframe.M1,
-    "5m": Timeframe.M5,
-    "15m": Timeframe.M15,
-    "1h": Timeframe.H1,
-    "4h": Timeframe.H4,
-    "1d": Timeframe.D1,
-}
+# Every timeframe of ours is a Binance kline interval of the same name (weeks from Monday).
+_TIMEFRAMES: Final = {str(timeframe): timeframe for timeframe in Timeframe}
 
 
 class Binance(Adapter[BinanceDepthSync[Diff]]):

@@ -18,13 +18,21 @@ from collectors.feed.adapter import Adapter, Link, Op, Stream, to_json
 from shared.events import Side
 from shared.topics import Exchange, Kind, Timeframe
 
+# Bybit's kline intervals (weeks from Monday, months from the 1st); 8h and 3d are built by us.
 _INTERVALS: Final = {
     Timeframe.M1: "1",
+    Timeframe.M3: "3",
     Timeframe.M5: "5",
     Timeframe.M15: "15",
+    Timeframe.M30: "30",
     Timeframe.H1: "60",
+    Timeframe.H2: "120",
     Timeframe.H4: "240",
+    Timeframe.H6: "360",
+    Timeframe.H12: "720",
     Timeframe.D1: "D",
+    Timeframe.W1: "W",
+    Timeframe.MO1: "M",
 }
 _TIMEFRAMES: Final = {name: timeframe for timeframe, name in _INTERVALS.items()}
 _SIDES: Final = {"Buy": Side.BUY, "Sell": Side.SELL}

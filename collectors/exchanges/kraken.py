@@ -23,14 +23,17 @@ from collectors.feed.adapter import Adapter, Link, Op, Stream, iso_ms, to_json
 from shared.events import Side
 from shared.topics import Exchange, Kind, Timeframe
 
+# Kraken's OHLC intervals in minutes. Its weekly (10080) grid is not documented, so our
+# Monday weeks are built by us, like 3m, 2h, 6h, 8h, 12h, 3d and months.
 _INTERVALS: Final = {
     Timeframe.M1: 1,
     Timeframe.M5: 5,
     Timeframe.M15: 15,
+    Timeframe.M30: 30,
     Timeframe.H1: 60,
     Timeframe.H4: 240,
     Timeframe.D1: 1440,
-}  # minutes
+}
 _TIMEFRAMES: Final = {minutes: timeframe for timeframe, minutes in _INTERVALS.items()}
 
 

@@ -22,13 +22,22 @@ from collectors.feed.adapter import Adapter, Link, Op, Stream, to_json
 from shared.events import Side
 from shared.topics import Exchange, Kind, Timeframe
 
+# OKX's bars from 6h up come in Hong Kong time unless suffixed "utc"; 8h is built by us.
 _CANDLES: Final = {
     Timeframe.M1: "candle1m",
+    Timeframe.M3: "candle3m",
     Timeframe.M5: "candle5m",
     Timeframe.M15: "candle15m",
+    Timeframe.M30: "candle30m",
     Timeframe.H1: "candle1H",
+    Timeframe.H2: "candle2H",
     Timeframe.H4: "candle4H",
+    Timeframe.H6: "candle6Hutc",
+    Timeframe.H12: "candle12Hutc",
     Timeframe.D1: "candle1Dutc",
+    Timeframe.D3: "candle3Dutc",
+    Timeframe.W1: "candle1Wutc",
+    Timeframe.MO1: "candle1Mutc",
 }
 _TIMEFRAMES: Final = {channel: timeframe for timeframe, channel in _CANDLES.items()}
 # Books before seqId existed (and trimmed captures) carry none: -1 chains with -1, so the

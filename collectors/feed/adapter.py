@@ -407,6 +407,6 @@ class Adapter(ABC, Generic[S]):
                 if (closed := aggregator.close_due(cutoff, recv_ts)) is not None:
                     self.emit(closed)
         for key, candle in self._native.items():
-            if not candle.closed and cutoff >= candle.open_time + candle.timeframe.seconds * 1000:
+            if not candle.closed and cutoff >= candle.timeframe.end(candle.open_time):
                 self._native[key] = final = msgspec.structs.replace(candle, closed=True)
                 self.emit(final)

@@ -69,7 +69,7 @@ async def test_every_kind_of_every_symbol_reaches_redis_in_order(
         ticker = tap.of(Ticker, symbol)[-1]
         assert ticker.last is not None and ticker.recv_ts >= ticker.ts - 5_000
         for candle in tap.of(Candle, symbol):
-            assert candle.open_time % (candle.timeframe.seconds * 1000) == 0
+            assert candle.timeframe.start(candle.open_time) == candle.open_time
             assert float(candle.low) <= float(candle.open) <= float(candle.high)
         for kind in ("ticker", "book", "candles.1m"):
             latest = await redis_client.get(names.latest_key(f"{exchange}:{kind}:{symbol}"))

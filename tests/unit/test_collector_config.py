@@ -138,7 +138,7 @@ def test_missing_file_and_unknown_name(tmp_path: Path) -> None:
     [
         (["ftx", "--symbols", "BTC/USDT"], "unsupported exchange 'ftx'"),
         (["binance", "--symbols", "BTCUSDT"], "BASE/QUOTE"),
-        (["binance", "--symbols", "BTC/USDT", "--channels", "candles:3m"], "unsupported timeframe"),
+        (["binance", "--symbols", "BTC/USDT", "--channels", "candles:2m"], "unsupported timeframe"),
         (["binance"], "at least one symbol"),
         (["--symbols", "BTC/USDT"], "name an exchange"),
         (["binance", "--symbols", "BTC/USDT", "--book-depth", "0"], "book_depth must be positive"),
