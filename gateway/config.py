@@ -121,6 +121,14 @@ class GatewayConfig:
         "GATEWAY_HISTORY_MAX_AGE_S",
         "Age of the oldest notification or execution update publishers keep (must match their retention).",
     )
+    database_url: str = setting(
+        "", "DATABASE_URL", "PostgreSQL of the candle history; empty: history requests answer `unavailable`."
+    )
+    history_max_limit: int = setting(1000, "GATEWAY_HISTORY_MAX_LIMIT", "Most candles in one history page.")
+    history_cache_entries: int = setting(
+        512, "GATEWAY_HISTORY_CACHE_ENTRIES", "Candle history pages kept in the node's LRU cache."
+    )
+    history_timeout_s: float = setting(5.0, "GATEWAY_HISTORY_TIMEOUT_S", "Deadline of one history query, in seconds.")
     shutdown_timeout_s: float = setting(
         10.0, "GATEWAY_SHUTDOWN_TIMEOUT_S", "Deadline for a graceful shutdown on SIGTERM, in seconds."
     )
@@ -137,6 +145,9 @@ class GatewayConfig:
             "max_packet_bytes",
             "max_recovery",
             "conflate_above_bytes",
+            "history_max_limit",
+            "history_cache_entries",
+            "history_timeout_s",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -21,6 +21,7 @@ import redis.exceptions
 from gateway import ops
 from gateway.admission import Admission
 from gateway.auth import TokenVerifier
+from gateway.candles import CandleHistory
 from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError, RequestError
 from gateway.fanout import Fanout
@@ -40,6 +41,7 @@ from shared.codec import Revocation
 logger = logging.getLogger(__name__)
 
 SOCKETIO_PATH: Final = "/socket.io"
+CANDLES_PATH: Final = "/candles"
 REDIS_POOL_SIZE: Final = 16
 CATCH_UP_BACKOFF_S: Final = 0.1
 CATCH_UP_BACKOFF_MAX_S: Final = 5.0
@@ -117,6 +119,12 @@ class GatewayNode:
         self.server.on("notifications:list", self._with_session(self.notifications.page))
         self.server.on("notifications:read", self._with_session(self.notifications.mark_read))
         self.server.on("notifications:unread", self._with_session(self.notifications.unread))
+        self.candles = CandleHistory(
+            database_url=config.database_url, policy=self.policy, verifier=self.verifier, client=self.redis,
+            registry=self.metrics.registry, max_limit=config.history_max_limit,
+            cache_entries=config.history_cache_entries, timeout_s=config.history_timeout_s,
+        )  # fmt: skip
+        self.server.on("candles:history", self._with_session(self.candles.request))
 
     # Lifecycle
 
@@ -128,6 +136,8 @@ class GatewayNode:
     async def _route(self, request: Request) -> Response | Upgrade:
         if request.path.rstrip("/") == SOCKETIO_PATH:
             return await self.server.handle(request)
+        if request.path == CANDLES_PATH:
+            return await self.candles.http(request)
         return ops.respond(request, self)
 
     async def close(self) -> None:
@@ -141,6 +151,7 @@ class GatewayNode:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.server.engine.stop()
         await self.verifier.close()
+        await self.candles.close()
         await self.redis.aclose()
 
     async def drain(self, deadline_s: float) -> None:
