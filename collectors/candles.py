@@ -9,8 +9,11 @@ candle: consumers see the gap in ``open_time``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Context, Decimal, InvalidOperation
 from typing import Final
+
+import msgspec
 
 from collectors.book import DataError
 from shared.events import Candle
@@ -141,3 +144,42 @@ class CandleAggregator:
             volume=format(bucket.volume, "f"),  # never exponent form, e.g. "0E-8" -> "0.00000000"
             closed=closed,
         )
+
+
+def aggregate(candles: Sequence[Candle], timeframe: Timeframe, now_ms: int) -> list[Candle]:
+    """Fold finer candles (oldest first, each inside one bucket) into `timeframe`'s buckets.
+
+    Open is the first candle's, close the last one's, high and low the extremes
+    (compared as decimals, kept as the exchange's text), volume the exact sum.
+    A bucket is closed once its end has passed `now_ms`.
+    """
+    out: list[Candle] = []
+    group: list[Candle] = []
+    for candle in candles:
+        if group and timeframe.start(candle.open_time) != timeframe.start(group[0].open_time):
+            out.append(_fold(group, timeframe, now_ms))
+            group = []
+        group.append(candle)
+    if group:
+        out.append(_fold(group, timeframe, now_ms))
+    return out
+
+
+def _fold(group: Sequence[Candle], timeframe: Timeframe, now_ms: int) -> Candle:
+    first, last = group[0], group[-1]
+    high = max(group, key=lambda c: _decimal(c.high, "high"))
+    low = min(group, key=lambda c: _decimal(c.low, "low"))
+    volume = Decimal(0)
+    for candle in group:
+        volume = _EXACT.add(volume, _decimal(candle.volume, "volume"))
+    open_time = timeframe.start(first.open_time)
+    return msgspec.structs.replace(
+        last,
+        timeframe=timeframe,
+        open_time=open_time,
+        open=first.open,
+        high=high.high,
+        low=low.low,
+        volume=format(volume, "f"),
+        closed=timeframe.end(open_time) <= now_ms,
+    )

@@ -23,13 +23,31 @@ from collectors.feed.collector import Collector
 from collectors.metrics import CollectorMetrics
 from collectors.sink import Sink, redis_client
 from collectors.status import StatusPublisher
+from collectors.storage import CandleStorage
+from shared.events import AnyMarketEvent
 from shared.publisher import AsyncPublisher
+from shared.status import SinkStatus
 
 logger = logging.getLogger(__name__)
 
 # Redis is local infrastructure: retry it quickly, so publishing resumes soon after it is back.
 REDIS_RETRY_INITIAL_S: Final = 0.1
 REDIS_RETRY_MAX_S: Final = 2.0
+
+
+class Outlets:
+    """Every event to Redis; candles also to PostgreSQL when a store is configured."""
+
+    def __init__(self, sink: Sink, storage: CandleStorage) -> None:
+        self._sink = sink
+        self._storage = storage
+
+    def put(self, event: AnyMarketEvent) -> None:
+        self._sink.put(event)
+        self._storage.put(event)
+
+    def status(self) -> SinkStatus:
+        return self._sink.status()
 
 
 class CollectorService:
@@ -59,8 +77,11 @@ class CollectorService:
             outlet=self.sink,
             settings=config.feed_settings(),
         )
+        self.storage = CandleStorage(self.collector, config) if config.database_url else None
+        if self.storage is not None:
+            self.collector.set_outlet(Outlets(self.sink, self.storage))
         self.collector.add(config.topics)  # SubscriptionError for a topic the adapter cannot serve
-        self.metrics = CollectorMetrics(self.collector, self.sink)
+        self.metrics = CollectorMetrics(self.collector, self.sink, self.storage)
         self.status = StatusPublisher(
             self.redis, self.collector.status, interval_s=config.status_interval_s, ttl_s=config.status_ttl_s
         )
@@ -80,12 +101,17 @@ class CollectorService:
                 sink = tg.create_task(self.sink.run(), name=f"{config.name}-sink")
                 status = tg.create_task(self.status.run(), name=f"{config.name}-status")
                 collector = tg.create_task(self.collector.run(ready), name=f"{config.name}-collector")
+                storage = tg.create_task(self.storage.run(), name=f"{config.name}-storage") if self.storage else None
                 await stop.wait()
                 self.collector.stop()
                 await collector
                 sink.cancel()
                 status.cancel()
+                if storage is not None:
+                    storage.cancel()
             await self.sink.drain(config.shutdown_timeout_s)
+            if self.storage is not None:
+                await self.storage.close(config.shutdown_timeout_s)
             await self.status.publish_once()
         finally:
             await admin.cleanup()

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 import redis.asyncio
 
+from shared.candle_store import CandleStore
 from shared.embedded_postgres import EmbeddedPostgres
 from shared.embedded_redis import EmbeddedRedis
 
@@ -71,3 +72,12 @@ def _port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
         return True
     return False
+
+
+@pytest.fixture
+async def store(postgres_url: str) -> AsyncIterator[CandleStore]:
+    """A candle store on this session's database, emptied."""
+    store = await CandleStore.connect(postgres_url)
+    await store.pool.execute("TRUNCATE candles")
+    yield store
+    await store.close()

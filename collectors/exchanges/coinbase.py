@@ -17,8 +17,10 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any, ClassVar, Final
 
-from collectors.book import Action, ConnectionSequencer, SnapshotGate, SyncError
-from collectors.feed.adapter import Adapter, Link, Op, Stream, iso_ms, to_json
+import msgspec
+
+from collectors.book import Action, ConnectionSequencer, DataError, SnapshotGate, SyncError
+from collectors.feed.adapter import Adapter, Bar, Link, Op, Stream, iso_ms, to_json
 from shared.events import Side
 from shared.topics import Exchange, Kind, Timeframe
 
@@ -26,9 +28,28 @@ _TAKER: Final = {"BUY": Side.SELL, "SELL": Side.BUY}  # the maker bought: the ta
 _HEARTBEATS: Final = to_json({"type": "subscribe", "channel": "heartbeats"})
 
 
+class _Candle(msgspec.Struct):
+    start: str
+    low: str
+    high: str
+    open: str
+    close: str
+    volume: str
+
+
+class _Candles(msgspec.Struct):
+    candles: list[_Candle]
+
+
+_CANDLES: Final = msgspec.json.Decoder(_Candles)
+
+
 class Coinbase(Adapter[SnapshotGate]):
     exchange: ClassVar[Exchange] = Exchange.COINBASE
-    endpoints: ClassVar[dict[str, str]] = {"ws": "wss://advanced-trade-ws.coinbase.com"}
+    endpoints: ClassVar[dict[str, str]] = {
+        "ws": "wss://advanced-trade-ws.coinbase.com",
+        "rest": "https://api.coinbase.com",
+    }
     channels: ClassVar[dict[Kind, str]] = {Kind.TICKER: "ticker", Kind.TRADES: "market_trades", Kind.BOOK: "level2"}
     candle_channels: ClassVar[dict[Timeframe, str]] = {Timeframe.M5: "candles"}
     # Coinbase disconnects slow consumers (ErrSlowConsume): keep full books of many products apart.
@@ -36,6 +57,19 @@ class Coinbase(Adapter[SnapshotGate]):
     max_streams_per_request: ClassVar[int] = 100
     # 8 unauthenticated messages a second per address, shared by all connections.
     requests_per_second: ClassVar[float] = 4.0
+    # Public REST: 10 requests a second per address; history takes a share of it.
+    rest_weight_per_minute: ClassVar[float] = 300.0
+    history_intervals: ClassVar[dict[Timeframe, str]] = {
+        Timeframe.M1: "ONE_MINUTE",
+        Timeframe.M5: "FIVE_MINUTE",
+        Timeframe.M15: "FIFTEEN_MINUTE",
+        Timeframe.M30: "THIRTY_MINUTE",
+        Timeframe.H1: "ONE_HOUR",
+        Timeframe.H2: "TWO_HOUR",
+        Timeframe.H6: "SIX_HOUR",
+        Timeframe.D1: "ONE_DAY",
+    }
+    history_page: ClassVar[int] = 350
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -141,6 +175,24 @@ class Coinbase(Adapter[SnapshotGate]):
                     ask=item.get("best_ask"), ask_size=item.get("best_ask_quantity"), last=item["price"],
                     high_24h=item["high_24_h"], low_24h=item["low_24_h"], volume_24h=item["volume_24_h"],
                 )  # fmt: skip
+
+    def history_request(self, market: str, timeframe: Timeframe, start: int, end: int) -> tuple[str, dict[str, str]]:
+        # GET /api/v3/brokerage/market/products/BTC-USD/candles?start=..&end=..&granularity=ONE_MINUTE (seconds)
+        params = {
+            "start": str(start // 1000), "end": str((end - 1) // 1000),
+            "granularity": self.history_intervals[timeframe], "limit": str(self.history_page),
+        }  # fmt: skip
+        return f"{self.urls['rest']}/api/v3/brokerage/market/products/{market}/candles", params
+
+    def parse_history(self, body: bytes) -> list[Bar]:
+        # {"candles":[{"start":"1712192400","low":"66055.14","high":"66331.99","open":"66312.4",
+        #  "close":"66181.6","volume":"355.82896243"}, ...]}, newest first
+        bars = []
+        for item in reversed(_CANDLES.decode(body).candles):
+            if not item.start.isascii() or not item.start.isdigit() or len(item.start) > 12:
+                raise DataError(f"candle start {item.start[:20]!r} is not a time in seconds")
+            bars.append((int(item.start) * 1000, item.open, item.high, item.low, item.close, item.volume))
+        return bars
 
     def _candle_update(self, msg: dict[str, Any], recv_ts: float) -> None:
         # {"channel":"candles","client_id":"","timestamp":"2026-04-07T14:30:05.000000Z",

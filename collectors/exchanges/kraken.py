@@ -17,9 +17,9 @@ from typing import Any, ClassVar, Final
 
 import msgspec
 
-from collectors.book import Action, SnapshotGate
+from collectors.book import Action, DataError, SnapshotGate
 from collectors.checksums import verify_kraken
-from collectors.feed.adapter import Adapter, Link, Op, Stream, iso_ms, to_json
+from collectors.feed.adapter import Adapter, Bar, Link, Op, Stream, iso_ms, to_json
 from shared.events import Side
 from shared.topics import Exchange, Kind, Timeframe
 
@@ -37,6 +37,16 @@ _INTERVALS: Final = {
 _TIMEFRAMES: Final = {minutes: timeframe for timeframe, minutes in _INTERVALS.items()}
 
 
+class _Ohlc(msgspec.Struct):
+    error: list[str]
+    result: dict[str, Any] = {}
+
+
+_OHLC: Final = msgspec.json.Decoder(_Ohlc)
+# [time (s), open, high, low, close, vwap, volume, count]
+_ROWS: Final = list[tuple[int, str, str, str, str, str, str, int]]
+
+
 def _text(value: object) -> str:
     # Floats arrive as their exact text (float_hook=str); integers ("qty":0) as int.
     return value if isinstance(value, str) else str(value)
@@ -49,7 +59,7 @@ def _levels(levels: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
 
 class Kraken(Adapter[SnapshotGate]):
     exchange: ClassVar[Exchange] = Exchange.KRAKEN
-    endpoints: ClassVar[dict[str, str]] = {"ws": "wss://ws.kraken.com/v2"}
+    endpoints: ClassVar[dict[str, str]] = {"ws": "wss://ws.kraken.com/v2", "rest": "https://api.kraken.com"}
     channels: ClassVar[dict[Kind, str]] = {Kind.TICKER: "ticker", Kind.TRADES: "trade", Kind.BOOK: "book"}
     # "ohlc:<minutes>": the interval is a request parameter, kept in the channel name.
     candle_channels: ClassVar[dict[Timeframe, str]] = {tf: f"ohlc:{minutes}" for tf, minutes in _INTERVALS.items()}
@@ -60,6 +70,11 @@ class Kraken(Adapter[SnapshotGate]):
     # The request rate limit is load-dependent and undocumented; stay slow.
     requests_per_second: ClassVar[float] = 4.0
     decoder: ClassVar[msgspec.json.Decoder[Any]] = msgspec.json.Decoder(float_hook=str)
+    # Public REST: about one call a second per address. OHLC keeps the 720 most recent candles.
+    rest_weight_per_minute: ClassVar[float] = 45.0
+    history_intervals: ClassVar[dict[Timeframe, str]] = {tf: str(minutes) for tf, minutes in _INTERVALS.items()}
+    history_page: ClassVar[int] = 720
+    history_max_bars: ClassVar[int | None] = 720
 
     def market(self, symbol: str) -> str:
         return symbol
@@ -83,6 +98,24 @@ class Kraken(Adapter[SnapshotGate]):
             # Books need their snapshot; past trades and candles would be published again on every reconnect.
             params["snapshot"] = channel == "book"
         return to_json({"method": str(op), "params": params, "req_id": self.request_id()})
+
+    def history_request(self, market: str, timeframe: Timeframe, start: int, end: int) -> tuple[str, dict[str, str]]:
+        # GET /0/public/OHLC?pair=BTCUSD&interval=1&since=<s>: candles after `since`, the 720 most recent at most
+        params = {"pair": market.replace("/", ""), "interval": self.history_intervals[timeframe]}
+        params["since"] = str(max(0, start // 1000 - 1))
+        return f"{self.urls['rest']}/0/public/OHLC", params
+
+    def parse_history(self, body: bytes) -> list[Bar]:
+        # {"error":[],"result":{"XXBTZUSD":[[1688671200,"30306.1","30306.2","30305.7","30305.7",
+        #  "30306.1","3.39243896",23]],"last":1688672160}}, oldest first; the last one is still open
+        reply = _OHLC.decode(body)
+        if reply.error:
+            raise DataError(f"kraken refused the request: {'; '.join(reply.error)[:300]}")
+        pairs = [value for key, value in reply.result.items() if key != "last"]
+        if len(pairs) != 1:
+            raise DataError(f"an OHLC result holds {len(pairs)} pairs, not one")
+        rows = msgspec.convert(pairs[0], _ROWS)
+        return [(row[0] * 1000, row[1], row[2], row[3], row[4], row[6]) for row in rows]
 
     def ping_message(self) -> str:
         # {"method":"ping","req_id":101}

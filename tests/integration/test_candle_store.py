@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import msgspec
-import pytest
 
 from shared.candle_store import CandleStore, migrate
 from shared.embedded_postgres import EmbeddedPostgres
@@ -23,14 +20,6 @@ def candle(index: int, *, close: str = "100", closed: bool = True, symbol: str =
         timeframe=Timeframe.M1, open_time=T0 + index * MINUTE, open="100", high="101", low="99", close=close,
         volume="1.50000000", closed=closed,
     )  # fmt: skip
-
-
-@pytest.fixture
-async def store(postgres_url: str) -> AsyncIterator[CandleStore]:
-    store = await CandleStore.connect(postgres_url)
-    await store.pool.execute("TRUNCATE candles")
-    yield store
-    await store.close()
 
 
 async def test_migrations_apply_once(store: CandleStore) -> None:

@@ -33,13 +33,10 @@ def candle(open_time: int, *, closed: bool, close: str = "100.0") -> Candle:
 
 
 @pytest.fixture
-async def store(postgres_url: str) -> AsyncIterator[CandleStore]:
-    store = await CandleStore.connect(postgres_url)
-    await store.pool.execute("TRUNCATE candles")
+async def stored(store: CandleStore) -> AsyncIterator[CandleStore]:
     await store.upsert([candle(OPEN - (STORED - i) * MINUTE, closed=True) for i in range(STORED)])
     await store.upsert([candle(OPEN, closed=False, close="100.5")])
     yield store
-    await store.close()
 
 
 def merge(history: list[dict[str, Any]], live: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -54,7 +51,7 @@ def merge(history: list[dict[str, Any]], live: list[dict[str, Any]]) -> list[dic
 
 
 async def test_a_chart_loads_1000_candles_then_continues_live_across_a_close(
-    store: CandleStore, postgres_url: str, redis_url: str, redis_client: redis.asyncio.Redis
+    stored: CandleStore, postgres_url: str, redis_url: str, redis_client: redis.asyncio.Redis
 ) -> None:
     publisher = AsyncPublisher(redis_client)
     await publisher.publish_market([candle(OPEN, closed=False, close="100.5")])
@@ -94,7 +91,7 @@ async def test_a_chart_loads_1000_candles_then_continues_live_across_a_close(
     ],
 )
 async def test_bad_requests_get_error_codes(
-    store: CandleStore, postgres_url: str, redis_url: str, request_data: object, code: str
+    stored: CandleStore, postgres_url: str, redis_url: str, request_data: object, code: str
 ) -> None:
     async with (
         running_node(redis_url, database_url=postgres_url, allowed_topics=["binance:*"]) as node,
@@ -111,7 +108,7 @@ async def test_without_a_store_history_is_unavailable(redis_url: str) -> None:
 
 
 async def test_http_endpoint_needs_a_token_and_applies_the_topic_policy(
-    store: CandleStore, postgres_url: str, redis_url: str
+    stored: CandleStore, postgres_url: str, redis_url: str
 ) -> None:
     async with (
         running_node(redis_url, database_url=postgres_url, allowed_topics=["binance:*"]) as node,

@@ -143,7 +143,7 @@ def test_missing_file_and_unknown_name(tmp_path: Path) -> None:
         (["--symbols", "BTC/USDT"], "name an exchange"),
         (["binance", "--symbols", "BTC/USDT", "--book-depth", "0"], "book_depth must be positive"),
         (["binance", "--symbols", "BTC/USDT", "--book-depth", "many"], "--book-depth"),
-        (["kraken", "--symbols", "BTC/USD", "--rest-url", "http://x"], "kraken has no rest endpoint"),
+        (["kraken", "--symbols", "BTC/USD", "--business-url", "ws://x"], "kraken has no business endpoint"),
         (["binance", "--symbols", "BTC/USDT", "--id", "no spaces"], "collector id"),
         (["binance", "--symbols", "BTC/USDT", "--backoff-max-s", "0.1"], "backoff_max_s"),
         (["binance", "--symbols", "BTC/USDT", "--status-ttl-s", "1"], "status_ttl_s"),
