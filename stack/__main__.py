@@ -21,6 +21,7 @@ from collectors.config import URL_SETTINGS
 from collectors.exchanges import ADAPTERS
 from collectors.simulator.config import PORT_ORDER
 from shared.config import load_or_exit
+from shared.embedded_postgres import EmbeddedPostgresError, postgres_or_embedded
 from shared.embedded_redis import EmbeddedRedisError, redis_or_embedded
 from shared.logs import setup_logging
 from shared.topics import Exchange
@@ -122,20 +123,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load_or_exit(StackConfig, argv, prog="fanout-local")
     setup_logging(config.log_level)
     try:
-        with redis_or_embedded(config.redis_url) as redis_url:
-            return run_stack(config, redis_url)
-    except EmbeddedRedisError:
-        logger.exception("cannot start an embedded redis")
+        with (
+            redis_or_embedded(config.redis_url) as redis_url,
+            postgres_or_embedded(config.database_url) as database_url,
+        ):
+            return run_stack(config, redis_url, database_url)
+    except (EmbeddedRedisError, EmbeddedPostgresError):
+        logger.exception("cannot start an embedded redis or postgresql")
         return 1
 
 
-def run_stack(config: StackConfig, redis_url: str) -> int:
+def run_stack(config: StackConfig, redis_url: str, database_url: str = "") -> int:
     """Start every service against `redis_url` and supervise them until a signal or a failure."""
     simulate = config.simulate is Simulate.ALWAYS or (config.simulate is Simulate.AUTO and not exchanges_reachable())
     secret = config.jwt_secret or secrets.token_urlsafe(32)
     env = {
         **os.environ,
         "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
         "GATEWAY_JWT_SECRET": secret,
         "GATEWAY_LOG_LEVEL": config.log_level,
         "COLLECTOR_LOG_LEVEL": config.log_level,
@@ -145,6 +150,7 @@ def run_stack(config: StackConfig, redis_url: str) -> int:
         "stack starting",
         extra={
             "redis_url": redis_url,
+            "database_url": database_url,
             "url": f"http://{config.host}:{config.port}",
             "gateways": [f"http://{config.host}:{port}" for port in gateway_ports(config)],
             "demo_token": token,

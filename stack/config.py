@@ -20,6 +20,9 @@ class StackConfig:
     """Run Redis, gateway nodes, exchange collectors (and a simulator when offline) on this host."""
 
     redis_url: str = setting("", "REDIS_URL", "Redis to use; empty starts an embedded one.", flag="--redis-url")
+    database_url: str = setting(
+        "", "DATABASE_URL", "PostgreSQL for candle history; empty starts an embedded one.", flag="--database-url"
+    )
     gateways: int = setting(
         1, "STACK_GATEWAYS", "Gateway processes to run (ports from --port, or --port + 1 behind nginx)."
     )
