@@ -76,6 +76,12 @@ class Kraken(Adapter[SnapshotGate]):
     history_page: ClassVar[int] = 720
     history_max_bars: ClassVar[int | None] = 720
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Most decimals seen per symbol in prices and sizes: the instrument's precision, for a
+        # checksum over text that lost its trailing zeros (`verify_kraken`).
+        self._precision: dict[str, tuple[int, int]] = {}
+
     def market(self, symbol: str) -> str:
         return symbol
 
@@ -151,11 +157,20 @@ class Kraken(Adapter[SnapshotGate]):
                 action = feed.sync.check(snapshot=snapshot)
                 if action is Action.SKIP:
                     continue
-                feed.apply(action, _levels(item["bids"]), _levels(item["asks"]))
+                bids, asks = list(_levels(item["bids"])), list(_levels(item["asks"]))
+                feed.apply(action, bids, asks)
                 feed.book.truncate(self.subscribe_depth)  # Kraken sends no delete for levels pushed out
-                verify_kraken(feed.book, int(item["checksum"]))
+                verify_kraken(feed.book, int(item["checksum"]), self._seen_precision(feed.symbol, bids + asks))
                 timestamp = item.get("timestamp")
                 feed.changed(iso_ms(timestamp) if timestamp else int(recv_ts), recv_ts)
+
+    def _seen_precision(self, symbol: str, levels: list[tuple[str, str]]) -> tuple[int, int]:
+        price_decimals, size_decimals = self._precision.get(symbol, (0, 0))
+        for price, size in levels:
+            price_decimals = max(price_decimals, len(price.partition(".")[2]))
+            size_decimals = max(size_decimals, len(size.partition(".")[2]))
+        self._precision[symbol] = precision = (min(price_decimals, 18), min(size_decimals, 18))
+        return precision
 
     def _trades(self, msg: dict[str, Any], recv_ts: float) -> None:
         # {"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","side":"buy",
