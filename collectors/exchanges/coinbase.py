@@ -9,7 +9,9 @@ does first. ``sequence_num`` counts every message of a connection across
 all channels, so a gap cannot be pinned on one product: every book of that
 connection is resynced. Candles exist only as 5 minutes; other timeframes
 are built from trades. Public trades name the maker's side: it is flipped to
-the taker's, as the other exchanges report it.
+the taker's, as the other exchanges report it. Coinbase merged its USDC books
+into USD: a ``BTC-USDC`` subscription is answered under ``BTC-USD``, so data
+of a ``-USD`` id also goes to its ``-USDC`` twin when that is subscribed.
 """
 
 from __future__ import annotations
@@ -78,6 +80,13 @@ class Coinbase(Adapter[SnapshotGate]):
     def market(self, symbol: str) -> str:
         return symbol.replace("/", "-")
 
+    def _targets(self, product_id: str) -> list[str]:
+        """The subscribed products a message's id stands for: itself, and its USDC twin."""
+        targets = [product_id] if product_id in self.markets else []
+        if product_id.endswith("-USD") and (twin := product_id + "C") in self.markets:
+            targets.append(twin)
+        return targets
+
     def new_sync(self) -> SnapshotGate:
         return SnapshotGate()
 
@@ -131,19 +140,20 @@ class Coinbase(Adapter[SnapshotGate]):
         #  "new_quantity":"2.00000000"}]}]}
         ts = iso_ms(msg["timestamp"])
         for event in msg["events"]:
-            feed = self.book_feed(event["product_id"], recv_ts)
-            if feed is None:
-                continue
             bids: list[tuple[str, str]] = []
             asks: list[tuple[str, str]] = []
             for update in event["updates"]:
                 level = (update["price_level"], update["new_quantity"])
                 (bids if update["side"] == "bid" else asks).append(level)
-            with self.syncing(feed):
-                action = feed.sync.check(snapshot=event["type"] == "snapshot")
-                feed.apply(action, bids, asks)
-                if action is not Action.SKIP:
-                    feed.changed(ts, recv_ts)
+            for market in self._targets(event["product_id"]):
+                feed = self.book_feed(market, recv_ts)
+                if feed is None:
+                    continue
+                with self.syncing(feed):
+                    action = feed.sync.check(snapshot=event["type"] == "snapshot")
+                    feed.apply(action, bids, asks)
+                    if action is not Action.SKIP:
+                        feed.changed(ts, recv_ts)
 
     def _trades(self, msg: dict[str, Any], recv_ts: float) -> None:
         # {"channel":"market_trades","client_id":"","timestamp":"2026-04-07T14:30:02.789012Z",
@@ -154,10 +164,11 @@ class Coinbase(Adapter[SnapshotGate]):
             if event["type"] == "snapshot":
                 continue  # recent history sent on subscribe: already published before a reconnect
             for trade in event["trades"]:
-                self.trade(
-                    trade["product_id"], trade_id=trade["trade_id"], price=trade["price"], size=trade["size"],
-                    side=_TAKER[trade["side"]], ts=iso_ms(trade["time"]), recv_ts=recv_ts,
-                )  # fmt: skip
+                for market in self._targets(trade["product_id"]):
+                    self.trade(
+                        market, trade_id=trade["trade_id"], price=trade["price"], size=trade["size"],
+                        side=_TAKER[trade["side"]], ts=iso_ms(trade["time"]), recv_ts=recv_ts,
+                    )  # fmt: skip
 
     def _ticker(self, msg: dict[str, Any], recv_ts: float) -> None:
         # {"channel":"ticker","client_id":"","timestamp":"2026-04-07T14:30:03.000000Z",
@@ -169,12 +180,16 @@ class Coinbase(Adapter[SnapshotGate]):
         ts = iso_ms(msg["timestamp"])
         for event in msg["events"]:
             for item in event["tickers"]:
-                self.ticker(
-                    item["product_id"], ts, recv_ts,
-                    bid=item.get("best_bid"), bid_size=item.get("best_bid_quantity"),
-                    ask=item.get("best_ask"), ask_size=item.get("best_ask_quantity"), last=item["price"],
-                    high_24h=item["high_24_h"], low_24h=item["low_24_h"], volume_24h=item["volume_24_h"],
-                )  # fmt: skip
+                for market in self._targets(item["product_id"]):
+                    self._one_ticker(market, item, ts, recv_ts)
+
+    def _one_ticker(self, market: str, item: dict[str, Any], ts: int, recv_ts: float) -> None:
+        self.ticker(
+            market, ts, recv_ts,
+            bid=item.get("best_bid"), bid_size=item.get("best_bid_quantity"),
+            ask=item.get("best_ask"), ask_size=item.get("best_ask_quantity"), last=item["price"],
+            high_24h=item["high_24_h"], low_24h=item["low_24_h"], volume_24h=item["volume_24_h"],
+        )  # fmt: skip
 
     def history_request(self, market: str, timeframe: Timeframe, start: int, end: int) -> tuple[str, dict[str, str]]:
         # GET /api/v3/brokerage/market/products/BTC-USD/candles?start=..&end=..&granularity=ONE_MINUTE (seconds)
@@ -204,4 +219,5 @@ class Coinbase(Adapter[SnapshotGate]):
             for item in event["candles"]:
                 ohlcv = (item["open"], item["high"], item["low"], item["close"], item["volume"])
                 open_time = int(item["start"]) * 1000
-                self.candle(item["product_id"], Timeframe.M5, open_time=open_time, ohlcv=ohlcv, ts=ts, recv_ts=recv_ts)
+                for market in self._targets(item["product_id"]):
+                    self.candle(market, Timeframe.M5, open_time=open_time, ohlcv=ohlcv, ts=ts, recv_ts=recv_ts)
