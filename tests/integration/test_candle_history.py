@@ -146,25 +146,32 @@ def kline(open_time: int, **changes: Any) -> list[Any]:
     return row
 
 
-NOW_MIN = int(time.time() * 1000) // 60_000 * 60_000
-HOSTILE: dict[str, bytes | Any] = {
-    "malformed": b'[[1700000000000,"1.0",',
-    "wrong_types": [[NOW_MIN, 1.0, 2.0, 0.5, 1.5, 10, NOW_MIN + 59_999, "15", 3, "5", "7.5", "0"]],
-    "not_a_decimal": [kline(NOW_MIN - 60_000, f1="NaN")],
-    "off_grid": [kline(NOW_MIN - 59_000)],
-    "out_of_order": [kline(NOW_MIN - 60_000), kline(NOW_MIN - 120_000)],
-    "duplicates": [kline(NOW_MIN - 120_000), kline(NOW_MIN - 120_000)],
-    "too_many": [kline(NOW_MIN - i * 60_000) for i in range(5000, 0, -1)],
-    "huge": b"[" + b" " * (6 * 1024 * 1024) + b"]",
-}
+def hostile(kind: str) -> bytes:
+    """A klines body of the named kind, around the current minute (the loader's window)."""
+    now = int(time.time() * 1000) // 60_000 * 60_000
+    rows: dict[str, Any] = {
+        "wrong_types": [[now, 1.0, 2.0, 0.5, 1.5, 10, now + 59_999, "15", 3, "5", "7.5", "0"]],
+        "not_a_decimal": [kline(now - 60_000, f1="NaN")],
+        "off_grid": [kline(now - 59_000)],
+        "out_of_order": [kline(now - 60_000), kline(now - 120_000)],
+        "duplicates": [kline(now - 120_000), kline(now - 120_000)],
+        "too_many": [kline(now - i * 60_000) for i in range(5000, 0, -1)],
+    }
+    if kind == "malformed":
+        return b'[[1700000000000,"1.0",'
+    if kind == "huge":
+        return b"[" + b" " * (6 * 1024 * 1024) + b"]"
+    return json.dumps(rows[kind]).encode()
 
 
-@pytest.mark.parametrize("kind", list(HOSTILE))
+HOSTILE = ["malformed", "wrong_types", "not_a_decimal", "off_grid", "out_of_order", "duplicates", "too_many", "huge"]
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
 async def test_hostile_history_pages_are_refused_with_a_logged_error(
     kind: str, store: CandleStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    body = HOSTILE[kind]
-    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    payload = hostile(kind)
     served = 0
 
     async def klines(request: web.Request) -> web.Response:

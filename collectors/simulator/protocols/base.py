@@ -174,6 +174,8 @@ class Protocol:
             return []
         end = min(end_s if end_s is not None else now_s + 1, now_s + 1)
         if start_s is not None:
+            if interval.seconds:  # no need to fold past the last bucket that can be returned
+                end = min(end, start_s + (limit + 1) * interval.seconds)
             return tape.candles(interval, start_s, end, now_s)[:limit]
         return tape.candles(interval, max(tape.first_s, 0), end, now_s)[-limit:]
 
