@@ -39,7 +39,7 @@ async def test_updates_of_one_candle_coalesce_and_a_close_is_never_undone(store:
             size="1",
             side=Side.BUY,
         )
-    )  # type: ignore[arg-type]
+    )
     assert len(writer) == 1
     task = asyncio.create_task(writer.run())
     try:
