@@ -20,6 +20,7 @@ from collectors.admin import AdminApi, start_admin
 from collectors.config import URL_SETTINGS, CollectorConfig, ConfigError, parse_exchange
 from collectors.exchanges import ADAPTERS
 from collectors.feed.collector import Collector
+from collectors.feed.rest import RestBudget
 from collectors.metrics import CollectorMetrics
 from collectors.sink import Sink, redis_client
 from collectors.status import StatusPublisher
@@ -27,6 +28,7 @@ from collectors.storage import CandleStorage
 from shared.events import AnyMarketEvent
 from shared.publisher import AsyncPublisher
 from shared.status import SinkStatus
+from shared.topics import Exchange
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +53,13 @@ class Outlets:
 
 
 class CollectorService:
-    """One collector, its sink to Redis, its status publisher and its admin API."""
+    """One collector, its sink to Redis, its status publisher and its admin API.
 
-    def __init__(self, config: CollectorConfig) -> None:
+    `budgets` shares one REST weight budget per exchange between the services of a process
+    (the exchange counts weight per address, not per collector).
+    """
+
+    def __init__(self, config: CollectorConfig, budgets: dict[Exchange, RestBudget] | None = None) -> None:
         exchange = parse_exchange(config.exchange)
         adapter_class = ADAPTERS[exchange]
         for name, endpoint in URL_SETTINGS.items():
@@ -76,7 +82,10 @@ class CollectorService:
             ),
             outlet=self.sink,
             settings=config.feed_settings(),
+            rest=budgets.get(exchange) if budgets is not None else None,
         )
+        if budgets is not None:
+            budgets.setdefault(exchange, self.collector.rest)
         self.storage = CandleStorage(self.collector, config) if config.database_url else None
         if self.storage is not None:
             self.collector.set_outlet(Outlets(self.sink, self.storage))

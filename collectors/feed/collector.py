@@ -76,6 +76,7 @@ class Collector:
         *,
         outlet: Outlet,
         settings: FeedSettings,
+        rest: RestBudget | None = None,
     ) -> None:
         self.id = collector_id
         self.adapter = make_adapter(self)
@@ -99,8 +100,9 @@ class Collector:
         self._stop = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._session: aiohttp.ClientSession | None = None
-        # One budget for every REST call of this collector: book snapshots and candle history.
-        self.rest = RestBudget(settings.rest_weight_per_minute or self.adapter.rest_weight_per_minute)
+        # One budget for every REST call (book snapshots, candle history): this collector's own, or
+        # one shared by every collector of the exchange in the process (`rest`).
+        self.rest = rest or RestBudget(settings.rest_weight_per_minute or self.adapter.rest_weight_per_minute)
         self.reopened: Reopened | None = None
         self.terminated = False
 
