@@ -246,3 +246,25 @@ async def standalone_loader(
         settings=FeedSettings(),
     )
     return HistoryLoader(collector, store, bars=bars, retention_days={})
+
+
+async def test_a_trade_built_bucket_seen_in_part_is_fetched_again_once_closed(
+    sim: Simulator, store: CandleStore
+) -> None:
+    """Coinbase streams 1m only as trades: the bucket open at start is refetched after it closes."""
+    topic = Topic.parse("coinbase:candles.1m:BTC/USD")
+    loader = await standalone_loader(sim, Exchange.COINBASE, store, [topic], bars=30)
+    loader.reopened([topic])
+    before = Timeframe.M1.start(int(time.time() * 1000))
+    async with aiohttp.ClientSession() as session:
+        await loader._fill_guarded(session, topic)
+    after = Timeframe.M1.start(int(time.time() * 1000))
+    again = loader._due[topic]
+    assert again.start in {before, after}  # the bucket open during the fill
+    assert again.at == Timeframe.M1.end(again.start) + 10_000
+    native = Topic.parse("binance:candles.1m:BTC/USDT")  # a native live timeframe needs no second look
+    binance = await standalone_loader(sim, Exchange.BINANCE, store, [native], bars=30)
+    binance.reopened([native])
+    async with aiohttp.ClientSession() as session:
+        await binance._fill_guarded(session, native)
+    assert native not in binance._due
