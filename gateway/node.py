@@ -121,8 +121,8 @@ class GatewayNode:
         self.server.on("notifications:unread", self._with_session(self.notifications.unread))
         self.candles = CandleHistory(
             database_url=config.database_url, policy=self.policy, verifier=self.verifier, client=self.redis,
-            registry=self.metrics.registry, max_limit=config.history_max_limit,
-            cache_entries=config.history_cache_entries, timeout_s=config.history_timeout_s,
+            registry=self.metrics.registry, max_limit=config.candles_max_limit,
+            cache_entries=config.candles_cache_entries, timeout_s=config.candles_timeout_s,
         )  # fmt: skip
         self.server.on("candles:history", self._with_session(self.candles.request))
 
