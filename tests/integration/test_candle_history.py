@@ -268,3 +268,43 @@ async def test_a_trade_built_bucket_seen_in_part_is_fetched_again_once_closed(
     async with aiohttp.ClientSession() as session:
         await binance._fill_guarded(session, native)
     assert native not in binance._due
+
+
+async def test_a_chart_over_the_whole_pipeline_gets_history_then_live_without_a_gap(
+    sim: Simulator, store: CandleStore, postgres_url: str, redis_url: str
+) -> None:
+    """Simulator -> collector -> PostgreSQL and Redis -> gateway -> client: 1000 bars, then live ones."""
+    from tests.harness import connected, make_token, running_node  # noqa: PLC0415 - gateway helpers
+
+    topic = "binance:candles.1m:BTC/USDT"
+    config = collector_config(
+        sim, Exchange.BINANCE, redis_url, symbols=["BTC/USDT"], channels=["candles:1m"], database_url=postgres_url,
+        history_bars=1100,
+    )  # fmt: skip
+    async with (
+        running(config) as service,
+        running_node(redis_url, database_url=postgres_url) as node,
+        connected(node.url, make_token()) as client,
+    ):
+        await wait_until(lambda: loader_fills(service) >= 1, 20)
+        assert (await client.call("subscribe", [topic]))["results"][0]["ok"]
+        page = await client.call("candles:history", {"topic": topic, "limit": 1000})
+        assert page["ok"] and len(page["candles"]) == 1000
+        live = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                live.append((await client.next("market", timeout=1))[1])
+            except TimeoutError:
+                continue
+        assert live, "no live candle within 3 s"
+        last = page["candles"][-1]["open_time"]
+        bars = {bar["open_time"]: bar for bar in page["candles"]}
+        last_bar: dict[str, Any] = {}
+        for bar in live:
+            if bar["open_time"] >= last:
+                bars[bar["open_time"]] = last_bar = bar
+                last = bar["open_time"]
+        times = sorted(bars)
+        assert times == list(range(times[0], times[-1] + 60_000, 60_000))  # no gap, no duplicate
+        assert last_bar and last_bar["open_time"] == times[-1] and not last_bar["closed"]
