@@ -17,15 +17,18 @@ from collections.abc import Sequence
 
 from collectors.config import ConfigError, load_configs
 from collectors.feed.adapter import SubscriptionError
+from collectors.feed.rest import RestBudget
 from collectors.runner import CollectorService, run_all
 from shared.config import ConfigError as SettingError
 from shared.logs import setup_logging
+from shared.topics import Exchange
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         configs = load_configs(sys.argv[1:] if argv is None else argv, os.environ)
-        services = [CollectorService(config) for config in configs]
+        budgets: dict[Exchange, RestBudget] = {}  # one REST budget per exchange in this process
+        services = [CollectorService(config, budgets) for config in configs]
     except (ConfigError, SettingError, SubscriptionError) as exc:
         print(f"fanout-collector: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """OHLCV candles built from trades: one aggregator per exchange, symbol and timeframe.
 
-Buckets start at multiples of the timeframe since the Unix epoch (UTC), as
-the exchanges' own candles do, so ours line up with theirs. Prices keep the
+Buckets are those of `Timeframe.start` (UTC; epoch multiples, Monday weeks,
+calendar months), as the exchanges' own candles are, so ours line up with theirs. Prices keep the
 exchange's text; the volume is summed as `Decimal`, so ``0.1 + 0.2`` gives
 ``0.3`` and never ``0.30000000000000004``. A bucket without trades produces no
 candle: consumers see the gap in ``open_time``.
@@ -9,8 +9,11 @@ candle: consumers see the gap in ``open_time``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Context, Decimal, InvalidOperation
 from typing import Final
+
+import msgspec
 
 from collectors.book import DataError
 from shared.events import Candle
@@ -76,13 +79,12 @@ class CandleAggregator:
     side numbers them.
     """
 
-    __slots__ = ("_bucket", "_exchange", "_floor", "_period_ms", "_symbol", "_timeframe", "ignored")
+    __slots__ = ("_bucket", "_exchange", "_floor", "_symbol", "_timeframe", "ignored")
 
     def __init__(self, *, exchange: Exchange, symbol: str, timeframe: Timeframe) -> None:
         self._exchange = Exchange(exchange)
         self._symbol = parse_symbol(symbol)
         self._timeframe = Timeframe(timeframe)
-        self._period_ms = self._timeframe.seconds * 1000
         self._bucket: _Bucket | None = None
         self._floor = 0  # open_time of the oldest bucket still accepting trades
         self.ignored = 0  # trades dropped because their bucket was already closed
@@ -93,7 +95,7 @@ class CandleAggregator:
         Raises `DataError` for a price or size that is not a non-negative decimal.
         """
         value, amount = _decimal(price, "price"), _decimal(size, "size")
-        open_time = ts - ts % self._period_ms
+        open_time = self._timeframe.start(ts)
         if open_time < self._floor:
             self.ignored += 1
             return []
@@ -118,13 +120,13 @@ class CandleAggregator:
         bucket arriving after this is ignored.
         """
         bucket = self._bucket
-        if bucket is None or now_ms < bucket.open_time + self._period_ms:
+        if bucket is None or now_ms < self._timeframe.end(bucket.open_time):
             return None
         return self._close(bucket, now_ms, recv_ts)
 
     def _close(self, bucket: _Bucket, ts: int, recv_ts: float) -> Candle:
         self._bucket = None
-        self._floor = bucket.open_time + self._period_ms
+        self._floor = self._timeframe.end(bucket.open_time)
         return self._candle(bucket, ts, recv_ts, closed=True)
 
     def _candle(self, bucket: _Bucket, ts: int, recv_ts: float, *, closed: bool) -> Candle:
@@ -142,3 +144,42 @@ class CandleAggregator:
             volume=format(bucket.volume, "f"),  # never exponent form, e.g. "0E-8" -> "0.00000000"
             closed=closed,
         )
+
+
+def aggregate(candles: Sequence[Candle], timeframe: Timeframe, now_ms: int) -> list[Candle]:
+    """Fold finer candles (oldest first, each inside one bucket) into `timeframe`'s buckets.
+
+    Open is the first candle's, close the last one's, high and low the extremes
+    (compared as decimals, kept as the exchange's text), volume the exact sum.
+    A bucket is closed once its end has passed `now_ms`.
+    """
+    out: list[Candle] = []
+    group: list[Candle] = []
+    for candle in candles:
+        if group and timeframe.start(candle.open_time) != timeframe.start(group[0].open_time):
+            out.append(_fold(group, timeframe, now_ms))
+            group = []
+        group.append(candle)
+    if group:
+        out.append(_fold(group, timeframe, now_ms))
+    return out
+
+
+def _fold(group: Sequence[Candle], timeframe: Timeframe, now_ms: int) -> Candle:
+    first, last = group[0], group[-1]
+    high = max(group, key=lambda c: _decimal(c.high, "high"))
+    low = min(group, key=lambda c: _decimal(c.low, "low"))
+    volume = Decimal(0)
+    for candle in group:
+        volume = _EXACT.add(volume, _decimal(candle.volume, "volume"))
+    open_time = timeframe.start(first.open_time)
+    return msgspec.structs.replace(
+        last,
+        timeframe=timeframe,
+        open_time=open_time,
+        open=first.open,
+        high=high.high,
+        low=low.low,
+        volume=format(volume, "f"),
+        closed=timeframe.end(open_time) <= now_ms,
+    )

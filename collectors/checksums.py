@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
 from itertools import chain
 from typing import Final
 
@@ -37,6 +38,17 @@ def kraken_checksum(bids: Sequence[Level], asks: Sequence[Level]) -> int:
     return zlib.crc32(text.encode("ascii"))
 
 
+def at_precision(levels: Sequence[Level], price_decimals: int, size_decimals: int) -> list[Level]:
+    """Levels re-written with exactly the instrument's decimals ("0.001" -> "0.00100000"), as Kraken prints them."""
+    out = []
+    for price, size in levels:
+        try:
+            out.append((f"{Decimal(price):.{price_decimals}f}", f"{Decimal(size):.{size_decimals}f}"))
+        except InvalidOperation:
+            out.append((price, size))  # not a number: the checksum will say so
+    return out
+
+
 def okx_checksum(bids: Sequence[Level], asks: Sequence[Level]) -> int:
     """Signed CRC32 of ``bid1px:bid1sz:ask1px:ask1sz:bid2px:...`` over the best 25 per side.
 
@@ -53,15 +65,26 @@ def okx_checksum(bids: Sequence[Level], asks: Sequence[Level]) -> int:
     return value - (1 << 32) if value & _SIGN_BIT else value
 
 
-def verify_kraken(book: OrderBook, expected: int) -> None:
+def verify_kraken(book: OrderBook, expected: int, precision: tuple[int, int] | None = None) -> None:
     """Raise `SyncError` unless the book's top 10 give Kraken's checksum.
 
     Apply every level of the message and truncate to the subscribed depth first.
+    The checksum is over the text Kraken sent; when that text was lost (a feed
+    re-serialized through floats drops trailing zeros), `precision` (price and
+    size decimals of the instrument) re-formats the levels as Kraken prints them.
     """
     bids, asks = book.top(KRAKEN_DEPTH)
     computed = kraken_checksum(bids, asks)
-    if computed != expected:
-        raise SyncError(SyncReason.CHECKSUM, f"expected {expected}, computed {computed}")
+    if computed == expected:
+        return
+    if precision is not None:
+        price_decimals, size_decimals = precision
+        formatted = kraken_checksum(
+            at_precision(bids, price_decimals, size_decimals), at_precision(asks, price_decimals, size_decimals)
+        )
+        if formatted == expected:
+            return
+    raise SyncError(SyncReason.CHECKSUM, f"expected {expected}, computed {computed}")
 
 
 def verify_okx(book: OrderBook, expected: int) -> None:

@@ -82,13 +82,17 @@ class CollectorConfig:
     )
     symbols: list[str] = setting([], "COLLECTOR_SYMBOLS", "Unified symbols, e.g. BTC/USDT,ETH/USDT.")
     channels: list[str] = setting(
-        ["ticker", "trades", "book"], "COLLECTOR_CHANNELS", "ticker, trades, book and candles:<1m|5m|15m|1h|4h|1d>."
+        ["ticker", "trades", "book"],
+        "COLLECTOR_CHANNELS",
+        "ticker, trades, book and candles:<timeframe> (1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M).",
     )
     collector_id: str = setting("", "COLLECTOR_ID", "Name in status and logs (default: the exchange).", flag="--id")
     config: str = setting("", "COLLECTOR_CONFIG", "TOML file with settings and/or [[collectors]] tables.")
     redis_url: str = setting("redis://127.0.0.1:6379/0", "REDIS_URL", "Redis to publish to.", flag="--redis-url")
     ws_url: str = setting("", "COLLECTOR_WS_URL", "Override the exchange's market-data WebSocket URL.")
-    rest_url: str = setting("", "COLLECTOR_REST_URL", "Binance only: override the REST base URL (book snapshots).")
+    rest_url: str = setting(
+        "", "COLLECTOR_REST_URL", "Override the exchange's REST base URL (candle history, Binance book snapshots)."
+    )
     business_url: str = setting("", "COLLECTOR_BUSINESS_URL", "OKX only: override the /ws/v5/business URL (candles).")
     book_depth: int = setting(20, "COLLECTOR_BOOK_DEPTH", "Levels per side in published books.")
     book_rate: float = setting(10.0, "COLLECTOR_BOOK_RATE", "Most book views per second per symbol; 0: every change.")
@@ -136,6 +140,26 @@ class CollectorConfig:
     batch_size: int = setting(500, "COLLECTOR_BATCH_SIZE", "Events per Redis pipeline.")
     latest_ttl_s: int = setting(3600, "COLLECTOR_LATEST_TTL_S", "Seconds a latest-value key lives.")
     shutdown_timeout_s: float = setting(5.0, "COLLECTOR_SHUTDOWN_TIMEOUT_S", "Seconds to flush on shutdown.")
+    rest_weight_per_minute: float = setting(
+        0.0, "COLLECTOR_REST_WEIGHT_PER_MINUTE", "REST weight budget a minute (snapshots, history); 0: the exchange's."
+    )
+    database_url: str = setting(
+        "",
+        "DATABASE_URL",
+        "PostgreSQL for candle history; empty: no history is loaded or stored.",
+        flag="--database-url",
+    )
+    history_bars: int = setting(
+        1000, "COLLECTOR_HISTORY_BARS", "Candles per candle topic to backfill on a first start."
+    )
+    candle_retention_days: list[str] = setting(
+        ["1m=30", "3m=60", "5m=90", "15m=180", "30m=365"],
+        "COLLECTOR_CANDLE_RETENTION_DAYS",
+        "Days of candles kept per timeframe (`tf=days`); timeframes not listed are kept.",
+    )
+    candle_queue_size: int = setting(
+        10000, "COLLECTOR_CANDLE_QUEUE_SIZE", "Candles waiting for PostgreSQL (coalesced per candle; oldest dropped)."
+    )
     log_level: str = setting("info", "COLLECTOR_LOG_LEVEL", "debug, info, warning or error.")
 
     def __post_init__(self) -> None:
@@ -147,12 +171,16 @@ class CollectorConfig:
         positive = (
             *("book_depth", "status_interval_s", "ping_interval_s", "pong_timeout_s", "connect_timeout_s"),
             *("backoff_initial_s", "stale_after_s", "trades_stale_after_s", "queue_size", "batch_size"),
-            *("latest_ttl_s", "shutdown_timeout_s", "max_topics"),
+            *("latest_ttl_s", "shutdown_timeout_s", "max_topics", "history_bars", "candle_queue_size"),
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        for name in ("book_rate", "max_connection_age_s", "stable_after_s", "on_demand_linger_s"):
+        self.retention  # noqa: B018 - parses, or raises ConfigError
+        for name in (
+            *("book_rate", "max_connection_age_s", "stable_after_s", "on_demand_linger_s"),
+            "rest_weight_per_minute",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         if self.backoff_max_s < self.backoff_initial_s:
@@ -178,6 +206,20 @@ class CollectorConfig:
         return {endpoint: getattr(self, name) for name, endpoint in URL_SETTINGS.items() if getattr(self, name)}
 
     @property
+    def retention(self) -> dict[Timeframe, float]:
+        """Days kept per timeframe, from ``tf=days`` items."""
+        out = {}
+        for item in self.candle_retention_days:
+            name, _, days = item.partition("=")
+            try:
+                out[Timeframe(name.strip())] = float(days)
+            except ValueError:
+                raise ConfigError(f"candle retention {item!r}: use <timeframe>=<days>, e.g. 1m=30") from None
+            if out[Timeframe(name.strip())] <= 0:
+                raise ConfigError(f"candle retention {item!r}: days must be positive")
+        return out
+
+    @property
     def book_interval_s(self) -> float:
         return 1 / self.book_rate if self.book_rate else 0.0
 
@@ -192,7 +234,12 @@ class CollectorConfig:
             stable_after_s=self.stable_after_s,
             max_age_s=self.max_connection_age_s or None,
         )
-        return FeedSettings(link=link, stale_after_s=self.stale_after_s, trades_stale_after_s=self.trades_stale_after_s)
+        return FeedSettings(
+            link=link,
+            stale_after_s=self.stale_after_s,
+            trades_stale_after_s=self.trades_stale_after_s,
+            rest_weight_per_minute=self.rest_weight_per_minute,
+        )
 
 
 def _file_sections(path: str) -> list[dict[str, Any]]:

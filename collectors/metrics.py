@@ -16,15 +16,17 @@ from prometheus_client.registry import Collector as PromCollector
 
 from collectors.feed.collector import Collector
 from collectors.sink import Sink
+from collectors.storage import CandleStorage
 from shared.status import ConnectionState
 
 
 class CollectorMetrics(PromCollector):
     """Exports a `Collector` and its `Sink` as metrics, labelled by connection where it helps."""
 
-    def __init__(self, collector: Collector, sink: Sink) -> None:
+    def __init__(self, collector: Collector, sink: Sink, storage: CandleStorage | None = None) -> None:
         self._collector = collector
         self._sink = sink
+        self._storage = storage
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
         self.admin_refusals = Counter(
@@ -81,3 +83,45 @@ class CollectorMetrics(PromCollector):
         yield CounterMetricFamily("collector_sink_dropped", "Events dropped, oldest first.", value=sink.dropped)
         yield CounterMetricFamily("collector_sink_errors", "Failed publishes to Redis.", value=sink.errors)
         yield GaugeMetricFamily("collector_redis_up", "1 while Redis takes our publishes.", value=float(sink.redis_up))
+
+        rest = collector.rest
+        yield CounterMetricFamily("collector_rest_weight_spent", "REST request weight spent.", value=rest.spent)
+        yield GaugeMetricFamily(
+            "collector_rest_weight_available", "REST weight left in the budget.", value=rest.available
+        )
+        yield CounterMetricFamily(
+            "collector_rest_wait_seconds", "Time REST calls waited for budget.", value=rest.waited_s
+        )
+        yield CounterMetricFamily(
+            "collector_rest_throttled", "429/418 answers (all REST paused).", value=rest.throttled
+        )
+        yield from self._storage_metrics()
+
+    def _storage_metrics(self) -> Iterator[Metric]:
+        storage = self._storage
+        if storage is None:
+            return
+        writer, loader = storage.writer, storage.loader
+        yield GaugeMetricFamily(
+            "collector_db_up", "1 while candles reach PostgreSQL.", value=float(bool(writer and writer.db_up))
+        )
+        if writer is not None:
+            yield GaugeMetricFamily(
+                "collector_candle_queue_depth", "Candles waiting for PostgreSQL.", value=len(writer)
+            )
+            yield CounterMetricFamily("collector_candles_written", "Live candle states written.", value=writer.written)
+            yield CounterMetricFamily(
+                "collector_candles_dropped", "Candles dropped, oldest first (queue full).", value=writer.dropped
+            )
+            yield CounterMetricFamily("collector_candle_write_errors", "Failed candle writes.", value=writer.errors)
+        if loader is not None:
+            yield CounterMetricFamily(
+                "collector_history_candles", "Candles loaded from REST history.", value=loader.loaded
+            )
+            yield CounterMetricFamily("collector_history_requests", "REST history requests.", value=loader.requests)
+            yield CounterMetricFamily(
+                "collector_history_refused", "History pages refused as malformed.", value=loader.refused
+            )
+            yield CounterMetricFamily(
+                "collector_history_failures", "History requests that failed.", value=loader.failures
+            )

@@ -21,10 +21,15 @@ from collectors.config import URL_SETTINGS, CollectorConfig, ConfigError, parse_
 from collectors.demand import DemandWatcher
 from collectors.exchanges import ADAPTERS
 from collectors.feed.collector import Collector
+from collectors.feed.rest import RestBudget
 from collectors.metrics import CollectorMetrics
 from collectors.sink import Sink, redis_client
 from collectors.status import StatusPublisher
+from collectors.storage import CandleStorage
+from shared.events import AnyMarketEvent
 from shared.publisher import AsyncPublisher
+from shared.status import SinkStatus
+from shared.topics import Exchange
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +38,29 @@ REDIS_RETRY_INITIAL_S: Final = 0.1
 REDIS_RETRY_MAX_S: Final = 2.0
 
 
-class CollectorService:
-    """One collector, its sink to Redis, its status publisher and its admin API."""
+class Outlets:
+    """Every event to Redis; candles also to PostgreSQL when a store is configured."""
 
-    def __init__(self, config: CollectorConfig) -> None:
+    def __init__(self, sink: Sink, storage: CandleStorage) -> None:
+        self._sink = sink
+        self._storage = storage
+
+    def put(self, event: AnyMarketEvent) -> None:
+        self._sink.put(event)
+        self._storage.put(event)
+
+    def status(self) -> SinkStatus:
+        return self._sink.status()
+
+
+class CollectorService:
+    """One collector, its sink to Redis, its status publisher and its admin API.
+
+    `budgets` shares one REST weight budget per exchange between the services of a process
+    (the exchange counts weight per address, not per collector).
+    """
+
+    def __init__(self, config: CollectorConfig, budgets: dict[Exchange, RestBudget] | None = None) -> None:
         exchange = parse_exchange(config.exchange)
         adapter_class = ADAPTERS[exchange]
         for name, endpoint in URL_SETTINGS.items():
@@ -59,9 +83,15 @@ class CollectorService:
             ),
             outlet=self.sink,
             settings=config.feed_settings(),
+            rest=budgets.get(exchange) if budgets is not None else None,
         )
+        if budgets is not None:
+            budgets.setdefault(exchange, self.collector.rest)
+        self.storage = CandleStorage(self.collector, config) if config.database_url else None
+        if self.storage is not None:
+            self.collector.set_outlet(Outlets(self.sink, self.storage))
         self.collector.add(config.topics)  # SubscriptionError for a topic the adapter cannot serve
-        self.metrics = CollectorMetrics(self.collector, self.sink)
+        self.metrics = CollectorMetrics(self.collector, self.sink, self.storage)
         self.status = StatusPublisher(
             self.redis, self.collector.status, interval_s=config.status_interval_s, ttl_s=config.status_ttl_s
         )
@@ -101,6 +131,7 @@ class CollectorService:
                 status = tg.create_task(self.status.run(), name=f"{config.name}-status")
                 collector = tg.create_task(self.collector.run(ready), name=f"{config.name}-collector")
                 demand = tg.create_task(self.demand.run(), name=f"{config.name}-demand") if self.demand else None
+                storage = tg.create_task(self.storage.run(), name=f"{config.name}-storage") if self.storage else None
                 await stop.wait()
                 if demand is not None:
                     demand.cancel()
@@ -108,7 +139,11 @@ class CollectorService:
                 await collector
                 sink.cancel()
                 status.cancel()
+                if storage is not None:
+                    storage.cancel()
             await self.sink.drain(config.shutdown_timeout_s)
+            if self.storage is not None:
+                await self.storage.close(config.shutdown_timeout_s)
             await self.status.publish_once()
         finally:
             await admin.cleanup()

@@ -150,6 +150,19 @@ class GatewayConfig:
         "GATEWAY_HISTORY_MAX_AGE_S",
         "Age of the oldest notification or execution update publishers keep (must match their retention).",
     )
+    database_url: str = setting(
+        "",
+        "DATABASE_URL",
+        "PostgreSQL of the candle history; empty: history requests answer `unavailable`.",
+        flag="--database-url",
+    )
+    candles_max_limit: int = setting(1000, "GATEWAY_CANDLES_MAX_LIMIT", "Most candles in one candle history page.")
+    candles_cache_entries: int = setting(
+        512, "GATEWAY_CANDLES_CACHE_ENTRIES", "Candle history pages kept in the node's LRU cache."
+    )
+    candles_timeout_s: float = setting(
+        5.0, "GATEWAY_CANDLES_TIMEOUT_S", "Deadline of one candle history query, in seconds."
+    )
     shutdown_timeout_s: float = setting(
         10.0, "GATEWAY_SHUTDOWN_TIMEOUT_S", "Deadline for a graceful shutdown on SIGTERM, in seconds."
     )
@@ -173,6 +186,9 @@ class GatewayConfig:
             "max_packet_bytes",
             "max_recovery",
             "conflate_above_bytes",
+            "candles_max_limit",
+            "candles_cache_entries",
+            "candles_timeout_s",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -21,6 +21,7 @@ import redis.exceptions
 from gateway import ops
 from gateway.admission import Admission
 from gateway.auth import Identity, TokenVerifier
+from gateway.candles import CandleHistory
 from gateway.config import GatewayConfig
 from gateway.demand import Demand
 from gateway.errors import AuthCode, AuthError, RequestError
@@ -46,6 +47,7 @@ from shared.status import GatewayStatus
 logger = logging.getLogger(__name__)
 
 SOCKETIO_PATH: Final = "/socket.io"
+CANDLES_PATH: Final = "/candles"
 REDIS_POOL_SIZE: Final = 16
 DEMAND_FIRST_READ_S: Final = 5.0
 
@@ -135,6 +137,12 @@ class GatewayNode:
         self.server.on("notifications:read", self._with_session(self.notifications.mark_read))
         self.server.on("notifications:unread", self._with_session(self.notifications.unread))
         self.server.on("executions:list", self._with_session(self.executions.states))
+        self.candles = CandleHistory(
+            database_url=config.database_url, policy=self.policy, verifier=self.verifier, client=self.redis,
+            registry=self.metrics.registry, max_limit=config.candles_max_limit,
+            cache_entries=config.candles_cache_entries, timeout_s=config.candles_timeout_s,
+        )  # fmt: skip
+        self.server.on("candles:history", self._with_session(self.candles.request))
 
     # Lifecycle
 
@@ -152,6 +160,8 @@ class GatewayNode:
     async def _route(self, request: Request) -> Response | Upgrade:
         if request.path.rstrip("/") == SOCKETIO_PATH:
             return await self.server.handle(request)
+        if request.path == CANDLES_PATH:
+            return await self.candles.http(request)
         if self.pages.serves(request.path):
             return await self.pages.respond(request)
         return ops.respond(request, self)
@@ -183,6 +193,7 @@ class GatewayNode:
             await self.redis.delete(names.gateway_status_key(self.config.name))  # off the status page at once
         await self.server.stop()
         await self.verifier.close()
+        await self.candles.close()
         await self.redis.aclose()
 
     async def drain(self, deadline_s: float) -> None:

@@ -30,6 +30,7 @@ from collectors.exchanges import ADAPTERS
 from collectors.simulator.config import PORT_ORDER, SimulatorConfig
 from gateway.config import GatewayConfig
 from shared.config import ConfigError
+from shared.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError
 from shared.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from shared.logs import setup_logging
 from shared.topics import Exchange
@@ -257,16 +258,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmbeddedRedisError as exc:
         print(f"fanout-local: cannot start an embedded redis: {exc}", file=sys.stderr)
         return 1
+    except EmbeddedPostgresError as exc:
+        print(f"fanout-local: cannot start an embedded postgresql: {exc}", file=sys.stderr)
+        return 1
 
 
 def run_stack(config: StackConfig, started: list[Service], secret: str, *, simulate: bool) -> int:
-    """Start Redis (unless given one) and every service; log `ready` once all serve; run until a signal."""
+    """Start Redis and PostgreSQL (unless given) and every service; log `ready` once all serve; run until a signal."""
     embedded = None if config.redis_url else EmbeddedRedis(port=config.redis_port or None).start()
     redis_url = config.redis_url or (embedded.url if embedded else "")
+    try:
+        postgres = None if config.database_url else EmbeddedPostgres().start()
+    except EmbeddedPostgresError:
+        if embedded is not None:
+            embedded.stop()
+        raise
+    database_url = config.database_url or (postgres.url() if postgres else "")
     try:
         env = {
             **os.environ,
             "REDIS_URL": redis_url,
+            "DATABASE_URL": database_url,
             "GATEWAY_JWT_SECRET": secret,
             "GATEWAY_CORS_ORIGINS": ",".join(config.origins),
             # The local stack's status page needs no token; a deployment sets GATEWAY_ADMIN_TOKEN instead.
@@ -277,6 +289,7 @@ def run_stack(config: StackConfig, started: list[Service], secret: str, *, simul
             "url": f"http://{_connectable(config.host)}:{config.port}",
             "gateways": [f"http://{_connectable(config.host)}:{port}" for port in gateway_ports(config)],
             "redis_url": redis_url,
+            "database_url": database_url,
             "demo_user": DEMO_USER,
             "demo_team": DEMO_TEAM,
             "demo_token": demo_token,
@@ -295,6 +308,8 @@ def run_stack(config: StackConfig, started: list[Service], secret: str, *, simul
         finally:
             clear_running(config.state_dir)
     finally:
+        if postgres is not None:
+            postgres.stop()
         if embedded is not None:
             embedded.stop()
 

@@ -76,6 +76,9 @@ class StackConfig:
 
     config: str = setting("", "STACK_CONFIG", "TOML file of these settings (keys: the names below, snake_case).")
     redis_url: str = setting("", "REDIS_URL", "Redis to use; empty starts an embedded one.", flag="--redis-url")
+    database_url: str = setting(
+        "", "DATABASE_URL", "PostgreSQL for candle history; empty starts an embedded one.", flag="--database-url"
+    )
     redis_port: int = setting(
         9379, "STACK_REDIS_PORT", "Port of the embedded Redis (the README's snippets use 9379); 0 picks a free one."
     )

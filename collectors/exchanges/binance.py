@@ -15,9 +15,11 @@ from collections.abc import Hashable
 from typing import Any, ClassVar, Final
 
 import aiohttp
+import msgspec
 
 from collectors.book import Action, BinanceDepthSync, SyncError
-from collectors.feed.adapter import Adapter, Link, Op, ResyncMode, Stream, to_json
+from collectors.feed.adapter import Adapter, Bar, Link, Op, ResyncMode, Stream, to_json
+from collectors.feed.rest import RestBudget
 from shared.events import Side
 from shared.topics import Exchange, Kind, Timeframe
 
@@ -27,15 +29,11 @@ Diff = tuple[list[list[str]], list[list[str]], int]
 # 1000 levels cost 50 request weight of the 6000 a minute an address gets: plenty of depth
 # for a top-N view that stays right however far the price runs.
 SNAPSHOT_LIMIT: Final = 1000
-SNAPSHOT_TIMEOUT_S: Final = 10.0
-_TIMEFRAMES: Final = {
-    "1m": Timeframe.M1,
-    "5m": Timeframe.M5,
-    "15m": Timeframe.M15,
-    "1h": Timeframe.H1,
-    "4h": Timeframe.H4,
-    "1d": Timeframe.D1,
-}
+SNAPSHOT_WEIGHT: Final = 50
+# [open time, open, high, low, close, volume, close time, quote volume, trades, taker base, taker quote, "0"]
+_KLINES: Final = msgspec.json.Decoder(list[tuple[int, str, str, str, str, str, int, str, int, str, str, str]])
+# Every timeframe of ours is a Binance kline interval of the same name (weeks from Monday).
+_TIMEFRAMES: Final = {str(timeframe): timeframe for timeframe in Timeframe}
 
 
 class Binance(Adapter[BinanceDepthSync[Diff]]):
@@ -52,6 +50,11 @@ class Binance(Adapter[BinanceDepthSync[Diff]]):
     # 5 frames/s is the hard limit and pongs to the server's pings count too: stay well under.
     requests_per_second: ClassVar[float] = 2.0
     max_connection_age_s: ClassVar[float | None] = 23 * 3600.0  # retire before the 24 h cut-off
+    # 6000 weight a minute per address; books (50 each) and klines (2 each) share 80% of it.
+    rest_weight_per_minute: ClassVar[float] = 4800.0
+    history_intervals: ClassVar[dict[Timeframe, str]] = {tf: str(tf) for tf in Timeframe}
+    history_page: ClassVar[int] = 1000
+    history_weight: ClassVar[float] = 2.0
 
     def market(self, symbol: str) -> str:
         return symbol.replace("/", "")
@@ -137,13 +140,23 @@ class Binance(Adapter[BinanceDepthSync[Diff]]):
         if diffs:
             feed.changed(diffs[-1][2], recv_ts)
 
-    async def fetch_snapshot(self, session: aiohttp.ClientSession, stream: Stream) -> bytes:
+    async def fetch_snapshot(self, session: aiohttp.ClientSession, budget: RestBudget, stream: Stream) -> bytes:
         url = f"{self.urls['rest']}/api/v3/depth"
         params = {"symbol": stream.market, "limit": str(SNAPSHOT_LIMIT)}
-        timeout = aiohttp.ClientTimeout(total=SNAPSHOT_TIMEOUT_S)
-        async with session.get(url, params=params, timeout=timeout) as response:
-            response.raise_for_status()
-            return await response.read()
+        return await budget.get(session, url, params, weight=SNAPSHOT_WEIGHT)
+
+    def history_request(self, market: str, timeframe: Timeframe, start: int, end: int) -> tuple[str, dict[str, str]]:
+        # GET /api/v3/klines?symbol=BTCUSDT&interval=1m&startTime=...&endTime=...&limit=1000 (weight 2)
+        params = {
+            "symbol": market, "interval": self.history_intervals[timeframe], "startTime": str(start),
+            "endTime": str(end - 1), "limit": str(self.history_page),
+        }  # fmt: skip
+        return f"{self.urls['rest']}/api/v3/klines", params
+
+    def parse_history(self, body: bytes) -> list[Bar]:
+        # [[1499040000000,"0.01634790","0.80000000","0.01575800","0.01577100","148976.11427815",
+        #   1499644799999,"2434.19055334",308,"1756.87402397","28.46694368","0"]], oldest first
+        return [(row[0], row[1], row[2], row[3], row[4], row[5]) for row in _KLINES.decode(body)]
 
     def on_snapshot(self, stream: Stream, body: bytes, recv_ts: float) -> bool:
         # {"lastUpdateId":160,"bids":[["0.0024","10"]],"asks":[["0.0026","100"]]}

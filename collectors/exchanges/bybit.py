@@ -13,26 +13,53 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any, ClassVar, Final
 
-from collectors.book import BybitSequencer
-from collectors.feed.adapter import Adapter, Link, Op, Stream, to_json
+import msgspec
+
+from collectors.book import BybitSequencer, DataError
+from collectors.feed.adapter import Adapter, Bar, Link, Op, Stream, to_json
 from shared.events import Side
 from shared.topics import Exchange, Kind, Timeframe
 
+# Bybit's kline intervals (weeks from Monday, months from the 1st); 8h and 3d are built by us.
 _INTERVALS: Final = {
     Timeframe.M1: "1",
+    Timeframe.M3: "3",
     Timeframe.M5: "5",
     Timeframe.M15: "15",
+    Timeframe.M30: "30",
     Timeframe.H1: "60",
+    Timeframe.H2: "120",
     Timeframe.H4: "240",
+    Timeframe.H6: "360",
+    Timeframe.H12: "720",
     Timeframe.D1: "D",
+    Timeframe.W1: "W",
+    Timeframe.MO1: "M",
 }
 _TIMEFRAMES: Final = {name: timeframe for timeframe, name in _INTERVALS.items()}
 _SIDES: Final = {"Buy": Side.BUY, "Sell": Side.SELL}
 
 
+class _KlineList(msgspec.Struct):
+    # [start (ms), open, high, low, close, volume, turnover]
+    rows: list[tuple[str, str, str, str, str, str, str]] = msgspec.field(default_factory=list, name="list")
+
+
+class _Kline(msgspec.Struct):
+    retCode: int  # Bybit's field names
+    retMsg: str
+    result: _KlineList
+
+
+_KLINE: Final = msgspec.json.Decoder(_Kline)
+
+
 class Bybit(Adapter[BybitSequencer]):
     exchange: ClassVar[Exchange] = Exchange.BYBIT
-    endpoints: ClassVar[dict[str, str]] = {"ws": "wss://stream.bybit.com/v5/public/spot"}
+    endpoints: ClassVar[dict[str, str]] = {
+        "ws": "wss://stream.bybit.com/v5/public/spot",
+        "rest": "https://api.bybit.com",
+    }
     channels: ClassVar[dict[Kind, str]] = {Kind.TICKER: "tickers", Kind.TRADES: "publicTrade", Kind.BOOK: "orderbook"}
     candle_channels: ClassVar[dict[Timeframe, str]] = {tf: f"kline.{name}" for tf, name in _INTERVALS.items()}
     book_depths: ClassVar[tuple[int, ...]] = (1, 50, 200, 1000)
@@ -41,6 +68,10 @@ class Bybit(Adapter[BybitSequencer]):
     max_streams_per_request: ClassVar[int] = 10  # spot's documented limit per subscribe
     requests_per_second: ClassVar[float] = 5.0
     ping_always: ClassVar[bool] = True  # Bybit drops connections that stop pinging, however busy
+    # 600 requests per 5 s per address; history takes a small share.
+    rest_weight_per_minute: ClassVar[float] = 600.0
+    history_intervals: ClassVar[dict[Timeframe, str]] = _INTERVALS
+    history_page: ClassVar[int] = 1000
 
     def market(self, symbol: str) -> str:
         return symbol.replace("/", "")
@@ -55,6 +86,27 @@ class Bybit(Adapter[BybitSequencer]):
         # {"req_id":"test","op":"subscribe","args":["orderbook.50.BTCUSDT","publicTrade.BTCUSDT"]}
         args = [f"{stream.channel}.{stream.market}" for stream in streams]
         return to_json({"req_id": str(self.request_id()), "op": str(op), "args": args})
+
+    def history_request(self, market: str, timeframe: Timeframe, start: int, end: int) -> tuple[str, dict[str, str]]:
+        # GET /v5/market/kline?category=spot&symbol=BTCUSDT&interval=1&start=..&end=..&limit=1000 (ms)
+        params = {
+            "category": "spot", "symbol": market, "interval": self.history_intervals[timeframe],
+            "start": str(start), "end": str(end - 1), "limit": str(self.history_page),
+        }  # fmt: skip
+        return f"{self.urls['rest']}/v5/market/kline", params
+
+    def parse_history(self, body: bytes) -> list[Bar]:
+        # {"retCode":0,"retMsg":"OK","result":{"symbol":"BTCUSDT","category":"spot","list":[
+        #  ["1670608800000","17071","17073","17027","17055.5","268611","15.74462667"]]}}, newest first
+        reply = _KLINE.decode(body)
+        if reply.retCode != 0:
+            raise DataError(f"bybit refused the request: {reply.retCode} {reply.retMsg[:200]}")
+        bars = []
+        for row in reversed(reply.result.rows):
+            if not row[0].isascii() or not row[0].isdigit() or len(row[0]) > 15:
+                raise DataError(f"kline start {row[0][:20]!r} is not a time in milliseconds")
+            bars.append((int(row[0]), row[1], row[2], row[3], row[4], row[5]))
+        return bars
 
     def ping_message(self) -> str:
         # {"req_id":"100001","op":"ping"}

@@ -9,7 +9,9 @@ does first. ``sequence_num`` counts every message of a connection across
 all channels, so a gap cannot be pinned on one product: every book of that
 connection is resynced. Candles exist only as 5 minutes; other timeframes
 are built from trades. Public trades name the maker's side: it is flipped to
-the taker's, as the other exchanges report it.
+the taker's, as the other exchanges report it. Coinbase merged its USDC books
+into USD: a ``BTC-USDC`` subscription is answered under ``BTC-USD``, so data
+of a ``-USD`` id also goes to its ``-USDC`` twin when that is subscribed.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any, ClassVar, Final
 
-from collectors.book import Action, ConnectionSequencer, SnapshotGate, SyncError
-from collectors.feed.adapter import Adapter, Link, Op, Stream, iso_ms, to_json
+import msgspec
+
+from collectors.book import Action, ConnectionSequencer, DataError, SnapshotGate, SyncError
+from collectors.feed.adapter import Adapter, Bar, Link, Op, Stream, iso_ms, to_json
 from shared.events import Side
 from shared.topics import Exchange, Kind, Timeframe
 
@@ -26,9 +30,28 @@ _TAKER: Final = {"BUY": Side.SELL, "SELL": Side.BUY}  # the maker bought: the ta
 _HEARTBEATS: Final = to_json({"type": "subscribe", "channel": "heartbeats"})
 
 
+class _Candle(msgspec.Struct):
+    start: str
+    low: str
+    high: str
+    open: str
+    close: str
+    volume: str
+
+
+class _Candles(msgspec.Struct):
+    candles: list[_Candle]
+
+
+_CANDLES: Final = msgspec.json.Decoder(_Candles)
+
+
 class Coinbase(Adapter[SnapshotGate]):
     exchange: ClassVar[Exchange] = Exchange.COINBASE
-    endpoints: ClassVar[dict[str, str]] = {"ws": "wss://advanced-trade-ws.coinbase.com"}
+    endpoints: ClassVar[dict[str, str]] = {
+        "ws": "wss://advanced-trade-ws.coinbase.com",
+        "rest": "https://api.coinbase.com",
+    }
     channels: ClassVar[dict[Kind, str]] = {Kind.TICKER: "ticker", Kind.TRADES: "market_trades", Kind.BOOK: "level2"}
     candle_channels: ClassVar[dict[Timeframe, str]] = {Timeframe.M5: "candles"}
     # Coinbase disconnects slow consumers (ErrSlowConsume): keep full books of many products apart.
@@ -36,6 +59,19 @@ class Coinbase(Adapter[SnapshotGate]):
     max_streams_per_request: ClassVar[int] = 100
     # 8 unauthenticated messages a second per address, shared by all connections.
     requests_per_second: ClassVar[float] = 4.0
+    # Public REST: 10 requests a second per address; history takes a share of it.
+    rest_weight_per_minute: ClassVar[float] = 300.0
+    history_intervals: ClassVar[dict[Timeframe, str]] = {
+        Timeframe.M1: "ONE_MINUTE",
+        Timeframe.M5: "FIVE_MINUTE",
+        Timeframe.M15: "FIFTEEN_MINUTE",
+        Timeframe.M30: "THIRTY_MINUTE",
+        Timeframe.H1: "ONE_HOUR",
+        Timeframe.H2: "TWO_HOUR",
+        Timeframe.H6: "SIX_HOUR",
+        Timeframe.D1: "ONE_DAY",
+    }
+    history_page: ClassVar[int] = 350
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -43,6 +79,13 @@ class Coinbase(Adapter[SnapshotGate]):
 
     def market(self, symbol: str) -> str:
         return symbol.replace("/", "-")
+
+    def _targets(self, product_id: str) -> list[str]:
+        """The subscribed products a message's id stands for: itself, and its USDC twin."""
+        targets = [product_id] if product_id in self.markets else []
+        if product_id.endswith("-USD") and (twin := product_id + "C") in self.markets:
+            targets.append(twin)
+        return targets
 
     def new_sync(self) -> SnapshotGate:
         return SnapshotGate()
@@ -97,19 +140,20 @@ class Coinbase(Adapter[SnapshotGate]):
         #  "new_quantity":"2.00000000"}]}]}
         ts = iso_ms(msg["timestamp"])
         for event in msg["events"]:
-            feed = self.book_feed(event["product_id"], recv_ts)
-            if feed is None:
-                continue
             bids: list[tuple[str, str]] = []
             asks: list[tuple[str, str]] = []
             for update in event["updates"]:
                 level = (update["price_level"], update["new_quantity"])
                 (bids if update["side"] == "bid" else asks).append(level)
-            with self.syncing(feed):
-                action = feed.sync.check(snapshot=event["type"] == "snapshot")
-                feed.apply(action, bids, asks)
-                if action is not Action.SKIP:
-                    feed.changed(ts, recv_ts)
+            for market in self._targets(event["product_id"]):
+                feed = self.book_feed(market, recv_ts)
+                if feed is None:
+                    continue
+                with self.syncing(feed):
+                    action = feed.sync.check(snapshot=event["type"] == "snapshot")
+                    feed.apply(action, bids, asks)
+                    if action is not Action.SKIP:
+                        feed.changed(ts, recv_ts)
 
     def _trades(self, msg: dict[str, Any], recv_ts: float) -> None:
         # {"channel":"market_trades","client_id":"","timestamp":"2026-04-07T14:30:02.789012Z",
@@ -120,10 +164,11 @@ class Coinbase(Adapter[SnapshotGate]):
             if event["type"] == "snapshot":
                 continue  # recent history sent on subscribe: already published before a reconnect
             for trade in event["trades"]:
-                self.trade(
-                    trade["product_id"], trade_id=trade["trade_id"], price=trade["price"], size=trade["size"],
-                    side=_TAKER[trade["side"]], ts=iso_ms(trade["time"]), recv_ts=recv_ts,
-                )  # fmt: skip
+                for market in self._targets(trade["product_id"]):
+                    self.trade(
+                        market, trade_id=trade["trade_id"], price=trade["price"], size=trade["size"],
+                        side=_TAKER[trade["side"]], ts=iso_ms(trade["time"]), recv_ts=recv_ts,
+                    )  # fmt: skip
 
     def _ticker(self, msg: dict[str, Any], recv_ts: float) -> None:
         # {"channel":"ticker","client_id":"","timestamp":"2026-04-07T14:30:03.000000Z",
@@ -135,12 +180,34 @@ class Coinbase(Adapter[SnapshotGate]):
         ts = iso_ms(msg["timestamp"])
         for event in msg["events"]:
             for item in event["tickers"]:
-                self.ticker(
-                    item["product_id"], ts, recv_ts,
-                    bid=item.get("best_bid"), bid_size=item.get("best_bid_quantity"),
-                    ask=item.get("best_ask"), ask_size=item.get("best_ask_quantity"), last=item["price"],
-                    high_24h=item["high_24_h"], low_24h=item["low_24_h"], volume_24h=item["volume_24_h"],
-                )  # fmt: skip
+                for market in self._targets(item["product_id"]):
+                    self._one_ticker(market, item, ts, recv_ts)
+
+    def _one_ticker(self, market: str, item: dict[str, Any], ts: int, recv_ts: float) -> None:
+        self.ticker(
+            market, ts, recv_ts,
+            bid=item.get("best_bid"), bid_size=item.get("best_bid_quantity"),
+            ask=item.get("best_ask"), ask_size=item.get("best_ask_quantity"), last=item["price"],
+            high_24h=item["high_24_h"], low_24h=item["low_24_h"], volume_24h=item["volume_24_h"],
+        )  # fmt: skip
+
+    def history_request(self, market: str, timeframe: Timeframe, start: int, end: int) -> tuple[str, dict[str, str]]:
+        # GET /api/v3/brokerage/market/products/BTC-USD/candles?start=..&end=..&granularity=ONE_MINUTE (seconds)
+        params = {
+            "start": str(start // 1000), "end": str((end - 1) // 1000),
+            "granularity": self.history_intervals[timeframe], "limit": str(self.history_page),
+        }  # fmt: skip
+        return f"{self.urls['rest']}/api/v3/brokerage/market/products/{market}/candles", params
+
+    def parse_history(self, body: bytes) -> list[Bar]:
+        # {"candles":[{"start":"1712192400","low":"66055.14","high":"66331.99","open":"66312.4",
+        #  "close":"66181.6","volume":"355.82896243"}, ...]}, newest first
+        bars = []
+        for item in reversed(_CANDLES.decode(body).candles):
+            if not item.start.isascii() or not item.start.isdigit() or len(item.start) > 12:
+                raise DataError(f"candle start {item.start[:20]!r} is not a time in seconds")
+            bars.append((int(item.start) * 1000, item.open, item.high, item.low, item.close, item.volume))
+        return bars
 
     def _candle_update(self, msg: dict[str, Any], recv_ts: float) -> None:
         # {"channel":"candles","client_id":"","timestamp":"2026-04-07T14:30:05.000000Z",
@@ -152,4 +219,5 @@ class Coinbase(Adapter[SnapshotGate]):
             for item in event["candles"]:
                 ohlcv = (item["open"], item["high"], item["low"], item["close"], item["volume"])
                 open_time = int(item["start"]) * 1000
-                self.candle(item["product_id"], Timeframe.M5, open_time=open_time, ohlcv=ohlcv, ts=ts, recv_ts=recv_ts)
+                for market in self._targets(item["product_id"]):
+                    self.candle(market, Timeframe.M5, open_time=open_time, ohlcv=ohlcv, ts=ts, recv_ts=recv_ts)

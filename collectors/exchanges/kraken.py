@@ -17,21 +17,34 @@ from typing import Any, ClassVar, Final
 
 import msgspec
 
-from collectors.book import Action, SnapshotGate
+from collectors.book import Action, DataError, SnapshotGate
 from collectors.checksums import verify_kraken
-from collectors.feed.adapter import Adapter, Link, Op, Stream, iso_ms, to_json
+from collectors.feed.adapter import Adapter, Bar, Link, Op, Stream, iso_ms, to_json
 from shared.events import Side
 from shared.topics import Exchange, Kind, Timeframe
 
+# Kraken's OHLC intervals in minutes. Its weekly (10080) grid is not documented, so our
+# Monday weeks are built by us, like 3m, 2h, 6h, 8h, 12h, 3d and months.
 _INTERVALS: Final = {
     Timeframe.M1: 1,
     Timeframe.M5: 5,
     Timeframe.M15: 15,
+    Timeframe.M30: 30,
     Timeframe.H1: 60,
     Timeframe.H4: 240,
     Timeframe.D1: 1440,
-}  # minutes
+}
 _TIMEFRAMES: Final = {minutes: timeframe for timeframe, minutes in _INTERVALS.items()}
+
+
+class _Ohlc(msgspec.Struct):
+    error: list[str]
+    result: dict[str, Any] = {}
+
+
+_OHLC: Final = msgspec.json.Decoder(_Ohlc)
+# [time (s), open, high, low, close, vwap, volume, count]
+_ROWS: Final = list[tuple[int, str, str, str, str, str, str, int]]
 
 
 def _text(value: object) -> str:
@@ -46,7 +59,7 @@ def _levels(levels: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
 
 class Kraken(Adapter[SnapshotGate]):
     exchange: ClassVar[Exchange] = Exchange.KRAKEN
-    endpoints: ClassVar[dict[str, str]] = {"ws": "wss://ws.kraken.com/v2"}
+    endpoints: ClassVar[dict[str, str]] = {"ws": "wss://ws.kraken.com/v2", "rest": "https://api.kraken.com"}
     channels: ClassVar[dict[Kind, str]] = {Kind.TICKER: "ticker", Kind.TRADES: "trade", Kind.BOOK: "book"}
     # "ohlc:<minutes>": the interval is a request parameter, kept in the channel name.
     candle_channels: ClassVar[dict[Timeframe, str]] = {tf: f"ohlc:{minutes}" for tf, minutes in _INTERVALS.items()}
@@ -57,6 +70,17 @@ class Kraken(Adapter[SnapshotGate]):
     # The request rate limit is load-dependent and undocumented; stay slow.
     requests_per_second: ClassVar[float] = 4.0
     decoder: ClassVar[msgspec.json.Decoder[Any]] = msgspec.json.Decoder(float_hook=str)
+    # Public REST: about one call a second per address. OHLC keeps the 720 most recent candles.
+    rest_weight_per_minute: ClassVar[float] = 45.0
+    history_intervals: ClassVar[dict[Timeframe, str]] = {tf: str(minutes) for tf, minutes in _INTERVALS.items()}
+    history_page: ClassVar[int] = 720
+    history_max_bars: ClassVar[int | None] = 720
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Most decimals seen per symbol in prices and sizes: the instrument's precision, for a
+        # checksum over text that lost its trailing zeros (`verify_kraken`).
+        self._precision: dict[str, tuple[int, int]] = {}
 
     def market(self, symbol: str) -> str:
         return symbol
@@ -80,6 +104,24 @@ class Kraken(Adapter[SnapshotGate]):
             # Books need their snapshot; past trades and candles would be published again on every reconnect.
             params["snapshot"] = channel == "book"
         return to_json({"method": str(op), "params": params, "req_id": self.request_id()})
+
+    def history_request(self, market: str, timeframe: Timeframe, start: int, end: int) -> tuple[str, dict[str, str]]:
+        # GET /0/public/OHLC?pair=BTCUSD&interval=1&since=<s>: candles after `since`, the 720 most recent at most
+        params = {"pair": market.replace("/", ""), "interval": self.history_intervals[timeframe]}
+        params["since"] = str(max(0, start // 1000 - 1))
+        return f"{self.urls['rest']}/0/public/OHLC", params
+
+    def parse_history(self, body: bytes) -> list[Bar]:
+        # {"error":[],"result":{"XXBTZUSD":[[1688671200,"30306.1","30306.2","30305.7","30305.7",
+        #  "30306.1","3.39243896",23]],"last":1688672160}}, oldest first; the last one is still open
+        reply = _OHLC.decode(body)
+        if reply.error:
+            raise DataError(f"kraken refused the request: {'; '.join(reply.error)[:300]}")
+        pairs = [value for key, value in reply.result.items() if key != "last"]
+        if len(pairs) != 1:
+            raise DataError(f"an OHLC result holds {len(pairs)} pairs, not one")
+        rows = msgspec.convert(pairs[0], _ROWS)
+        return [(row[0] * 1000, row[1], row[2], row[3], row[4], row[6]) for row in rows]
 
     def ping_message(self) -> str:
         # {"method":"ping","req_id":101}
@@ -115,11 +157,20 @@ class Kraken(Adapter[SnapshotGate]):
                 action = feed.sync.check(snapshot=snapshot)
                 if action is Action.SKIP:
                     continue
-                feed.apply(action, _levels(item["bids"]), _levels(item["asks"]))
+                bids, asks = list(_levels(item["bids"])), list(_levels(item["asks"]))
+                feed.apply(action, bids, asks)
                 feed.book.truncate(self.subscribe_depth)  # Kraken sends no delete for levels pushed out
-                verify_kraken(feed.book, int(item["checksum"]))
+                verify_kraken(feed.book, int(item["checksum"]), self._seen_precision(feed.symbol, bids + asks))
                 timestamp = item.get("timestamp")
                 feed.changed(iso_ms(timestamp) if timestamp else int(recv_ts), recv_ts)
+
+    def _seen_precision(self, symbol: str, levels: list[tuple[str, str]]) -> tuple[int, int]:
+        price_decimals, size_decimals = self._precision.get(symbol, (0, 0))
+        for price, size in levels:
+            price_decimals = max(price_decimals, len(price.partition(".")[2]))
+            size_decimals = max(size_decimals, len(size.partition(".")[2]))
+        self._precision[symbol] = precision = (min(price_decimals, 18), min(size_decimals, 18))
+        return precision
 
     def _trades(self, msg: dict[str, Any], recv_ts: float) -> None:
         # {"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","side":"buy",

@@ -13,24 +13,48 @@ service upgrade: the connection is then replaced before it is cut.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable, Iterator
 from typing import Any, ClassVar, Final
 
-from collectors.book import OkxSequencer
+import msgspec
+
+from collectors.book import DataError, OkxSequencer
 from collectors.checksums import verify_okx
-from collectors.feed.adapter import Adapter, Link, Op, Stream, to_json
+from collectors.feed.adapter import Adapter, Bar, Link, Op, Stream, to_json
 from shared.events import Side
 from shared.topics import Exchange, Kind, Timeframe
 
+# OKX's bars from 6h up come in Hong Kong time unless suffixed "utc"; 8h is built by us.
 _CANDLES: Final = {
     Timeframe.M1: "candle1m",
+    Timeframe.M3: "candle3m",
     Timeframe.M5: "candle5m",
     Timeframe.M15: "candle15m",
+    Timeframe.M30: "candle30m",
     Timeframe.H1: "candle1H",
+    Timeframe.H2: "candle2H",
     Timeframe.H4: "candle4H",
+    Timeframe.H6: "candle6Hutc",
+    Timeframe.H12: "candle12Hutc",
     Timeframe.D1: "candle1Dutc",
+    Timeframe.D3: "candle3Dutc",
+    Timeframe.W1: "candle1Wutc",
+    Timeframe.MO1: "candle1Mutc",
 }
 _TIMEFRAMES: Final = {channel: timeframe for timeframe, channel in _CANDLES.items()}
+# /market/candles serves the most recent 1440 bars; older ones come from /market/history-candles.
+RECENT_BARS: Final = 1440
+
+
+class _Candles(msgspec.Struct):
+    code: str
+    msg: str
+    # [ts (ms), open, high, low, close, vol, volCcy, volCcyQuote, confirm]
+    data: list[tuple[str, str, str, str, str, str, str, str, str]]
+
+
+_CANDLE_PAGE: Final = msgspec.json.Decoder(_Candles)
 # Books before seqId existed (and trimmed captures) carry none: -1 chains with -1, so the
 # checksum alone guards them.
 _NO_SEQ: Final = -1
@@ -47,6 +71,7 @@ class Okx(Adapter[OkxSequencer]):
     endpoints: ClassVar[dict[str, str]] = {
         "ws": "wss://ws.okx.com:8443/ws/v5/public",
         "business": "wss://ws.okx.com:8443/ws/v5/business",
+        "rest": "https://www.okx.com",
     }
     channels: ClassVar[dict[Kind, str]] = {Kind.TICKER: "tickers", Kind.TRADES: "trades", Kind.BOOK: "books"}
     candle_channels: ClassVar[dict[Timeframe, str]] = _CANDLES
@@ -56,6 +81,12 @@ class Okx(Adapter[OkxSequencer]):
     max_streams_per_request: ClassVar[int] = 50
     # 480 (un)subscribe requests per connection per hour: pace them, resyncs included.
     requests_per_second: ClassVar[float] = 1.0
+    # history-candles: 20 requests per 2 s per address; candles: 40. History takes a share.
+    rest_weight_per_minute: ClassVar[float] = 300.0
+    history_intervals: ClassVar[dict[Timeframe, str]] = {
+        tf: name.removeprefix("candle") for tf, name in _CANDLES.items()
+    }
+    history_page: ClassVar[int] = 100  # history-candles' limit (candles' is 300)
 
     def market(self, symbol: str) -> str:
         return symbol.replace("/", "-")
@@ -70,6 +101,30 @@ class Okx(Adapter[OkxSequencer]):
 
     def ping_message(self) -> str:
         return "ping"
+
+    def history_request(self, market: str, timeframe: Timeframe, start: int, end: int) -> tuple[str, dict[str, str]]:
+        # GET /api/v5/market/candles?instId=BTC-USDT&bar=1m&after=<ms>&before=<ms>&limit=100: bars older
+        # than `after` and newer than `before`; /history-candles the same for bars past the recent 1440.
+        recent = end >= time.time() * 1000 - RECENT_BARS * timeframe.seconds * 1000
+        path = "candles" if recent else "history-candles"
+        params = {
+            "instId": market, "bar": self.history_intervals[timeframe], "after": str(end),
+            "before": str(start - 1), "limit": str(self.history_page),
+        }  # fmt: skip
+        return f"{self.urls['rest']}/api/v5/market/{path}", params
+
+    def parse_history(self, body: bytes) -> list[Bar]:
+        # {"code":"0","msg":"","data":[["1597026383085","3.721","3.743","3.677","3.708","8422410",
+        #  "22698348.04828491","12698348.04828491","0"]]}, newest first
+        reply = _CANDLE_PAGE.decode(body)
+        if reply.code != "0":
+            raise DataError(f"okx refused the request: {reply.code} {reply.msg[:200]}")
+        bars = []
+        for row in reversed(reply.data):
+            if not row[0].isascii() or not row[0].isdigit() or len(row[0]) > 15:
+                raise DataError(f"candle time {row[0][:20]!r} is not a time in milliseconds")
+            bars.append((int(row[0]), row[1], row[2], row[3], row[4], row[5]))
+        return bars
 
     def on_message(self, link: Link, data: str | bytes, recv_ts: float) -> None:
         if data == "pong":

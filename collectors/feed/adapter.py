@@ -27,6 +27,7 @@ import msgspec
 from collectors.book import CollectorError, SyncError, SyncReason
 from collectors.candles import CandleAggregator
 from collectors.feed.books import BookFeed, S
+from collectors.feed.rest import RestBudget
 from shared.events import AnyMarketEvent, Candle, Side, Ticker, Trade
 from shared.topics import Exchange, Kind, Timeframe, Topic
 
@@ -40,6 +41,8 @@ CANDLE_CLOSE_GRACE_MS: Final = 5_000
 
 # (kind, unified symbol, timeframe): the identity of a topic inside one collector.
 Key = tuple[Kind, str, Timeframe | None]
+# One candle of a REST history page: open time (ms), open, high, low, close, volume (exchange text).
+Bar = tuple[int, str, str, str, str, str]
 
 
 class SubscriptionError(CollectorError, ValueError):
@@ -144,6 +147,13 @@ class Adapter(ABC, Generic[S]):
     # Ping on schedule even while data flows (an exchange that drops clients that never ping).
     ping_always: ClassVar[bool] = False
     decoder: ClassVar[msgspec.json.Decoder[Any]] = msgspec.json.Decoder()
+    # REST: the weight budget a minute (a share of the exchange's per-address limit), and candle
+    # history: each native timeframe's interval name there, candles per request and its weight.
+    rest_weight_per_minute: ClassVar[float] = 300.0
+    history_intervals: ClassVar[Mapping[Timeframe, str]] = {}
+    history_page: ClassVar[int] = 100
+    history_weight: ClassVar[float] = 1.0
+    history_max_bars: ClassVar[int | None] = None  # how far back the exchange serves, in native candles
 
     def __init__(
         self,
@@ -209,13 +219,25 @@ class Adapter(ABC, Generic[S]):
     def connection_opened(self, link: Link) -> None:
         """A connection (re)opened; its streams are about to be subscribed."""
 
-    async def fetch_snapshot(self, session: aiohttp.ClientSession, stream: Stream) -> bytes:
-        """Fetch `stream`'s book over REST (ResyncMode.SNAPSHOT only)."""
+    async def fetch_snapshot(self, session: aiohttp.ClientSession, budget: RestBudget, stream: Stream) -> bytes:
+        """Fetch `stream`'s book over REST within the collector's weight budget (ResyncMode.SNAPSHOT only)."""
         raise NotImplementedError(f"{self.exchange} books resync by resubscribing")
 
     def on_snapshot(self, stream: Stream, body: bytes, recv_ts: float) -> bool:
         """Apply a fetched snapshot; True once the book is in sync (ResyncMode.SNAPSHOT only)."""
         raise NotImplementedError(f"{self.exchange} books resync by resubscribing")
+
+    def history_request(self, market: str, timeframe: Timeframe, start: int, end: int) -> tuple[str, dict[str, str]]:
+        """URL and query of one page of native candles opening in [start, end) (ms), at most `history_page`."""
+        raise NotImplementedError(f"{self.exchange} serves no candle history")
+
+    def parse_history(self, body: bytes) -> list[Bar]:
+        """The candles of a history page, oldest first, as the exchange sent them.
+
+        Raises `DataError` (or a decoding error) for a body of the wrong shape; the
+        loader checks values, order and alignment.
+        """
+        raise NotImplementedError(f"{self.exchange} serves no candle history")
 
     # -- topics -----------------------------------------------------------------------------
 
@@ -407,6 +429,6 @@ class Adapter(ABC, Generic[S]):
                 if (closed := aggregator.close_due(cutoff, recv_ts)) is not None:
                     self.emit(closed)
         for key, candle in self._native.items():
-            if not candle.closed and cutoff >= candle.open_time + candle.timeframe.seconds * 1000:
+            if not candle.closed and cutoff >= candle.timeframe.end(candle.open_time):
                 self._native[key] = final = msgspec.structs.replace(candle, closed=True)
                 self.emit(final)

@@ -27,14 +27,13 @@ from collectors.book import SyncReason
 from collectors.feed.adapter import Adapter, Host, Key, ResyncMode, Stream
 from collectors.feed.backoff import Backoff
 from collectors.feed.connection import Connection, LinkSettings
+from collectors.feed.rest import RestBudget, RestError
 from shared.events import AnyMarketEvent, Candle
 from shared.status import CollectorStatus, ConnectionState, SinkStatus, StreamStatus
 from shared.topics import Kind, Topic
 
 logger = logging.getLogger(__name__)
 
-# Book snapshots are heavy REST calls (Binance: weight 50 each); a few at a time is plenty.
-MAX_CONCURRENT_SNAPSHOTS: Final = 4
 TICK_S: Final = 1.0
 # Worst first: the collector's state is that of its least healthy connection.
 _SEVERITY: Final = (
@@ -53,11 +52,18 @@ class Outlet(Protocol):
     def status(self) -> SinkStatus: ...
 
 
+class Reopened(Protocol):
+    """Told which topics' streams were (re)subscribed on a fresh connection: history may have a gap."""
+
+    def reopened(self, topics: Iterable[Topic]) -> None: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FeedSettings:
     link: LinkSettings = field(default_factory=LinkSettings)
     stale_after_s: float = 60.0  # tickers and books
     trades_stale_after_s: float = 300.0  # trades and candles: quiet markets are normal
+    rest_weight_per_minute: float = 0.0  # 0: the adapter's own budget
 
 
 class Collector:
@@ -70,6 +76,7 @@ class Collector:
         *,
         outlet: Outlet,
         settings: FeedSettings,
+        rest: RestBudget | None = None,
     ) -> None:
         self.id = collector_id
         self.adapter = make_adapter(self)
@@ -93,8 +100,15 @@ class Collector:
         self._stop = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._rest_slots = asyncio.Semaphore(MAX_CONCURRENT_SNAPSHOTS)
+        # One budget for every REST call (book snapshots, candle history): this collector's own, or
+        # one shared by every collector of the exchange in the process (`rest`).
+        self.rest = rest or RestBudget(settings.rest_weight_per_minute or self.adapter.rest_weight_per_minute)
+        self.reopened: Reopened | None = None
         self.terminated = False
+
+    def set_outlet(self, outlet: Outlet) -> None:
+        """Where events go from now on (set before running)."""
+        self._outlet = outlet
 
     @property
     def topics(self) -> list[Topic]:
@@ -148,11 +162,21 @@ class Collector:
                 stream.endpoint,
                 adapter=self.adapter,
                 settings=self._settings.link,
+                on_open=self._opened,
             )
             self._connections.append(conn)
             self._start(conn)
         conn.add({stream})
         self._where[stream] = conn
+
+    def _opened(self, conn: Connection) -> None:
+        if self.reopened is not None:
+            self.reopened.reopened(topic for stream in conn.streams for topic in self._users.get(stream, ()))
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        """The HTTP session of the running collector (REST calls share it)."""
+        return self._session
 
     def _unplace(self, stream: Stream) -> None:
         conn = self._where.pop(stream)
@@ -232,11 +256,10 @@ class Collector:
         try:
             while stream in self._where:
                 try:
-                    async with self._rest_slots:
-                        body = await self.adapter.fetch_snapshot(self._session, stream)
+                    body = await self.adapter.fetch_snapshot(self._session, self.rest, stream)
                     if self.adapter.on_snapshot(stream, body, time.time() * 1000):
                         return
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                except (aiohttp.ClientError, OSError, TimeoutError, RestError) as exc:
                     logger.warning("snapshot fetch failed", extra={"stream": str(stream), "error": repr(exc)})
                 except Exception:  # a bad body or a bug: log it, try again later
                     logger.exception("snapshot not applied", extra={"stream": str(stream)})

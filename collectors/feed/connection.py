@@ -17,7 +17,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -66,8 +66,10 @@ class Connection:
         *,
         adapter: Adapter[Any],
         settings: LinkSettings,
+        on_open: Callable[[Connection], None] | None = None,
     ) -> None:
         self.id = conn_id
+        self._on_open = on_open
         self.endpoint = endpoint
         self.url = adapter.urls[endpoint]
         self.state = ConnectionState.DISCONNECTED
@@ -196,6 +198,8 @@ class Connection:
         self.last_error = ""
         self._set_state(ConnectionState.CONNECTED)
         self._adapter.connection_opened(self)
+        if self._on_open is not None:
+            self._on_open(self)
         self._wake.set()
 
     def _closed(self, lived_s: float) -> None:

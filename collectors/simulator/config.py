@@ -48,6 +48,12 @@ class SimulatorConfig:
     speed: float = setting(1.0, "SIM_SPEED", "replay speed, 2.0 plays twice as fast")
     seed: int = setting(1, "SIM_SEED", "seed of the synthetic markets")
     book_levels: int = setting(100, "SIM_BOOK_LEVELS", "levels per side of a synthetic book")
+    binance_weight_per_minute: int = setting(
+        6000, "SIM_BINANCE_WEIGHT_PER_MINUTE", "Binance REST: request weight per minute before 429"
+    )
+    history_days: int = setting(
+        2, "SIM_HISTORY_DAYS", "days of generated candle history (REST) before the day a synthetic market starts"
+    )
     ping_interval: float = setting(20.0, "SIM_PING_INTERVAL", "seconds between Binance's WebSocket ping frames")
     pong_timeout: float = setting(60.0, "SIM_PONG_TIMEOUT", "seconds Binance waits for a pong before disconnecting")
     binance_max_incoming: int = setting(

@@ -17,7 +17,10 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collectors.simulator.history import MinuteTape
 
 # Recent trades kept for the snapshots some channels send on subscribe (Coinbase
 # market_trades sends up to 50, Kraken's trade snapshot 50).
@@ -342,6 +345,7 @@ class Market:
         # Depths that some book view renders; boundaries are captured for these only.
         self.view_depths: set[int] = set()
         self.last_ts_ms = now_ms
+        self.tape: MinuteTape | None = None  # minute candles for REST history, when kept
 
     @property
     def symbol(self) -> str:
@@ -367,10 +371,13 @@ class Market:
         return BookUpdate(self, applied, old_sizes, boundaries, first, self.update_id, self.seq, ts_ms)
 
     def record_trade(self, price: int, size: int, taker: TakerSide, ts_ms: int) -> Trade:
+        """Record a trade (the caller rolls candles whose bucket ended first: `roll_candles`)."""
         trade = Trade(self.next_trade_id, price, size, taker, ts_ms)
         self.next_trade_id += 1
         self.recent_trades.append(trade)
         stats = self.stats
+        if self.tape is not None:
+            self.tape.record(trade, stats.last)
         if stats.trades == 0:
             stats.first_trade_id = trade.trade_id
         stats.high = max(stats.high, price)
@@ -390,8 +397,9 @@ class Market:
         candle = self.candles.get(interval)
         if candle is None:
             start = interval.start(now_s)
+            so_far = self.tape.candles(interval, start, start + 1, now_s) if self.tape is not None else []
             last = self.stats.last
-            candle = Candle(interval, start, interval.end(start), last, last, last, last)
+            candle = so_far[0] if so_far else Candle(interval, start, interval.end(start), last, last, last, last)
             self.candles[interval] = candle
         return candle
 

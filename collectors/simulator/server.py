@@ -38,6 +38,7 @@ from collectors.simulator.faults import (
     FaultState,
     decode_fault,
 )
+from collectors.simulator.history import MinuteTape
 from collectors.simulator.market import Instrument, Market, TradeEvent
 from collectors.simulator.protocols import PROTOCOLS
 from collectors.simulator.protocols.base import now_ms
@@ -67,6 +68,10 @@ REAL_HOSTS: Final[dict[str, Exchange]] = {
     "stream.bybit.com": Exchange.BYBIT,
     "ws.okx.com": Exchange.OKX,
     "wsaws.okx.com": Exchange.OKX,
+    "www.okx.com": Exchange.OKX,
+    "api.coinbase.com": Exchange.COINBASE,
+    "api.kraken.com": Exchange.KRAKEN,
+    "api.bybit.com": Exchange.BYBIT,
 }
 
 Source = SyntheticSource | ReplaySource
@@ -199,12 +204,19 @@ class ExchangeServer:
             prices = sorted(p for _, p, _ in recording.initial)
             market = Market(instrument, reference_price=prices[len(prices) // 2], **ids)
             source = ReplaySource(market, recording, speed=self.config.speed, now=now)
+            market.tape = self._tape(symbol, market.stats.last, instrument, history_days=0)
         else:
             instrument, price = make_instrument(symbol, base, quote)
             reference = max(1, round(price * 10**instrument.price_decimals))
-            market = Market(instrument, reference_price=reference, **ids)
+            tape = self._tape(symbol, reference, instrument, history_days=self.config.history_days)
+            market = Market(instrument, reference_price=tape.last_close, **ids)
+            market.tape = tape
             source = SyntheticSource(
-                market, rng, start_price=price, levels=self.config.book_levels, rate=self.config.rate
+                market,
+                rng,
+                start_price=tape.last_close / 10**instrument.price_decimals,
+                levels=self.config.book_levels,
+                rate=self.config.rate,
             )
         # No one is subscribed yet, so the initial book is applied without rendering.
         market.apply(source.initial_book(), ms)
@@ -214,6 +226,18 @@ class ExchangeServer:
             "market created", extra={"exchange": self.exchange.value, "symbol": symbol, "replay": recording is not None}
         )
         return market
+
+    def _tape(self, symbol: str, reference: int, instrument: Instrument, *, history_days: int) -> MinuteTape:
+        return MinuteTape(
+            seed=self.config.seed,
+            exchange=self.exchange.value,
+            symbol=symbol,
+            reference=reference,
+            lot_scale=10**instrument.size_decimals,
+            now_s=int(time.time()),
+            history_days=history_days,
+            max_live_minutes=max(1, self.config.history_days) * 1440,
+        )
 
     def activate(self, market: Market) -> None:
         """Start advancing `market` (it has a subscriber now)."""
@@ -254,6 +278,8 @@ class ExchangeServer:
                 continue
             for event in self._sources[market].step(now):
                 if isinstance(event, TradeEvent):
+                    for candle in market.roll_candles(ts // 1000):  # a trade never lands in an ended bucket
+                        protocol.on_candle_closed(market, candle)
                     trade = market.record_trade(event.price, event.size, event.taker, ts)
                     protocol.on_trade(market, trade)
                 else:

@@ -62,7 +62,12 @@ async def test_headless_locust_run_reports_every_measure(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        output, _ = await asyncio.wait_for(process.communicate(), 60)
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), 60)
+        finally:
+            if process.returncode is None:  # hung: never leave it publishing into the session's Redis
+                process.kill()
+                await process.wait()
     assert process.returncode == 0, output.decode()[-3000:]
     with (tmp_path / "run_stats.csv").open() as stats_file:
         rows = {row["Name"]: row for row in csv.DictReader(stats_file)}

@@ -98,3 +98,19 @@ def test_one_channel_per_request_and_heartbeats_first() -> None:
     assert [json.loads(text) for text in adapter.open_messages()] == [documented[1]]
     # 1m candles are built from trades: the trades stream serves them.
     assert adapter.stream_for(Topic.parse("coinbase:candles.1m:BTC/USD")) == streams[2]
+
+
+def test_usdc_products_answered_under_usd_ids_reach_their_usdc_topics() -> None:
+    """Coinbase serves BTC-USDC's book and trades under BTC-USD: both subscribed symbols get them."""
+    topics = ["coinbase:book:BTC/USDC", "coinbase:trades:BTC/USDC", "coinbase:trades:BTC/USD"]
+    adapter, recorder, link = replay_adapter(Coinbase, topics)
+    assert adapter.stream_for(Topic.parse(topics[0])).market == "BTC-USDC"  # subscribed under its own id
+    play(adapter, link, frames(SCHEMA)[:2])  # l2 snapshot and update of BTC-USD
+    assert recorder.resyncs == []
+    assert {book.symbol for book in recorder.books} == {"BTC/USDC"}
+    play(adapter, link, [frames(SCHEMA)[3]])  # trades of BTC-USD (its sequence number skips: a book resync)
+    assert recorder.books[-1].bids[0] == ("68900.00", "2.00000000")
+    by_symbol = {
+        symbol: [t.trade_id for t in recorder.trades if t.symbol == symbol] for symbol in ("BTC/USD", "BTC/USDC")
+    }
+    assert by_symbol["BTC/USD"] == by_symbol["BTC/USDC"] and by_symbol["BTC/USD"]

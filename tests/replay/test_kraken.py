@@ -30,6 +30,18 @@ def test_book_keeps_the_exact_number_text_and_verifies_each_checksum() -> None:
     )  # fmt: skip
 
 
+def test_a_feed_that_lost_its_trailing_zeros_verifies_at_the_instruments_precision() -> None:
+    """Re-serialized through floats ("0.001" for "0.00100000"): the raw text fails, the precision fallback holds."""
+    adapter, recorder, link = replay_adapter(Kraken, ["kraken:book:BTC/USD"], book_depth=10)
+    texts = frames("kraken/v2_book10_BTCUSD_2023-07-30_reserialized.jsonl")
+    play(adapter, link, texts)
+    assert recorder.resyncs == []  # before the fallback, every update here resynced
+    assert len(recorder.books) == len(texts) == 510
+    wrong = texts[1].replace('"checksum":', '"checksum":1', 1)  # a real mismatch still resyncs
+    play(adapter, link, [wrong])
+    assert [reason for _, reason in recorder.resyncs] == [SyncReason.CHECKSUM]
+
+
 def test_documented_snapshot_checksum() -> None:
     adapter, recorder, link = replay_adapter(Kraken, ["kraken:book:BTC/USD"])
     play(adapter, link, frames("kraken/v2_doc_examples.jsonl"))

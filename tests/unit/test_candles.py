@@ -198,3 +198,50 @@ def test_candles_round_trip_the_codec() -> None:
     for candle in (closed, current):
         assert codec.decode_market(codec.encode(candle)) == candle
     assert str(current.topic) == "binance:candles.4h:BTC/USDT"
+
+
+@pytest.mark.parametrize(
+    ("timeframe", "ts", "open_time", "end"),
+    [
+        # 2021-10-12 was a Tuesday: its week opened on Monday 2021-10-11 00:00 UTC.
+        (Timeframe.W1, T0, 1_633_910_400_000, 1_634_515_200_000),
+        # Months open on the 1st: October 2021, then November.
+        (Timeframe.MO1, T0, 1_633_046_400_000, 1_635_724_800_000),
+        # December rolls into January of the next year.
+        (Timeframe.MO1, 1_640_995_199_999, 1_638_316_800_000, 1_640_995_200_000),
+        # 3d buckets are epoch multiples, as Binance's and OKX's 3-day bars.
+        (Timeframe.D3, T0, 1_633_996_800_000, 1_634_256_000_000),
+        (Timeframe.H8, T0, 1_633_996_800_000, 1_634_025_600_000),
+    ],
+)
+def test_calendar_buckets(timeframe: Timeframe, ts: int, open_time: int, end: int) -> None:
+    assert timeframe.start(ts) == open_time
+    assert timeframe.end(open_time) == end
+    assert timeframe.start(end) == end  # the next bucket opens where this one ends
+    assert timeframe.start(end - 1) == open_time
+
+
+def test_a_month_of_trades_closes_on_the_first() -> None:
+    agg = aggregator(Timeframe.MO1)
+    [october] = agg.add("1", "1", T0, 0.0)
+    closed, november = agg.add("2", "1", 1_635_724_800_000, 0.0)
+    assert closed.closed and closed.open_time == october.open_time == 1_633_046_400_000
+    assert november.open_time == 1_635_724_800_000
+
+
+@pytest.mark.parametrize(
+    ("finer", "coarser", "divides"),
+    [
+        (Timeframe.M1, Timeframe.M3, True),
+        (Timeframe.H1, Timeframe.H8, True),
+        (Timeframe.D1, Timeframe.W1, True),
+        (Timeframe.D1, Timeframe.MO1, True),
+        (Timeframe.H4, Timeframe.D3, True),
+        (Timeframe.M5, Timeframe.M3, False),
+        (Timeframe.D3, Timeframe.W1, False),
+        (Timeframe.W1, Timeframe.MO1, False),
+        (Timeframe.H8, Timeframe.H4, False),
+    ],
+)
+def test_which_timeframes_build_which(finer: Timeframe, coarser: Timeframe, divides: bool) -> None:
+    assert finer.divides(coarser) is divides

@@ -155,7 +155,7 @@ def test_adapter_checks_its_settings() -> None:
     with pytest.raises(ValueError, match="book depth"):
         Okx(host=Recorder(), book_depth=0)
     adapter = Okx(host=Recorder(), urls={"business": "ws://127.0.0.1:1/b", "ws": ""})
-    assert adapter.urls == {"ws": Okx.endpoints["ws"], "business": "ws://127.0.0.1:1/b"}
+    assert adapter.urls == {"ws": Okx.endpoints["ws"], "business": "ws://127.0.0.1:1/b", "rest": Okx.endpoints["rest"]}
 
 
 def test_candle_records_stay_valid_events() -> None:

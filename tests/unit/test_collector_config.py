@@ -9,6 +9,7 @@ import pytest
 from collectors.__main__ import main
 from collectors.book import CollectorError
 from collectors.config import CollectorConfig, ConfigError, load_configs, parse_channel, topics_from
+from collectors.feed.rest import RestBudget
 from collectors.runner import CollectorService
 from shared.config import ConfigError as SettingError
 from shared.topics import Channel, Exchange, Kind, Timeframe, Topic
@@ -138,12 +139,12 @@ def test_missing_file_and_unknown_name(tmp_path: Path) -> None:
     [
         (["ftx", "--symbols", "BTC/USDT"], "unsupported exchange 'ftx'"),
         (["binance", "--symbols", "BTCUSDT"], "BASE/QUOTE"),
-        (["binance", "--symbols", "BTC/USDT", "--channels", "candles:3m"], "unsupported timeframe"),
+        (["binance", "--symbols", "BTC/USDT", "--channels", "candles:2m"], "unsupported timeframe"),
         (["binance"], "at least one symbol"),
         (["--symbols", "BTC/USDT"], "name an exchange"),
         (["binance", "--symbols", "BTC/USDT", "--book-depth", "0"], "book_depth must be positive"),
         (["binance", "--symbols", "BTC/USDT", "--book-depth", "many"], "--book-depth"),
-        (["kraken", "--symbols", "BTC/USD", "--rest-url", "http://x"], "kraken has no rest endpoint"),
+        (["kraken", "--symbols", "BTC/USD", "--business-url", "ws://x"], "kraken has no business endpoint"),
         (["binance", "--symbols", "BTC/USDT", "--id", "no spaces"], "collector id"),
         (["binance", "--symbols", "BTC/USDT", "--backoff-max-s", "0.1"], "backoff_max_s"),
         (["binance", "--symbols", "BTC/USDT", "--status-ttl-s", "1"], "status_ttl_s"),
@@ -174,3 +175,29 @@ async def test_a_service_is_built_without_connecting() -> None:
     assert {stream.endpoint for stream in streams.values()} == {"ws", "business"}
     assert len(service.collector.connections) == 2  # public and business: not started until run
     await service.redis.aclose()
+
+
+async def test_collectors_of_one_exchange_in_a_process_share_one_rest_budget() -> None:
+    budgets: dict[Exchange, RestBudget] = {}
+    services = [
+        CollectorService(
+            CollectorConfig(exchange=exchange, collector_id=name, symbols=["BTC/USDT"], admin_port=0), budgets
+        )
+        for exchange, name in (("binance", "a"), ("binance", "b"), ("bybit", "c"))
+    ]
+    first, second, other = (service.collector.rest for service in services)
+    assert first is second and first is not other
+    assert budgets == {Exchange.BINANCE: first, Exchange.BYBIT: other}
+    for service in services:
+        await service.redis.aclose()
+
+
+@pytest.mark.parametrize(
+    ("retention", "message"),
+    [(["1m=x"], "use <timeframe>=<days>"), (["2m=3"], "use <timeframe>=<days>"), (["1m=0"], "must be positive")],
+)
+def test_candle_retention_is_checked(retention: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        CollectorConfig(exchange="binance", symbols=["BTC/USDT"], candle_retention_days=retention)
+    config = CollectorConfig(exchange="binance", symbols=["BTC/USDT"], candle_retention_days=["1m=1.5", "1h=30"])
+    assert config.retention == {Timeframe.M1: 1.5, Timeframe.H1: 30.0}

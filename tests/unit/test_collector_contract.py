@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from collectors.exchanges import ADAPTERS
-from collectors.feed.adapter import Adapter, Op, ResyncMode
+from collectors.feed.adapter import Adapter, Op
 from shared.topics import TIMEFRAME_SECONDS, Exchange, Kind, Timeframe, Topic
 from tests.collector_support import FakeLink, replay_adapter
 
@@ -37,7 +37,9 @@ def test_class_data_is_complete(exchange: Exchange) -> None:
     assert set(cls.candle_channels) <= set(Timeframe) and cls.candle_channels
     assert cls.max_streams_per_request >= 1 and cls.max_streams_per_connection >= cls.max_streams_per_request
     assert 0 < cls.requests_per_second <= 10
-    assert (cls.resync_mode is ResyncMode.SNAPSHOT) == ("rest" in cls.endpoints)
+    assert "rest" in cls.endpoints  # candle history, and Binance's book snapshots
+    assert cls.history_intervals and set(cls.history_intervals) <= set(Timeframe)
+    assert 1 <= cls.history_page <= 1000 and cls.history_weight > 0 and cls.rest_weight_per_minute > 0
     assert cls.__doc__ is None or cls.__module__.endswith(str(exchange))
 
 

@@ -56,6 +56,11 @@ def loads(text: str) -> Any:
     return msgspec.json.decode(text)
 
 
+def query_int(text: str | None) -> int | None:
+    """A non-negative integer query parameter, or None when absent or not one."""
+    return int(text) if text is not None and text.isascii() and text.isdigit() and len(text) <= 15 else None
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -155,6 +160,31 @@ class Protocol:
     def quote_volume(self, market: Market, scaled: int) -> str:
         instrument = market.instrument
         return self.num(scaled, instrument.price_decimals + instrument.size_decimals)
+
+    def history(
+        self, market: Market, interval: Interval, start_s: int | None, end_s: int | None, limit: int
+    ) -> list[Candle]:
+        """REST candles of `interval` opening in [start_s, end_s), oldest first, at most `limit`.
+
+        With a start the first `limit` from there, otherwise the last `limit` (the open one included).
+        """
+        now_s = int(time.time())
+        tape = market.tape
+        if tape is None:
+            return []
+        end = min(end_s if end_s is not None else now_s + 1, now_s + 1)
+        if start_s is not None:
+            if interval.seconds:  # no need to fold past the last bucket that can be returned
+                end = min(end, start_s + (limit + 1) * interval.seconds)
+            return tape.candles(interval, start_s, end, now_s)[:limit]
+        return tape.candles(interval, max(tape.first_s, 0), end, now_s)[-limit:]
+
+    def history_ms(
+        self, market: Market, interval: Interval, start_ms: int | None, end_ms: int | None, limit: int
+    ) -> list[Candle]:
+        """`history` for bounds in milliseconds, the end inclusive (Binance's endTime, Bybit's end)."""
+        start = None if start_ms is None else -(-start_ms // 1000)
+        return self.history(market, interval, start, None if end_ms is None else end_ms // 1000 + 1, limit)
 
     def text_levels(self, market: Market, levels: list[Level]) -> list[list[str]]:
         return [[self.px(market, p), self.sz(market, s)] for p, s in levels]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import msgspec
 from aiohttp import web
@@ -26,8 +26,12 @@ from collectors.simulator.protocols.base import (
     dumps,
     loads,
     now_ms,
+    query_int,
 )
 from shared.topics import Exchange
+
+if TYPE_CHECKING:
+    from collectors.simulator.server import ExchangeServer
 
 _STREAM_RE: Final = re.compile(
     r"(?P<symbol>[a-z0-9]{2,20})@(?P<kind>trade|aggTrade|bookTicker|ticker|miniTicker"
@@ -74,6 +78,14 @@ _QUOTES: Final = (
 _METHODS: Final = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 _ID_RE: Final = re.compile(r"[A-Za-z0-9]{1,36}")
 MAX_DEPTH_LIMIT: Final = 5000
+MAX_KLINES: Final = 1000
+KLINES_WEIGHT: Final = 2
+USED_WEIGHT_HEADER: Final = "X-MBX-USED-WEIGHT-1M"
+
+
+def depth_weight(limit: int) -> int:
+    """GET /api/v3/depth's request weight by `limit`, as Binance documents it."""
+    return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
 
 
 def _error(code: int, msg: str, request_id: object = None) -> str:
@@ -84,6 +96,12 @@ def _error(code: int, msg: str, request_id: object = None) -> str:
 class BinanceProtocol(Protocol):
     exchange: ClassVar[Exchange] = Exchange.BINANCE
     endpoints: ClassVar[dict[str, str]] = {"ws": "/ws", "stream": "/stream", "rest": ""}
+
+    def __init__(self, server: ExchangeServer) -> None:
+        super().__init__(server)
+        self._weight_minute = 0
+        self._weight_used = 0
+
     number_style: ClassVar[NumberStyle] = NumberStyle.FIXED8
     malformed: ClassVar[str] = '{"stream":"btcusdt@trade","data":{"e":"trade","E":17'
 
@@ -447,10 +465,25 @@ class BinanceProtocol(Protocol):
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/api/v3/depth", self._rest_depth),
+            web.get("/api/v3/klines", self._rest_klines),
             web.get("/api/v3/exchangeInfo", self._rest_exchange_info),
             web.get("/api/v3/ping", self._rest_ping),
             web.get("/api/v3/time", self._rest_time),
         ]
+
+    def _spend(self, weight: int) -> tuple[dict[str, str], web.Response | None]:
+        """Count `weight` against this minute's limit; the headers to send, and a 429 when over it."""
+        now = time.time()
+        minute = int(now // 60)
+        if minute != self._weight_minute:
+            self._weight_minute, self._weight_used = minute, 0
+        self._weight_used += weight
+        headers = {USED_WEIGHT_HEADER: str(self._weight_used)}
+        if self._weight_used > self.config.binance_weight_per_minute:
+            retry = str(max(1, 60 - int(now % 60)))
+            body = {"code": -1003, "msg": "Too much request weight used; current limit is per minute."}
+            return headers, web.json_response(body, status=429, headers={**headers, "Retry-After": retry})
+        return headers, None
 
     async def _rest_depth(self, request: web.Request) -> web.Response:
         """GET /api/v3/depth?symbol=BTCUSDT&limit=1000: lastUpdateId chains with the diffs."""
@@ -463,10 +496,40 @@ class BinanceProtocol(Protocol):
             return web.json_response(
                 {"code": -1100, "msg": "Illegal characters found in parameter 'limit'."}, status=400
             )
+        headers, refused = self._spend(depth_weight(limit))
+        if refused is not None:
+            return refused
         market = self.market(symbol) if symbol.isupper() else None
         if market is None:
             return web.json_response({"code": -1121, "msg": "Invalid symbol."}, status=400)
-        return web.Response(text=self.partial_depth(market, limit), content_type="application/json")
+        return web.Response(text=self.partial_depth(market, limit), content_type="application/json", headers=headers)
+
+    async def _rest_klines(self, request: web.Request) -> web.Response:
+        """GET /api/v3/klines?symbol=BTCUSDT&interval=1m&startTime=&endTime=&limit=500 (weight 2), oldest first."""
+        query = request.query
+        interval = _INTERVALS.get(query.get("interval", ""))
+        limit = query_int(query.get("limit", "500"))
+        start, end = query_int(query.get("startTime")), query_int(query.get("endTime"))
+        if interval is None or interval.seconds == 1 or limit is None or not 1 <= limit <= MAX_KLINES:
+            return web.json_response({"code": -1120, "msg": "Invalid interval or limit."}, status=400)
+        headers, refused = self._spend(KLINES_WEIGHT)
+        if refused is not None:
+            return refused
+        symbol = query.get("symbol", "")
+        market = self.market(symbol) if symbol.isupper() else None
+        if market is None:
+            return web.json_response({"code": -1121, "msg": "Invalid symbol."}, status=400)
+        candles = self.history_ms(market, interval, start, end, limit)
+        rows = [
+            [
+                c.start_s * 1000, self.px(market, c.open), self.px(market, c.high), self.px(market, c.low),
+                self.px(market, c.close), self.sz(market, c.volume), c.end_s * 1000 - 1,
+                self.quote_volume(market, c.quote_volume), c.trades, self.sz(market, c.volume // 2),
+                self.quote_volume(market, c.quote_volume // 2), "0",
+            ]
+            for c in candles
+        ]  # fmt: skip
+        return web.Response(text=dumps(rows), content_type="application/json", headers=headers)
 
     async def _rest_exchange_info(self, request: web.Request) -> web.Response:
         """A minimal exchangeInfo: the asked symbol, or every market served so far."""

@@ -13,6 +13,7 @@ import time
 from typing import Any, ClassVar, Final
 
 import msgspec
+from aiohttp import web
 
 from collectors.simulator.connection import CloseCode, CloseReason, Connection
 from collectors.simulator.market import BookUpdate, Candle, Interval, Market, Side, Trade
@@ -25,6 +26,7 @@ from collectors.simulator.protocols.base import (
     dumps,
     loads,
     now_ms,
+    query_int,
 )
 from shared.topics import Exchange
 
@@ -32,6 +34,8 @@ _TOPIC_RE: Final = re.compile(
     r"(?:orderbook\.(?P<depth>1|50|200|1000)|(?P<kind>publicTrade|tickers)"
     r"|kline\.(?P<interval>1|3|5|15|30|60|120|240|360|720|D|W|M))\.(?P<symbol>[A-Z0-9]{2,25})"
 )
+MAX_KLINES: Final = 1000
+_MINUTE_INTERVALS: Final = frozenset({"1", "3", "5", "15", "30", "60", "120", "240", "360", "720"})
 _INTERVALS: Final[dict[str, Interval]] = {
     "D": Interval(86400),
     "W": Interval(604800),
@@ -42,7 +46,33 @@ _QUOTES: Final = ("USDT", "USDC", "USDE", "EUR", "BRL", "TRY", "BTC", "ETH", "DA
 
 class BybitProtocol(Protocol):
     exchange: ClassVar[Exchange] = Exchange.BYBIT
-    endpoints: ClassVar[dict[str, str]] = {"ws": "/v5/public/spot"}
+    endpoints: ClassVar[dict[str, str]] = {"ws": "/v5/public/spot", "rest": ""}
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/v5/market/kline", self._rest_kline)]
+
+    async def _rest_kline(self, request: web.Request) -> web.Response:
+        """GET /v5/market/kline?category=spot&symbol=BTCUSDT&interval=1&start=&end=&limit=200 (ms), newest first."""
+        query = request.query
+        text = query.get("interval", "")
+        interval = _INTERVALS.get(text) or (Interval(int(text) * 60) if text in _MINUTE_INTERVALS else None)
+        limit = query_int(query.get("limit", "200"))
+        start, end = query_int(query.get("start")), query_int(query.get("end"))
+        symbol = query.get("symbol", "")
+        market = self.market(symbol) if query.get("category") == "spot" else None
+        if interval is None or limit is None or not 1 <= limit <= MAX_KLINES or market is None:
+            return web.json_response({"retCode": 10001, "retMsg": "params error", "result": {}, "time": now_ms()})
+        candles = self.history_ms(market, interval, start, end, limit)
+        rows = [
+            [
+                str(c.start_s * 1000), self.px(market, c.open), self.px(market, c.high), self.px(market, c.low),
+                self.px(market, c.close), self.sz(market, c.volume), self.quote_volume(market, c.quote_volume),
+            ]
+            for c in reversed(candles)
+        ]  # fmt: skip
+        body = {"retCode": 0, "retMsg": "OK", "result": {"symbol": symbol, "category": "spot", "list": rows}}
+        return web.Response(text=dumps(body | {"time": now_ms()}), content_type="application/json")
+
     # Spot prints "75845.4" and "43774", not "75845.40".
     number_style: ClassVar[NumberStyle] = NumberStyle.TRIMMED
     malformed: ClassVar[str] = '{"topic":"orderbook.50.BTCUSDT","ts":1731035685345,"type":"del'

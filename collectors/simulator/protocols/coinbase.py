@@ -12,6 +12,7 @@ import time
 from typing import ClassVar, Final
 
 import msgspec
+from aiohttp import web
 
 from collectors.simulator.connection import CloseCode, CloseReason, Connection
 from collectors.simulator.market import BookUpdate, Candle, Interval, Market, Side, Trade
@@ -24,12 +25,24 @@ from collectors.simulator.protocols.base import (
     dumps,
     iso_time,
     loads,
+    query_int,
 )
 from shared.topics import Exchange
 
 # Marks where a connection's sequence_num goes into an already rendered message.
 _SEQ: Final = "\x00"
 CANDLE_INTERVAL: Final = Interval(300)
+GRANULARITIES: Final = {
+    "ONE_MINUTE": Interval(60),
+    "FIVE_MINUTE": Interval(300),
+    "FIFTEEN_MINUTE": Interval(900),
+    "THIRTY_MINUTE": Interval(1800),
+    "ONE_HOUR": Interval(3600),
+    "TWO_HOUR": Interval(7200),
+    "SIX_HOUR": Interval(21600),
+    "ONE_DAY": Interval(86400),
+}
+MAX_CANDLES: Final = 350
 TICKER_BATCH_S: Final = 5.0
 _CHANNELS: Final[dict[str, FeedKind]] = {
     "level2": FeedKind.BOOK,
@@ -53,7 +66,43 @@ def _envelope(channel: str, events: object, *, client_id: bool = True) -> str:
 
 class CoinbaseProtocol(Protocol):
     exchange: ClassVar[Exchange] = Exchange.COINBASE
-    endpoints: ClassVar[dict[str, str]] = {"ws": "/"}
+    endpoints: ClassVar[dict[str, str]] = {"ws": "/", "rest": ""}
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/api/v3/brokerage/market/products/{product_id}/candles", self._rest_candles)]
+
+    async def _rest_candles(self, request: web.Request) -> web.Response:
+        """GET /api/v3/brokerage/market/products/BTC-USD/candles?start=&end=&granularity=&limit= (s), newest first."""
+        query = request.query
+        interval = GRANULARITIES.get(query.get("granularity", ""))
+        start, end = query_int(query.get("start")), query_int(query.get("end"))
+        limit = query_int(query.get("limit", str(MAX_CANDLES)))
+        if interval is None or start is None or end is None or limit is None or not 1 <= limit <= MAX_CANDLES:
+            return web.json_response(
+                {"error": "INVALID_ARGUMENT", "message": "bad start, end, granularity or limit"}, status=400
+            )
+        if (end - start) // interval.seconds > MAX_CANDLES:
+            return web.json_response(
+                {
+                    "error": "INVALID_ARGUMENT",
+                    "message": f"number of candles requested should be less than {MAX_CANDLES}",
+                },
+                status=400,
+            )
+        product = request.match_info["product_id"]
+        market = self.market(product)
+        if market is None:
+            return web.json_response({"error": "NOT_FOUND", "message": "product not found"}, status=404)
+        candles = self.history(market, interval, start, end + 1, limit)
+        rows = [
+            {
+                "start": str(c.start_s), "low": self.px(market, c.low), "high": self.px(market, c.high),
+                "open": self.px(market, c.open), "close": self.px(market, c.close), "volume": self.sz(market, c.volume),
+            }
+            for c in reversed(candles)
+        ]  # fmt: skip
+        return web.Response(text=dumps({"candles": rows}), content_type="application/json")
+
     # Coinbase prints prices and sizes without trailing zeros ("79944", "3.0105").
     number_style: ClassVar[NumberStyle] = NumberStyle.TRIMMED
     malformed: ClassVar[str] = '{"channel":"l2_data","client_id":"","timestamp":"2026-'

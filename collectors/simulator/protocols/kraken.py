@@ -26,11 +26,15 @@ from collectors.simulator.protocols.base import (
     dumps,
     iso_time,
     loads,
+    query_int,
 )
 from shared.topics import Exchange
 
 BOOK_DEPTHS: Final = frozenset({10, 25, 100, 500, 1000})
 OHLC_INTERVALS: Final = frozenset({1, 5, 15, 30, 60, 240, 1440, 10080, 21600})
+REST_OHLC_COUNT: Final = 720
+# Quotes a REST pair without a slash ("BTCUSD") may end with, longest first.
+REST_QUOTES: Final = ("USDT", "USDC", "USD", "EUR", "GBP", "CAD", "JPY", "CHF", "AUD", "XBT", "BTC", "ETH")
 CHECKSUM_DEPTH: Final = 10
 _CHANNELS: Final[dict[str, FeedKind]] = {
     "book": FeedKind.BOOK,
@@ -48,7 +52,35 @@ def _raw(text: str) -> msgspec.Raw:
 
 class KrakenProtocol(Protocol):
     exchange: ClassVar[Exchange] = Exchange.KRAKEN
-    endpoints: ClassVar[dict[str, str]] = {"ws": "/v2"}
+    endpoints: ClassVar[dict[str, str]] = {"ws": "/v2", "rest": ""}
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/0/public/OHLC", self._rest_ohlc)]
+
+    async def _rest_ohlc(self, request: web.Request) -> web.Response:
+        """GET /0/public/OHLC?pair=BTCUSD&interval=1&since=<s>: the 720 most recent after `since`, the open one last."""
+        query = request.query
+        minutes = query_int(query.get("interval", "1"))
+        since = query_int(query.get("since", "0"))
+        pair = query.get("pair", "")
+        symbol = next((f"{pair[: -len(q)]}/{q}" for q in REST_QUOTES if pair.endswith(q) and len(pair) > len(q)), pair)
+        market = self.market(symbol) if minutes in OHLC_INTERVALS and since is not None else None
+        if market is None or minutes is None or since is None:
+            return web.json_response({"error": ["EQuery:Unknown asset pair"]})
+        candles = self.history(market, Interval(minutes * 60), None, None, REST_OHLC_COUNT)
+        rows = [
+            [
+                c.start_s, self.px(market, c.open), self.px(market, c.high), self.px(market, c.low),
+                self.px(market, c.close), self.px(market, c.close), self.sz(market, c.volume), c.trades,
+            ]
+            for c in candles
+            if c.start_s > since
+        ]  # fmt: skip
+        last = candles[-1].start_s if candles else 0
+        return web.Response(
+            text=dumps({"error": [], "result": {pair: rows, "last": last}}), content_type="application/json"
+        )
+
     number_style: ClassVar[NumberStyle] = NumberStyle.FIXED
     has_checksum: ClassVar[bool] = True
     malformed: ClassVar[str] = '{"channel":"book","type":"update","data":[{"symbol":"BTC/US'

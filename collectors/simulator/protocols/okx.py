@@ -15,6 +15,7 @@ import time
 from typing import Any, ClassVar, Final
 
 import msgspec
+from aiohttp import web
 
 from collectors.checksums import okx_checksum
 from collectors.simulator.connection import CloseCode, CloseReason, Connection
@@ -27,6 +28,7 @@ from collectors.simulator.protocols.base import (
     Protocol,
     dumps,
     loads,
+    query_int,
 )
 from shared.topics import Exchange
 
@@ -65,7 +67,40 @@ def _candle_interval(channel: str) -> Interval | None:
 
 class OkxProtocol(Protocol):
     exchange: ClassVar[Exchange] = Exchange.OKX
-    endpoints: ClassVar[dict[str, str]] = {"ws": PUBLIC, "business": BUSINESS}
+    endpoints: ClassVar[dict[str, str]] = {"ws": PUBLIC, "business": BUSINESS, "rest": ""}
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/api/v5/market/candles", self._rest_candles),
+            web.get("/api/v5/market/history-candles", self._rest_candles),
+        ]
+
+    async def _rest_candles(self, request: web.Request) -> web.Response:
+        """GET /api/v5/market/candles (recent 1440 bars, limit 300) and /history-candles (limit 100), newest first.
+
+        `after`: bars older than that time (ms); `before`: bars newer than it.
+        """
+        query = request.query
+        recent = request.path.endswith("/candles")
+        interval = _candle_interval("candle" + query.get("bar", "1m"))
+        limit = query_int(query.get("limit", "100"))
+        after, before = query_int(query.get("after")), query_int(query.get("before"))
+        market = self.market(query.get("instId", ""))
+        if interval is None or limit is None or not 1 <= limit <= (300 if recent else 100) or market is None:
+            return web.json_response({"code": "51000", "msg": "Parameter error", "data": []})
+        start = None if before is None else before // 1000 + 1
+        end = None if after is None else -(-after // 1000)
+        candles = self.history(market, interval, start, end, limit)
+        rows = [
+            [
+                str(c.start_s * 1000), self.px(market, c.open), self.px(market, c.high), self.px(market, c.low),
+                self.px(market, c.close), self.sz(market, c.volume), self.quote_volume(market, c.quote_volume),
+                self.quote_volume(market, c.quote_volume), "1" if c.closed else "0",
+            ]
+            for c in reversed(candles)
+        ]  # fmt: skip
+        return web.Response(text=dumps({"code": "0", "msg": "", "data": rows}), content_type="application/json")
+
     number_style: ClassVar[NumberStyle] = NumberStyle.TRIMMED
     has_checksum: ClassVar[bool] = True
     malformed: ClassVar[str] = '{"arg":{"channel":"books","instId":"BTC-USDT"},"action":"upd'

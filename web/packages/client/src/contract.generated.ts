@@ -4,12 +4,12 @@
 /* Topic grammar (shared/topics.py) */
 
 export const EXCHANGES = ["binance", "coinbase", "kraken", "bybit", "okx"] as const satisfies readonly Exchange[];
-export const TIMEFRAMES = ["1m", "5m", "15m", "1h", "4h", "1d"] as const satisfies readonly Timeframe[];
+export const TIMEFRAMES = ["1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M"] as const satisfies readonly Timeframe[];
 export type Channel = "ticker" | "trades" | "book" | `candles.${Timeframe}`;
 /** `exchange:channel:BASE/QUOTE`; check a string with `isTopic` before trusting it. */
 export type Topic = `${Exchange}:${Channel}:${string}/${string}`;
 export const MAX_TOPIC_LENGTH = 64;
-export const TOPIC_PATTERN = "^(binance|coinbase|kraken|bybit|okx):(ticker|trades|book|candles\\.(1m|5m|15m|1h|4h|1d)):([A-Z0-9]{1,16}/[A-Z0-9]{1,16})$";
+export const TOPIC_PATTERN = "^(binance|coinbase|kraken|bybit|okx):(ticker|trades|book|candles\\.(1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1M)):([A-Z0-9]{1,16}/[A-Z0-9]{1,16})$";
 export const POSITION_PATTERN = "^[0-9]{1,20}-[0-9]{1,20}$";
 
 /* Records (shared/events.py, shared/codec.py) */
@@ -88,7 +88,7 @@ export interface Candle {
   readonly seq: number;
 }
 
-export type Timeframe = "15m" | "1d" | "1h" | "1m" | "4h" | "5m";
+export type Timeframe = "12h" | "15m" | "1M" | "1d" | "1h" | "1m" | "1w" | "2h" | "30m" | "3d" | "3m" | "4h" | "5m" | "6h" | "8h";
 
 export interface Notification {
   readonly id: string;
@@ -532,12 +532,21 @@ export const SCHEMA_DEFS = {
   "Timeframe": {
     "title": "Timeframe",
     "enum": [
+      "12h",
       "15m",
+      "1M",
       "1d",
       "1h",
       "1m",
+      "1w",
+      "2h",
+      "30m",
+      "3d",
+      "3m",
       "4h",
-      "5m"
+      "5m",
+      "6h",
+      "8h"
     ]
   },
   "Notification": {
