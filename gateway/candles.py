@@ -22,6 +22,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import asyncpg
@@ -30,7 +31,8 @@ import redis.asyncio
 import redis.exceptions
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gateway.auth import TokenVerifier
+from gateway.admission import bearer_token
+from gateway.auth import Identity
 from gateway.errors import AuthCode, AuthError, RequestError
 from gateway.policy import TopicPolicy
 from gateway.protocol.http import Request, Response
@@ -95,7 +97,7 @@ class CandleHistory:
         *,
         database_url: str,
         policy: TopicPolicy,
-        verifier: TokenVerifier,
+        verify: Callable[[object], Awaitable[Identity]],
         client: redis.asyncio.Redis,
         registry: CollectorRegistry,
         max_limit: int,
@@ -104,7 +106,7 @@ class CandleHistory:
     ) -> None:
         self._url = database_url
         self._policy = policy
-        self._verifier = verifier
+        self._verify = verify  # a token's identity, revocations checked (Admission.verify)
         self._redis = client
         self._max_limit = max_limit
         self._cache_entries = cache_entries
@@ -139,9 +141,7 @@ class CandleHistory:
         if request.method not in ("GET", "HEAD"):
             return Response(405, b"method not allowed", headers=[("Allow", "GET, HEAD")])
         try:
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            identity = await self._verifier.verify(token.strip() if scheme.lower() == "bearer" else None)
+            identity = await self._verify(bearer_token(request))
         except AuthError as exc:
             self.metrics.requests.labels("http", str(exc.code)).inc()
             body = {"ok": False, "error": {"code": str(exc.code), "message": exc.message}}

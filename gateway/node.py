@@ -138,7 +138,7 @@ class GatewayNode:
         self.server.on("notifications:unread", self._with_session(self.notifications.unread))
         self.server.on("executions:list", self._with_session(self.executions.states))
         self.candles = CandleHistory(
-            database_url=config.database_url, policy=self.policy, verifier=self.verifier, client=self.redis,
+            database_url=config.database_url, policy=self.policy, verify=self.admission.verify, client=self.redis,
             registry=self.metrics.registry, max_limit=config.candles_max_limit,
             cache_entries=config.candles_cache_entries, timeout_s=config.candles_timeout_s,
         )  # fmt: skip

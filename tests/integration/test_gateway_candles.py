@@ -130,3 +130,11 @@ async def test_http_endpoint_needs_a_token_and_applies_the_topic_policy(
             assert response.status == 403
         async with http.get(url, params={"topic": "nope"}, headers=bearer) as response:
             assert (response.status, (await response.json())["error"]["code"]) == (400, "invalid_topic")
+        # A revoked user's token is refused here as on a connect.
+        revoked = make_token(sub="mallory")
+        client = redis.asyncio.Redis.from_url(redis_url)
+        await AsyncPublisher(client).revoke(user_id="mallory")
+        await client.aclose()
+        headers = {"Authorization": f"Bearer {revoked}"}
+        async with http.get(url, params={"topic": TOPIC}, headers=headers) as response:
+            assert (await response.json())["error"]["code"] == "token_revoked"
