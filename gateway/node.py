@@ -50,6 +50,7 @@ SOCKETIO_PATH: Final = "/socket.io"
 CANDLES_PATH: Final = "/candles"
 REDIS_POOL_SIZE: Final = 16
 DEMAND_FIRST_READ_S: Final = 5.0
+MAX_CONCURRENT_CONNECTS: Final = 8
 
 
 class GatewayNode:
@@ -68,6 +69,9 @@ class GatewayNode:
         self.accepting = True
         self._drained = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Connects (and their catch-ups) run at most this many at a time: a burst of them is served at
+        # the same pace, but never fills a turn of the loop ahead of the fan-out of live messages.
+        self._connecting = asyncio.Semaphore(MAX_CONCURRENT_CONNECTS)
         self.server = SocketIOServer(
             SocketSettings(
                 engine=EngineSettings(
@@ -233,6 +237,10 @@ class GatewayNode:
     # Connection
 
     async def _on_connect(self, sid: str, handshake: Request, auth: object) -> bool:
+        async with self._connecting:
+            return await self._connect(sid, handshake, auth)
+
+    async def _connect(self, sid: str, handshake: Request, auth: object) -> bool:
         try:
             identity = await self.admission.admit(handshake, auth, accepting=self.accepting)
         except AuthError as exc:
@@ -292,6 +300,17 @@ class GatewayNode:
         topics: object,
     ) -> None:
         """Catch the socket up on its streams and restore its topics (runs once the CONNECT reply is queued)."""
+        async with self._connecting:
+            await self._catch_up(session, resume, resume_valid, fresh_start, topics)
+
+    async def _catch_up(
+        self,
+        session: Session,
+        resume: Resume,
+        resume_valid: bool,
+        fresh_start: str | None,
+        topics: object,
+    ) -> None:
         try:
             status = await self.recovery.sync(session, resume, fresh_start)
             status["complete"] = resume_valid and status["complete"]
