@@ -44,6 +44,8 @@ import uvloop
 
 MARKET: Final = b'42["market",'
 RECV_TS: Final = b'"recv_ts":'
+# The exchange's time of an event (the simulator stamps its send time there): for end-to-end latency.
+EXCHANGE_TS: Final = b',"ts":'
 WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEADER_BYTES: Final = 16384
 # Kept per worker: at 8 bytes a sample, a bound on memory whatever the caller asks.
@@ -95,12 +97,14 @@ class ConnectReport:
 class _Stats:
     """Counters shared by all connections of one worker; `countdown` spreads samples over connections."""
 
-    __slots__ = ("countdown", "every", "lost", "received", "samples")
+    __slots__ = ("countdown", "every", "lost", "received", "samples", "stamp")
 
     def __init__(self) -> None:
         self.reset(1)
 
-    def reset(self, every: int) -> None:
+    def reset(self, every: int, stamp: bytes = RECV_TS) -> None:
+        """Zero the counters; sample every `every`-th event's age from its `stamp` field (ms since the epoch)."""
+        self.stamp = stamp
         self.received = 0
         self.lost = 0
         self.every = every
@@ -108,10 +112,10 @@ class _Stats:
         self.samples: array[float] = array("d")
 
     def sample(self, buf: bytes, start: int, stop: int) -> None:
-        at = buf.find(RECV_TS, start, stop)
+        at = buf.find(self.stamp, start, stop)
         if at < 0 or len(self.samples) >= MAX_SAMPLES:
             return
-        at += len(RECV_TS)
+        at += len(self.stamp)
         end = buf.find(b",", at, stop)
         self.samples.append(time.time() * 1000 - float(buf[at : end if end > 0 else buf.find(b"}", at, stop)]))
 
@@ -405,9 +409,9 @@ class ClientPool:
             errors.update(report.errors)
         return ConnectReport(sum(report.connected for report in reports), dict(errors))
 
-    async def reset(self, sample_every: int) -> None:
+    async def reset(self, sample_every: int, stamp: bytes = RECV_TS) -> None:
         """Zero the counters; from now on every `sample_every`-th market event is a latency sample."""
-        await self._ask([("reset", (sample_every,))] * len(self._pipes))
+        await self._ask([("reset", (sample_every, stamp))] * len(self._pipes))
 
     async def tally(self, *, with_samples: bool = False) -> Tally:
         total = Tally()
