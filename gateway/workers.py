@@ -13,6 +13,7 @@ deadline; a worker that dies on its own is restarted with capped backoff.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import signal
 import sys
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 RESTART_INITIAL_S: Final = 0.5
 RESTART_MAX_S: Final = 10.0
 STABLE_S: Final = 30.0  # a worker up this long has its restart backoff reset
+PR_SET_PDEATHSIG: Final = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 async def run_workers(config: GatewayConfig, argv: Sequence[str], redis_url: str) -> int:
@@ -51,7 +53,9 @@ async def _worker(config: GatewayConfig, argv: Sequence[str], redis_url: str, in
     delay = RESTART_INITIAL_S
     while True:
         started = loop_time()
-        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", *args)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", *args, preexec_fn=_die_with_parent if sys.platform == "linux" else None
+        )
         stopping = asyncio.ensure_future(stop.wait())
         exited = asyncio.ensure_future(process.wait())
         await asyncio.wait({stopping, exited}, return_when=asyncio.FIRST_COMPLETED)
@@ -71,6 +75,12 @@ async def _worker(config: GatewayConfig, argv: Sequence[str], redis_url: str, in
             delay = min(delay * 2, RESTART_MAX_S)
         else:
             return 0
+
+
+def _die_with_parent() -> None:
+    """In the worker, before it runs: SIGTERM it (a drain) if the parent dies, even by SIGKILL (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def loop_time() -> float:

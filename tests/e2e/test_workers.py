@@ -79,3 +79,33 @@ async def test_two_workers_share_a_port_restart_and_drain(
         for ws in sockets:
             ws.close()
         log.close()
+
+
+async def test_workers_do_not_outlive_their_parent(redis_url: str, redis_client: redis.asyncio.Redis) -> None:
+    """A parent killed outright (SIGKILL, an OOM kill) takes its workers with it: no orphans hold the port."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "--workers", "2", "--transports", "websocket", "--port", str(port),
+        "--host", "127.0.0.1", "--node-id", "orphans", "--redis-url", redis_url,
+        env={**os.environ, "GATEWAY_JWT_SECRET": SECRET, "GATEWAY_SHUTDOWN_TIMEOUT_S": "2"},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not {"orphans-w1", "orphans-w2"} <= set(await worker_records(redis_client)):
+            assert time.monotonic() < deadline, "the workers never started"
+            await asyncio.sleep(0.2)
+        children = (await (await asyncio.create_subprocess_exec(
+            "pgrep", "-P", str(process.pid), stdout=asyncio.subprocess.PIPE)).communicate())[0].split()  # fmt: skip
+        pids = [int(pid) for pid in children]
+        assert len(pids) == 2
+        process.kill()
+        await process.wait()
+        deadline = time.monotonic() + 20
+        while any(Path(f"/proc/{pid}").exists() for pid in pids):
+            assert time.monotonic() < deadline, "a worker outlived its parent"
+            await asyncio.sleep(0.2)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
