@@ -121,6 +121,15 @@ class EmbeddedRedis:
         self.stop()
         raise EmbeddedRedisError(f"{self.binary} did not answer on port {self.port}")
 
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: no shutdown, its directory kept, so `start` brings it back)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            if self._process.stderr:
+                self._process.stderr.close()
+            self._process = None
+
     def stop(self) -> None:
         if self._process is not None:
             self._process.terminate()
