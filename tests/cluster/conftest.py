@@ -110,7 +110,8 @@ class Traffic:
     notifications: int = 0
     executions: int = 0
     failures: int = 0
-    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    errors: Counter[str] = field(default_factory=Counter)
+    already_stored: int = 0
 
     async def publish_records(self, count: int, pause_s: float = 0.01) -> None:
         publisher = AsyncPublisher(self.client)
@@ -129,13 +130,15 @@ class Traffic:
         deadline = time.monotonic() + 60
         while True:
             try:
-                await asyncio.wait_for(publisher.publish(record), 5)
-            except (redis.RedisError, OSError, TimeoutError):
+                position = await asyncio.wait_for(publisher.publish(record), 5)
+            except (redis.RedisError, OSError, TimeoutError) as exc:
                 self.failures += 1
+                self.errors[type(exc).__name__] += 1
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.1)
             else:
+                self.already_stored += position is None  # a retry of a publish that had been stored
                 return
 
 
