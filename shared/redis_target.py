@@ -105,7 +105,8 @@ class RedisTarget:
         auth = ""
         if self.password is not None:
             auth = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
-        return f"{'rediss' if self.tls else 'redis'}://{auth}{endpoint.host}:{endpoint.port}/{self.db}"
+        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{host}:{endpoint.port}/{self.db}"
 
     def async_client(self, *, max_connections: int | None = None, **options: Any) -> AsyncClient:
         """A client for keys and scripts: RedisCluster (MOVED/ASK followed) or a pooled Redis."""
