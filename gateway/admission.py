@@ -68,6 +68,6 @@ class Admission:
             raise AuthError(AuthCode.TOKEN_REVOKED, "this token was revoked")
         return identity
 
-    async def left(self, sid: str) -> None:
+    def left(self, sid: str) -> None:
         """Give back the connection `admit` claimed: the socket closed, or never opened."""
-        await self._presence.release(sid)
+        self._presence.release(sid)

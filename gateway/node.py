@@ -71,6 +71,7 @@ class GatewayNode:
         self.accepting = True
         self._drained = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._presence_task: asyncio.Task[None] | None = None
         # Connects (and their catch-ups) run at most this many at a time: a burst of them is served at
         # the same pace, but never fills a turn of the loop ahead of the fan-out of live messages.
         self._connecting = asyncio.Semaphore(MAX_CONCURRENT_CONNECTS)
@@ -167,7 +168,7 @@ class GatewayNode:
         with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self.demand.refresh(), DEMAND_FIRST_READ_S)
         self._spawn(self.demand.run())
-        self._spawn(self.presence.run())
+        self._presence_task = asyncio.get_running_loop().create_task(self.presence.run())
         self.board.attach()
         self._spawn(self.board.run())
         self.server.start()
@@ -204,8 +205,11 @@ class GatewayNode:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.recovery.close()
-        with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
-            await asyncio.wait_for(self.presence.release_all(), 2)  # sockets elsewhere may take them at once
+        # Not cancelled: `run` ends between Redis calls; then every socket's claim is given back at once.
+        await self.presence.close()
+        if self._presence_task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._presence_task, 5)
         self.board.detach()
         with contextlib.suppress(redis.exceptions.RedisError, OSError):
             await self.redis.delete(names.gateway_status_key(self.config.name))  # off the status page at once
@@ -270,7 +274,7 @@ class GatewayNode:
             opened = await self._open_session(sid, identity, auth)
         finally:
             if not opened:
-                self._spawn(self.admission.left(sid))
+                self.admission.left(sid)
         return opened
 
     async def _open_session(self, sid: str, identity: Identity, auth: object) -> bool:
@@ -351,7 +355,7 @@ class GatewayNode:
         if session is None:
             return
         session.closed = True
-        self._spawn(self.admission.left(sid))
+        self.admission.left(sid)
         if session.expiry is not None:
             session.expiry.cancel()
         if session.sync_task is not None:
