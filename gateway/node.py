@@ -15,9 +15,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-import redis.asyncio
-import redis.exceptions
-
 from gateway import ops
 from gateway.admission import Admission
 from gateway.auth import Identity, TokenVerifier
@@ -43,7 +40,7 @@ from gateway.status_board import StatusBoard
 from gateway.subscriptions import Subscriptions
 from shared import names
 from shared.codec import Revocation
-from shared.redis_target import RedisTarget
+from shared.redis_target import REDIS_ERRORS, RedisTarget
 from shared.status import GatewayStatus
 
 logger = logging.getLogger(__name__)
@@ -165,7 +162,7 @@ class GatewayNode:
     async def start(self) -> None:
         self._spawn(self.relay.run())
         # One read of the collectors' status before serving, so every subscribe ack can say `collected`.
-        with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
+        with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
             await asyncio.wait_for(self.demand.refresh(), DEMAND_FIRST_READ_S)
         self._spawn(self.demand.run())
         self._presence_task = asyncio.get_running_loop().create_task(self.presence.run())
@@ -211,7 +208,7 @@ class GatewayNode:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._presence_task, 5)
         self.board.detach()
-        with contextlib.suppress(redis.exceptions.RedisError, OSError):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self.redis.delete(names.gateway_status_key(self.config.name))  # off the status page at once
         await self.server.stop()
         await self.verifier.close()
@@ -285,7 +282,7 @@ class GatewayNode:
         resume, resume_valid = Resume.from_auth(auth)
         try:
             fresh_start = await self.recovery.start_position(session, resume)
-        except (redis.exceptions.RedisError, OSError):
+        except REDIS_ERRORS:
             fresh_start, resume_valid = None, False
         if len(acquired) < len(channels) or not self.server.is_open(sid):
             for channel in acquired:
@@ -336,7 +333,7 @@ class GatewayNode:
         try:
             status = await self.recovery.sync(session, resume, fresh_start)
             status["complete"] = resume_valid and status["complete"]
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             logger.warning("stream sync failed; live only", extra={"sid": session.sid, "error": str(exc)})
             for channel in session.personal_channels:
                 if not session.closed:

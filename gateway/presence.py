@@ -25,14 +25,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-import redis.exceptions
-
 from gateway.errors import RequestError
 from gateway.policy import TopicPolicy
 from gateway.sessions import Session
 from shared import names
 from shared.errors import TopicError
-from shared.redis_target import AsyncClient
+from shared.redis_target import REDIS_ERRORS, AsyncClient
 from shared.topics import Topic
 
 logger = logging.getLogger(__name__)
@@ -147,7 +145,7 @@ class Presence:
                 if time.monotonic() >= beat:
                     beat = time.monotonic() + HEARTBEAT_S
                     await self.heartbeat()
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 logger.warning("presence heartbeat failed; lapsing entries expire", extra={"error": str(exc)})
 
     async def close(self, timeout_s: float = 2.0) -> None:
@@ -156,7 +154,7 @@ class Presence:
         self._wake.set()
         self._releasing.update(self._held)
         self._held.clear()
-        with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
+        with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
             await asyncio.wait_for(self._flush_releases(), timeout_s)
 
     async def _flush_releases(self) -> None:
@@ -198,7 +196,7 @@ class Presence:
         try:
             counts = dict(zip(allowed, await self.topic_counts(allowed), strict=True))
             online = dict(zip(own, await self.team_users(own), strict=True))
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise RequestError("unavailable", "presence is unavailable; retry") from exc
         for result in topic_results:
             if result["ok"]:

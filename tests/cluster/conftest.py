@@ -15,13 +15,14 @@ import redis
 from shared.embedded_redis import EmbeddedCluster, EmbeddedRedis
 from shared.events import ExecutionUpdate, Notification
 from shared.publisher import AsyncPublisher
-from shared.redis_target import AsyncClient, RedisTarget, slot_of
+from shared.redis_target import REDIS_ERRORS, AsyncClient, RedisTarget, slot_of
 from tests.harness import Client
 
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[EmbeddedCluster]:
-    with EmbeddedCluster(masters=3, replicas=1) as cluster:
+    # Durable: the outage test kills every node and starts them again, and no acknowledged write may go.
+    with EmbeddedCluster(masters=3, replicas=1, durable=True) as cluster:
         yield cluster
 
 
@@ -131,7 +132,7 @@ class Traffic:
         while True:
             try:
                 position = await asyncio.wait_for(publisher.publish(record), 5)
-            except (redis.RedisError, OSError, TimeoutError) as exc:
+            except (*REDIS_ERRORS, TimeoutError) as exc:
                 self.failures += 1
                 self.errors[type(exc).__name__] += 1
                 if time.monotonic() > deadline:
