@@ -14,7 +14,17 @@ class GatewayMetrics:
         self.connections = Gauge("gateway_connections", "Connected Socket.IO clients.", registry=r)
         self.subscriptions = Gauge("gateway_subscriptions", "Topic subscriptions of connected clients.", registry=r)
         self.redis_channels = Gauge("gateway_redis_channels", "Redis channels this node is subscribed to.", registry=r)
-        self.redis_connected = Gauge("gateway_redis_connected", "1 while the pub/sub connection is up.", registry=r)
+        self.redis_connected = Gauge(
+            "gateway_redis_connected", "1 while every pub/sub connection (one per cluster master) is up.", registry=r
+        )
+        self.redis_pubsub_connections = Gauge(
+            "gateway_redis_pubsub_connections", "Pub/sub connections held: one per cluster master.", registry=r
+        )
+        self.redis_channels_lost = Counter(
+            "gateway_redis_channels_lost_total",
+            "Channel subscriptions lost (connection lost, slot moved) and restored with a catch-up.",
+            registry=r,
+        )
         self.messages_in = Counter(
             "gateway_messages_in_total", "Messages received from Redis, by kind.", ["kind"], registry=r
         )

@@ -95,6 +95,7 @@ class GatewayNode:
         )
         self.metrics.lagging_sockets.set_function(lambda: self.server.engine.lagging)
         self.metrics.redis_channels.set_function(lambda: self.relay.channel_count)
+        self.metrics.redis_pubsub_connections.set_function(lambda: self.relay.connections)
         self.target = RedisTarget.parse(redis_url)
         # A bounded pool (per cluster node) that queues bursts (200 sockets subscribing at once).
         self.redis = self.target.async_client(
@@ -106,7 +107,7 @@ class GatewayNode:
             self.target,
             lambda messages: self.fanout.on_messages(messages),  # noqa: PLW0108 - bound late: built below
             on_state=lambda ready: self.metrics.redis_connected.set(1 if ready else 0),
-            on_lost=lambda channels: self.recovery.lost(channels),  # noqa: PLW0108 - bound late
+            on_lost=self._channels_lost,
             on_restored=lambda channel: self.recovery.restored(channel),  # noqa: PLW0108 - bound late
             permanent=(names.CONTROL_CHANNEL,),
         )
@@ -236,6 +237,10 @@ class GatewayNode:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("background task failed", exc_info=task.exception())
+
+    def _channels_lost(self, channels: list[str]) -> None:
+        self.metrics.redis_channels_lost.inc(len(channels))
+        self.recovery.lost(channels)
 
     def _online_teams(self) -> dict[str, set[str]]:
         """Each team's users with a socket on this node (presence)."""

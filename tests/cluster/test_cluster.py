@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 
+from gateway.node import GatewayNode
 from shared import names
 from shared.events import Ticker
 from shared.publisher import AsyncPublisher
@@ -45,10 +46,12 @@ def topics_on(cluster: Cluster, owners: list[int]) -> list[str]:
 
 
 @asynccontextmanager
-async def three_nodes_with_clients(cluster: Cluster, topics: list[str]) -> AsyncIterator[list[Client]]:
+async def three_nodes_with_clients(
+    cluster: Cluster, topics: list[str]
+) -> AsyncIterator[tuple[list[GatewayNode], list[Client]]]:
     """Three gateway nodes, one client of USER (team TEAM) on each, subscribed to `topics` and synced."""
     async with AsyncExitStack() as stack:
-        clients = []
+        nodes, clients = [], []
         for _ in range(3):
             node = await stack.enter_async_context(running_node(cluster.url))
             client = await stack.enter_async_context(connected(node.url, make_token(sub=USER, teams=[TEAM])))
@@ -56,8 +59,9 @@ async def three_nodes_with_clients(cluster: Cluster, topics: list[str]) -> Async
             reply = await client.call("subscribe", topics)
             assert all(result["ok"] for result in reply["results"]), reply
             assert node.node.relay.connections <= 3  # one sharded pub/sub connection per master, at most
+            nodes.append(node.node)
             clients.append(client)
-        yield clients
+        yield nodes, clients
 
 
 class Market:
@@ -111,7 +115,7 @@ async def all_delivered_once(clients: list[Client], traffic: Traffic, timeout: f
 async def test_three_nodes_deliver_all_three_kinds(cluster: Cluster) -> None:
     ports = [m.port for m in cluster.masters()]
     topics = topics_on(cluster, ports)
-    async with three_nodes_with_clients(cluster, topics) as clients:
+    async with three_nodes_with_clients(cluster, topics) as (_, clients):
         await AsyncPublisher(cluster.client).publish_market([ticker(t.split(":")[2], 1) for t in topics])
         traffic = Traffic(cluster.client, USER, TEAM)
         await traffic.publish_records(20, pause_s=0)
@@ -123,7 +127,7 @@ async def test_three_nodes_deliver_all_three_kinds(cluster: Cluster) -> None:
 async def test_a_master_killed_during_traffic(cluster: Cluster) -> None:
     victim = cluster.owner(names.user_channel(USER))
     (topic,) = topics_on(cluster, [victim.port])
-    async with three_nodes_with_clients(cluster, [topic]) as clients:
+    async with three_nodes_with_clients(cluster, [topic]) as (gateways, clients):
         market = Market(cluster, [topic])
         traffic = Traffic(cluster.client, USER, TEAM)
         async with asyncio.TaskGroup() as group:
@@ -141,6 +145,8 @@ async def test_a_master_killed_during_traffic(cluster: Cluster) -> None:
                 await wait_until(lambda c=client: latest_seq(c, topic) > seq_after, timeout=20)
             market.stopped = True
         await all_delivered_once(clients, traffic)
+        # Each node lost the user's channel and the topic's on the dead master, and restored them elsewhere.
+        assert all(gateway.metrics.redis_channels_lost._value.get() >= 2 for gateway in gateways)
         print(
             f"failover: promoted after {promoted_s:.1f}s, publish attempts retried: {dict(traffic.errors)}, "
             f"{traffic.already_stored} retries found the record stored"
@@ -171,7 +177,7 @@ async def test_a_slot_migrated_during_traffic(cluster: Cluster) -> None:
     source = cluster.owner(channel)
     target = next(m for m in cluster.masters() if m is not source)
     (topic,) = topics_on(cluster, [source.port])
-    async with three_nodes_with_clients(cluster, [topic]) as clients:
+    async with three_nodes_with_clients(cluster, [topic]) as (_, clients):
         traffic = Traffic(cluster.client, USER, TEAM)
         async with asyncio.TaskGroup() as group:
             publishing = group.create_task(traffic.publish_records(120, pause_s=0.02))
@@ -188,26 +194,26 @@ async def test_the_cluster_unreachable_and_back(cluster: Cluster, outage: str) -
     """Every node paused (SIGSTOP: connections stay open, nothing answers), or killed and started again
     (every pub/sub connection lost: each node resubscribes and catches up from the streams)."""
     (topic,) = topics_on(cluster, [cluster.owner(names.user_channel(USER)).port])
-    async with three_nodes_with_clients(cluster, [topic]) as clients:
+    async with three_nodes_with_clients(cluster, [topic]) as (gateways, clients):
         market = Market(cluster, [topic])
         traffic = Traffic(cluster.client, USER, TEAM)
         async with asyncio.TaskGroup() as group:
             group.create_task(market.run())
             publishing = group.create_task(traffic.publish_records(100, pause_s=0.02))
             await wait_until(lambda: traffic.notifications >= 30, timeout=20)
-            nodes = cluster.embedded.nodes
+            servers = cluster.embedded.nodes
             if outage == "paused":
-                pids = [node.pid for node in nodes if node.pid is not None]
+                pids = [server.pid for server in servers if server.pid is not None]
                 for pid in pids:
                     os.kill(pid, signal.SIGSTOP)
                 await asyncio.sleep(3)  # the outage itself: nothing to wait for
                 for pid in pids:
                     os.kill(pid, signal.SIGCONT)
             else:
-                for node in nodes:
-                    node.kill()
+                for server in servers:
+                    server.kill()
                 await asyncio.sleep(1)  # the outage itself
-                await asyncio.gather(*(asyncio.to_thread(node.start) for node in nodes))
+                await asyncio.gather(*(asyncio.to_thread(server.start) for server in servers))
             await cluster.wait_healthy()
             seq_after = market.seq
             await publishing
@@ -215,3 +221,5 @@ async def test_the_cluster_unreachable_and_back(cluster: Cluster, outage: str) -
                 await wait_until(lambda c=client: latest_seq(c, topic) > seq_after, timeout=20)
             market.stopped = True
         await all_delivered_once(clients, traffic)
+        if outage == "restarted":  # every subscription was lost and restored, with a catch-up
+            assert all(gateway.metrics.redis_channels_lost._value.get() >= 2 for gateway in gateways)
