@@ -32,7 +32,7 @@ def render(listen_port: int, backends: list[tuple[str, int]], prefix: Path, *, l
     """
     if not TEMPLATE.exists():
         raise BalancerError(f"no nginx template at {TEMPLATE}")
-    servers = "\n        ".join(f"server {host}:{port} max_fails=1 fail_timeout=5s;" for host, port in backends)
+    servers = "\n        ".join(f"server {host}:{port} max_fails=0;" for host, port in backends)
     # safe_substitute: nginx's own $variables stay as they are.
     text = Template(TEMPLATE.read_text()).safe_substitute(
         LISTEN_HOST=listen_host, LISTEN_PORT=listen_port, UPSTREAM_SERVERS=servers, PREFIX=str(prefix)
