@@ -24,7 +24,6 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,7 +31,7 @@ import pytest
 import redis
 
 from shared.embedded_redis import find_server_binary
-from shared.events import ExecutionStatus, ExecutionUpdate, Notification, Ticker
+from shared.events import ExecutionStatus, ExecutionUpdate, Notification, NotificationType, Ticker
 from shared.publisher import SyncPublisher
 from shared.topics import Exchange
 from stack.balancer import nginx_binary, render
@@ -81,6 +80,15 @@ async def settle(condition: Callable[[], object], what: Callable[[], str], timeo
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what()}")
         await asyncio.sleep(0.05)
+
+
+async def every_client(seen: list[Seen], condition: Callable[[int, Seen], bool], what: str) -> None:
+    """Wait until `condition(index, client)` holds for every client; name those it does not hold for."""
+
+    def lagging() -> list[int]:
+        return [c for c, client in enumerate(seen) if not condition(c, client)]
+
+    await settle(lambda: not lagging(), lambda: f"clients {lagging()[:20]} are not {what}")
 
 
 async def serving(probe: Host, url: str, timeout: float = DEADLINE_S) -> dict[str, Any]:
@@ -240,6 +248,12 @@ class Backend:
     executions: dict[str, list[str]] = field(default_factory=dict)
     ticker_seq: int = 0
 
+    def notifications_of(self, client: int) -> list[str]:
+        return self.notifications.get(f"u{client}", [])
+
+    def executions_of(self, client: int) -> list[str]:
+        return self.executions.get(f"t{client % TEAMS}", [])
+
     def run(self) -> None:
         client = redis.Redis.from_url(self.redis_url)
         publisher = SyncPublisher(client)
@@ -252,7 +266,9 @@ class Backend:
                 sent = self.notifications.setdefault(user, [])
                 ident = f"{user}-{len(sent)}"
                 publisher.publish(
-                    Notification(id=ident, user_id=user, type="info", title="t", message="m", created_at=now_ms)
+                    Notification(
+                        id=ident, user_id=user, type=NotificationType.INFO, title="t", message="m", created_at=now_ms
+                    )
                 )
                 sent.append(ident)
                 if tick % 10 == 0:  # 10 execution updates per second, one team after the other
@@ -280,7 +296,7 @@ class Backend:
                                 ts=now_ms,
                                 recv_ts=time.time(),
                                 seq=self.ticker_seq,
-                                last=Decimal("37000.5"),
+                                last="37000.5",
                             )
                         ]
                     )
@@ -319,12 +335,6 @@ async def test_rolling_restart_across_hosts_loses_nothing(hosts: Network, tmp_pa
     gateways = [Gateway(host, redis_url, tmp_path / f"gateway-{n}.log") for n, host in enumerate(gateway_hosts)]
     backend = Backend(redis_url)
 
-    def everyone(condition: Callable[[Seen], bool]) -> Callable[[], bool]:
-        return lambda: all(condition(client) for client in seen)
-
-    def which(condition: Callable[[Seen], bool]) -> Callable[[], str]:
-        return lambda: f"clients {[c for c, client in enumerate(seen) if not condition(client)][:20]} are not"
-
     async def per_node() -> list[int]:
         answers = [await client_host.call(get_json, f"{gateway.url}/readyz") for gateway in gateways]
         return [int(body.get("connections", -1)) for _, body in answers]
@@ -335,7 +345,7 @@ async def test_rolling_restart_across_hosts_loses_nothing(hosts: Network, tmp_pa
                 await gateway.start(client_host)
             await serving(client_host, f"{url}/healthz")
             async with fleet(client_host, url, tmp_path / "fleet.log") as seen:
-                await settle(everyone(lambda c: len(c.syncs) == 1), which(lambda c: len(c.syncs) == 1))
+                await every_client(seen, lambda _, client: len(client.syncs) == 1, "connected and synced")
                 # Hashing by whole client address spreads the twenty addresses over both hosts.
                 assert all(n > 0 for n in await per_node()), await per_node()
 
@@ -350,26 +360,25 @@ async def test_rolling_restart_across_hosts_loses_nothing(hosts: Network, tmp_pa
                             lambda: sum(client.connects for client in seen) >= expected,  # noqa: B023 - awaited here
                             lambda: f"{sum(client.connects for client in seen)} connects of {expected}",  # noqa: B023
                         )
-                        await settle(everyone(lambda c: c.connected), which(lambda c: c.connected))
+                        await every_client(seen, lambda _, client: client.connected, "connected")
                         await gateway.start(client_host)
                     mark = backend.ticker_seq
-                    await settle(everyone(lambda c: c.market > mark), which(lambda c: c.market > mark))
+                    await every_client(seen, lambda _, client: client.market > mark, "receiving market data")
                 finally:
                     backend.stop.set()
                     await publishing
 
-                def caught_up(client: Seen, c: int) -> bool:
-                    return len(client.notifications) >= len(backend.notifications.get(f"u{c}", [])) and len(
-                        client.executions
-                    ) >= len(backend.executions.get(f"t{c % TEAMS}", []))
-
-                await settle(
-                    lambda: all(caught_up(client, c) for c, client in enumerate(seen)),
-                    lambda: f"{[c for c, client in enumerate(seen) if not caught_up(client, c)][:20]} lag",
+                await every_client(
+                    seen,
+                    lambda c, client: (
+                        len(client.notifications) >= len(backend.notifications_of(c))
+                        and len(client.executions) >= len(backend.executions_of(c))
+                    ),
+                    "caught up",
                 )
                 for c, client in enumerate(seen):
-                    assert client.notifications == backend.notifications.get(f"u{c}", []), client.told()
-                    assert client.executions == backend.executions.get(f"t{c % TEAMS}", []), client.told()
+                    assert client.notifications == backend.notifications_of(c), client.told()
+                    assert client.executions == backend.executions_of(c), client.told()
                     assert client.connected and not client.errors, (c, client.errors)
                     # Every reconnect was a complete recovery: nothing trimmed, nothing given up.
                     for status in client.syncs:
