@@ -342,6 +342,7 @@ class GatewayNode:
             except RequestError as exc:
                 status["subscriptions"] = exc.ack()
         if not session.closed:
+            self.recovery.reached(session, status)  # no await from here to the packet
             self.server.emit(session.sid, "sync", status)
 
     def _on_disconnect(self, sid: str, reason: str) -> None:
