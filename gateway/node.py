@@ -204,6 +204,8 @@ class GatewayNode:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.recovery.close()
+        with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.presence.release_all(), 2)  # sockets elsewhere may take them at once
         self.board.detach()
         with contextlib.suppress(redis.exceptions.RedisError, OSError):
             await self.redis.delete(names.gateway_status_key(self.config.name))  # off the status page at once

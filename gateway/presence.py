@@ -133,6 +133,15 @@ class Presence:
             except (redis.exceptions.RedisError, OSError) as exc:
                 logger.warning("connection not released; it lapses", extra={"sid": sid, "error": str(exc)})
 
+    async def release_all(self) -> None:
+        """Give back every connection this node holds (at shutdown), in one round trip per master."""
+        held, self._held = self._held, {}
+        pipe = self._redis.pipeline(transaction=False)
+        for sid, user_id in held.items():
+            pipe.zrem(names.connection_set(user_id), self._member(sid))
+        if held:
+            await pipe.execute()
+
     async def run(self) -> None:
         """Renew this node's connections and rewrite its presence every HEARTBEAT_S until cancelled."""
         while True:

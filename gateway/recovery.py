@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -41,6 +42,7 @@ from shared.errors import PayloadError
 logger = logging.getLogger(__name__)
 
 READ_BATCH: Final = 200
+MAX_HELD: Final = 10_000  # live records held per channel while it is caught up
 CATCH_UP_BACKOFF_S: Final = 0.1
 CATCH_UP_BACKOFF_MAX_S: Final = 5.0
 
@@ -126,7 +128,9 @@ class Recovery:
         # Sockets that read their stream past `_live` when they joined: sid to the position they have.
         self._ahead: dict[str, dict[str, str]] = {}
         # Channels being caught up after a Redis outage: live records wait here.
-        self._held: dict[str, list[tuple[str, Packet]]] = {}
+        # Bounded: the oldest held records are also in the stream the catch-up reads from `_live` on,
+        # so dropping them past the bound loses nothing; only the newest (read after the stream) matter.
+        self._held: dict[str, deque[tuple[str, Packet]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
@@ -170,7 +174,7 @@ class Recovery:
         """Channels' subscriptions were lost (connection down, slot moved): hold their live records until caught up."""
         for channel in channels:
             if channel.startswith((names.USER_PREFIX, names.TEAM_PREFIX)):
-                self._held.setdefault(channel, [])
+                self._held.setdefault(channel, deque(maxlen=MAX_HELD))
 
     def restored(self, channel: str) -> None:
         """A channel is subscribed again after it was lost: send its room what was published meanwhile."""
@@ -213,7 +217,7 @@ class Recovery:
 
     def _release_held(self, channel: str) -> None:
         """End a catch-up: send the held live records the stream read did not already cover."""
-        for position, packet in self._held.pop(channel, []):
+        for position, packet in self._held.pop(channel, ()):
             if newer(position, self._live.get(channel, ORIGIN)):
                 self._send(channel, position, packet)
 

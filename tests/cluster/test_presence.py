@@ -67,3 +67,11 @@ async def test_presence_counts_topics_and_teams_across_nodes(cluster: Cluster) -
         await second.node.presence.heartbeat()
         reply = await bob.call("presence", {"topics": [TOPIC]})
         assert reply["topics"][0]["subscribers"] == 1
+
+
+async def test_a_node_stopping_gives_back_its_connections(cluster: Cluster) -> None:
+    key = names.connection_set("olga")
+    async with running_node(cluster.url) as node, connected(node.url, make_token(sub="olga")):
+        assert await cluster.client.zcard(key) == 1
+        await node.stop()  # with the client still connected
+        assert await cluster.client.zcard(key) == 0

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -189,9 +189,10 @@ async def test_publisher_garbage_never_reaches_the_wrong_user(
     # A barrier: the node relays messages in the order Redis sends them, so once
     # bob has this one, the payload above was relayed (or dropped) before it;
     # an ack to alice then comes after anything queued to her before it.
-    barrier = await AsyncPublisher(redis_client).publish(
-        # A new id each time: a notification id is stored (and delivered) once per user.
-        Notification(id=f"barrier-{uuid.uuid4().hex}", user_id="bob", type="info", title="b", message="b", created_at=1)
+    barrier = await AsyncPublisher(redis_client).publish(  # a fresh id: a republished one is not delivered again
+        Notification(
+            id=f"barrier-{secrets.token_hex(8)}", user_id="bob", type="info", title="b", message="b", created_at=1
+        )
     )
     assert (await bob.next("notification"))[1] == barrier, "bob received a notification that was not his barrier"
     await alice.call("notifications:unread", None)
