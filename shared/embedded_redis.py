@@ -70,15 +70,18 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def command(self, directory: str) -> list[str]:
+        """The server's argv, its files in `directory`: `start()` runs it, and so does the local stack's supervisor."""
+        durable = ["--appendonly", "yes", "--appendfsync", "always"] if self._data_dir else ["--appendonly", "no"]
+        return [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *durable,
+            "--dir", directory, "--daemonize", "no", "--loglevel", "warning",
+        ]  # fmt: skip
+
     def start(self) -> EmbeddedRedis:
         self._dir = self._data_dir or tempfile.mkdtemp(prefix="fanout-redis-")
-        durable = ["--appendonly", "yes", "--appendfsync", "always"] if self._data_dir else ["--appendonly", "no"]
-        args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *durable,
-            "--dir", self._dir, "--daemonize", "no", "--loglevel", "warning",
-        ]  # fmt: skip
         self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            args,
+            self.command(self._dir),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
