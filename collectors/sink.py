@@ -25,6 +25,7 @@ from redis.backoff import ExponentialBackoff
 from collectors.feed.backoff import Backoff
 from shared.events import AnyMarketEvent
 from shared.publisher import AsyncPublisher
+from shared.redis_target import AsyncClient, RedisTarget
 from shared.status import SinkStatus
 
 logger = logging.getLogger(__name__)
@@ -163,10 +164,9 @@ def honour_cancellation() -> None:
         raise asyncio.CancelledError
 
 
-def redis_client(url: str, *, timeout_s: float = 5.0) -> redis.asyncio.Redis:
-    """A client that fails fast when Redis is away, so the sink's own backoff takes over."""
-    return redis.asyncio.Redis.from_url(
-        url,
+def redis_client(url: str, *, timeout_s: float = 5.0) -> AsyncClient:
+    """A client (single or cluster, by the URL) that fails fast when Redis is away, so the sink's backoff takes over."""
+    return RedisTarget.parse(url).async_client(
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         # One quick retry rides out a dropped pooled connection; longer outages are the sink's to handle.

@@ -11,6 +11,7 @@ from gateway.errors import AuthCode, AuthError
 from gateway.limits import KeyedBuckets, address_key
 from gateway.protocol.http import Request
 from shared import names
+from shared.redis_target import AsyncClient, get_many
 
 
 def bearer_token(handshake: Request) -> str | None:
@@ -25,7 +26,7 @@ class Admission:
     `admit` reserves one of the user's connections on this node; `left` gives it back.
     """
 
-    def __init__(self, config: GatewayConfig, verifier: TokenVerifier, client: redis.asyncio.Redis) -> None:
+    def __init__(self, config: GatewayConfig, verifier: TokenVerifier, client: AsyncClient) -> None:
         self._config = config
         self._verifier = verifier
         self._redis = client
@@ -53,7 +54,7 @@ class Admission:
         if identity.token_id is not None:
             keys.append(names.revoked_token(identity.token_id))
         try:
-            values = await self._redis.mget(keys)
+            values = await get_many(self._redis, keys)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise AuthError(AuthCode.UNAVAILABLE, "cannot check revocations; retry") from exc
         issued_at = identity.claims.get("iat")

@@ -42,6 +42,7 @@ from gateway.status_board import StatusBoard
 from gateway.subscriptions import Subscriptions
 from shared import names
 from shared.codec import Revocation
+from shared.redis_target import RedisTarget
 from shared.status import GatewayStatus
 
 logger = logging.getLogger(__name__)
@@ -95,18 +96,18 @@ class GatewayNode:
         )
         self.metrics.lagging_sockets.set_function(lambda: self.server.engine.lagging)
         self.metrics.redis_channels.set_function(lambda: self.relay.channel_count)
-        # A bounded pool that queues bursts (200 sockets subscribing at once)
-        # instead of failing them with "Too many connections".
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            redis_url, max_connections=REDIS_POOL_SIZE, timeout=5, socket_timeout=5, socket_connect_timeout=5
+        self.target = RedisTarget.parse(redis_url)
+        # A bounded pool (per cluster node) that queues bursts (200 sockets subscribing at once).
+        self.redis = self.target.async_client(
+            max_connections=REDIS_POOL_SIZE, socket_timeout=5, socket_connect_timeout=5
         )
-        self.redis = redis.asyncio.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self.history = History(self.redis, max_age_ms=int(config.history_max_age_s * 1000))
         # The relay hands messages to the fanout, which hands records to recovery, which reads the relay's state.
         self.relay = Relay(
-            redis_url,
+            self.target,
             lambda messages: self.fanout.on_messages(messages),  # noqa: PLW0108 - bound late: built below
-            on_state=self._redis_state,
+            on_state=lambda ready: self.metrics.redis_connected.set(1 if ready else 0),
+            on_lost=lambda channels: self.recovery.lost(channels),  # noqa: PLW0108 - bound late
             on_restored=lambda channel: self.recovery.restored(channel),  # noqa: PLW0108 - bound late
             permanent=(names.CONTROL_CHANNEL,),
         )
@@ -221,10 +222,6 @@ class GatewayNode:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("background task failed", exc_info=task.exception())
-
-    def _redis_state(self, connected: bool) -> None:
-        self.metrics.redis_connected.set(1 if connected else 0)
-        self.recovery.connection_changed(connected)
 
     def _market_topics(self) -> list[str]:
         """The market topics this node's clients hold (their Redis channels are subscribed)."""

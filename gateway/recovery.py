@@ -80,7 +80,7 @@ def kind_of(channel: str) -> StreamKind:
 
 def stream_of(channel: str) -> str:
     """The stream that stores what `channel` announces."""
-    owner = channel.split(":", 1)[1]
+    owner = names.channel_owner(channel)
     if kind_of(channel) is StreamKind.NOTIFICATION:
         return names.notification_stream(owner)
     return names.execution_stream(owner)
@@ -91,7 +91,7 @@ def record_packet(channel: str, position: str, data: bytes) -> Packet:
 
     The record must belong to the channel's owner: a publisher's mistake never reaches another user.
     """
-    owner = channel.split(":", 1)[1]
+    owner = names.channel_owner(channel)
     kind = kind_of(channel)
     if kind is StreamKind.NOTIFICATION:
         if codec.decode_stored_notification(data).user_id != owner:
@@ -151,16 +151,14 @@ class Recovery:
 
     # A Redis outage
 
-    def connection_changed(self, connected: bool) -> None:
-        """The pub/sub connection went down: hold live records of every channel until it is caught up."""
-        if connected:
-            return
-        for channel in self._relay.confirmed:
+    def lost(self, channels: list[str]) -> None:
+        """Channels' subscriptions were lost (connection down, slot moved): hold their live records until caught up."""
+        for channel in channels:
             if channel.startswith((names.USER_PREFIX, names.TEAM_PREFIX)):
                 self._held.setdefault(channel, [])
 
     def restored(self, channel: str) -> None:
-        """A channel is subscribed again after an outage: send its room what was published meanwhile."""
+        """A channel is subscribed again after it was lost: send its room what was published meanwhile."""
         if channel.startswith((names.USER_PREFIX, names.TEAM_PREFIX)):
             task = asyncio.get_running_loop().create_task(self._catch_up(channel))
             self._tasks.add(task)

@@ -26,7 +26,8 @@ from stack.state import STACK_FILE
 from tests.e2e.test_stack import Stack, running_stack
 from tests.harness import Client, free_port_block, new_client, wait_until
 
-pytestmark = pytest.mark.e2e
+# The first test also waits for the stack to start.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 TOPICS = ["binance:book:BTC/USDT", "kraken:book:BTC/USD"]
 # Generous for a loaded 2-core machine: a restart is a Python start-up (about a second) plus the backoff.
@@ -47,7 +48,8 @@ def stack(stack_dir: Path) -> Iterator[Stack]:
         *("--simulator-port", str(base + 3), "--admin-port", str(base + 8), "--simulate", "always"),
         *("--exchanges", "binance,kraken", "--symbols", "BTC", "--simulator-rate", "5"),
     ]
-    with running_stack(stack_dir, *args) as running:
+    # Seven processes and an embedded PostgreSQL starting at once: slow when the machine is busy.
+    with running_stack(stack_dir, *args, ready_within_s=100) as running:
         yield running
 
 

@@ -170,7 +170,7 @@ publisher_payloads = st.one_of(
 )
 
 
-@given(st.sampled_from(["user:alice", "team:red", "md:binance:ticker:BTC/USDT", "gateway:control"]), publisher_payloads)
+@given(st.sampled_from(["user:{alice}", "team:{red}", "md:binance:ticker:BTC/USDT", "gateway:control"]), publisher_payloads)
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 async def test_publisher_garbage_never_reaches_the_wrong_user(
     redis_client: redis.asyncio.Redis,
