@@ -27,6 +27,7 @@ import yaml
 from collectors.config import CollectorConfig, load_configs
 from gateway.config import GatewayConfig
 from shared.config import load
+from shared.redis_target import RedisTarget
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -78,6 +79,8 @@ def load_process(argv: list[str], env: Mapping[str, str]) -> None:
     settings, _ = PROCESSES[command]
     unknown = set(env) - env_names(settings)
     assert not unknown, f"{command} has no settings {sorted(unknown)}"
+    if "REDIS_URL" in env:
+        RedisTarget.parse(env["REDIS_URL"])  # as the process will: a single Redis or redis+cluster:// seeds
     if command == "fanout-collector":
         assert load_configs(args, env)
     else:
