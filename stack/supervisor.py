@@ -141,9 +141,16 @@ class _Child:
             )
             self.state.pid = None
             changed()
-            if await _stopped_before(stop, asyncio.sleep(delay)):
-                return
-            await self.spawn()
+            while True:
+                if await _stopped_before(stop, asyncio.sleep(delay)):
+                    return
+                try:
+                    await self.spawn()
+                    break
+                except OSError:  # its binary is gone, or no process can be made now: try again later
+                    delay = backoff.next()
+                    cannot = {"service": self.service.name, "retry_in_s": round(delay, 2)}
+                    logger.exception("cannot start a service; retrying", extra=cannot)
             self.state.restarts += 1
             logger.info(
                 "restarted",

@@ -86,3 +86,19 @@ async def test_a_stop_signal_stops_every_child_in_reverse_start_order(tmp_path: 
     await run.stop()
     assert stopped.read_text().split() == ["nginx", "gateway", "collector", "redis"]
     assert all(state.restarts == 0 for state in run.states.values()), "a stopped child is not restarted"
+
+
+async def test_a_child_that_cannot_be_started_again_is_retried_until_it_can(tmp_path: Path) -> None:
+    program = tmp_path / "program"
+    program.write_text("#!/bin/sh\nexec sleep 300\n")
+    program.chmod(0o755)
+    run = Run([Service("program", [str(program)], {})])
+    await wait_until(lambda: run.states.get("program", ServiceState()).pid is not None, timeout=10)
+    hidden = program.rename(tmp_path / "elsewhere")
+    os.kill(run.states["program"].pid or 0, signal.SIGKILL)
+    await asyncio.sleep(3 * RESTART_INITIAL_S)  # a try or two fail: no such file
+    assert run.states["program"].pid is None and not run.task.done()
+    hidden.rename(program)
+    await wait_until(lambda: run.states["program"].pid is not None, timeout=30)
+    assert run.states["program"].restarts == 1
+    await run.stop()
