@@ -32,6 +32,7 @@ from gateway.metrics import GatewayMetrics, ProtocolReports, total
 from gateway.notifications import NotificationRequests
 from gateway.pages import Pages
 from gateway.policy import TopicPolicy
+from gateway.presence import Presence
 from gateway.protocol.engineio import EngineSettings
 from gateway.protocol.http import HttpServer, Request, Response, Upgrade
 from gateway.protocol.sio import ConnectionRefused, SocketIOServer, SocketSettings
@@ -115,7 +116,15 @@ class GatewayNode:
         self.fanout = Fanout(self.server, self.recovery, self.metrics, on_revocation=self._revoked)
         self.notifications = NotificationRequests(self.history, self.redis, self.metrics)
         self.executions = ExecutionRequests(self.history, self.metrics)
-        self.admission = Admission(config, self.verifier, self.redis)
+        self.presence = Presence(
+            self.redis,
+            node=config.name,
+            topics=lambda: self.server.room_sizes(names.MARKET_PREFIX),
+            teams=self._online_teams,
+            policy=self.policy,
+            max_items=config.max_topics_per_request,
+        )
+        self.admission = Admission(config, self.verifier, self.redis, self.presence)
         self.demand = Demand(self.redis, self._market_topics, node=config.name, on_demand=config.on_demand)
         self.subscriptions = Subscriptions(
             config,
@@ -142,6 +151,7 @@ class GatewayNode:
         self.server.on("notifications:read", self._with_session(self.notifications.mark_read))
         self.server.on("notifications:unread", self._with_session(self.notifications.unread))
         self.server.on("executions:list", self._with_session(self.executions.states))
+        self.server.on("presence", self._with_session(self.presence.request))
         self.candles = CandleHistory(
             database_url=config.database_url, policy=self.policy, verify=self.admission.verify, client=self.redis,
             registry=self.metrics.registry, max_limit=config.candles_max_limit,
@@ -157,6 +167,7 @@ class GatewayNode:
         with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self.demand.refresh(), DEMAND_FIRST_READ_S)
         self._spawn(self.demand.run())
+        self._spawn(self.presence.run())
         self.board.attach()
         self._spawn(self.board.run())
         self.server.start()
@@ -223,6 +234,14 @@ class GatewayNode:
         if not task.cancelled() and task.exception() is not None:
             logger.error("background task failed", exc_info=task.exception())
 
+    def _online_teams(self) -> dict[str, set[str]]:
+        """Each team's users with a socket on this node (presence)."""
+        teams: dict[str, set[str]] = {}
+        for session in self.sessions.values():
+            for team in session.identity.teams:
+                teams.setdefault(team, set()).add(session.identity.user_id)
+        return teams
+
     def _market_topics(self) -> list[str]:
         """The market topics this node's clients hold (their Redis channels are subscribed)."""
         return [c.removeprefix(names.MARKET_PREFIX) for c in self.relay.channels if c.startswith(names.MARKET_PREFIX)]
@@ -239,7 +258,7 @@ class GatewayNode:
 
     async def _connect(self, sid: str, handshake: Request, auth: object) -> bool:
         try:
-            identity = await self.admission.admit(handshake, auth, accepting=self.accepting)
+            identity = await self.admission.admit(sid, handshake, auth, accepting=self.accepting)
         except AuthError as exc:
             self.metrics.auth_failures.labels(exc.code).inc()
             raise ConnectionRefused(str(exc.code), {"code": str(exc.code), "message": exc.message}) from None
@@ -249,7 +268,7 @@ class GatewayNode:
             opened = await self._open_session(sid, identity, auth)
         finally:
             if not opened:
-                self.admission.left(identity.user_id)
+                self._spawn(self.admission.left(sid))
         return opened
 
     async def _open_session(self, sid: str, identity: Identity, auth: object) -> bool:
@@ -330,7 +349,7 @@ class GatewayNode:
         if session is None:
             return
         session.closed = True
-        self.admission.left(session.identity.user_id)
+        self._spawn(self.admission.left(sid))
         if session.expiry is not None:
             session.expiry.cancel()
         if session.sync_task is not None:

@@ -3,8 +3,9 @@
 The capacity model (docs/operations.md#capacity-model) sizes Redis from these three costs:
 a collector's market event is a PUBLISH plus, for snapshot topics, a SET of the latest value;
 Redis then copies each message to every gateway node subscribed to its channel (one copy per
-node, never per client); and each node holds one subscription per topic, user and team its
-clients need. This measures each on a private redis-server (memory only, Linux: the server's
+node, never per client); each node holds one subscription per topic, user and team its
+clients need; and each node renews every socket's cluster-wide connection claim (a script in the
+user's slot) every heartbeat. This measures each on a private redis-server (memory only, Linux: the server's
 CPU time and RSS come from /proc), speaking raw RESP over sockets so no client library is
 counted; the subscribers are threads that only drain their sockets.
 
@@ -25,6 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from gateway.presence import CLAIM_SCRIPT
 from shared.embedded_redis import EmbeddedRedis
 
 PAYLOAD = b"x" * 200  # about a trade event's size on the wire
@@ -113,6 +115,22 @@ def copies_phase(server: EmbeddedRedis, pid: int, publishes: int, copies_to: int
             "redis_cpu_s": spent, "us_per_copy": spent / max(copies, 1) * 1e6}  # fmt: skip
 
 
+def leases_phase(server: EmbeddedRedis, pid: int, renewals: int) -> dict[str, object]:
+    """The gateway's connection claim script (gateway.presence), run per socket every heartbeat."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(command(b"SCRIPT", b"LOAD", CLAIM_SCRIPT.encode()))
+        sha = sock.recv(1024).split(b"\r\n")[1]
+    # 10,000 users of 2 sockets each, renewed over and over: the steady state of a node.
+    batch = b"".join(
+        command(b"EVALSHA", sha, b"1", b"connections:{u%d}" % (i % 10_000), b"node-1 sid-%d" % i, b"15000", b"50")
+        for i in range(BATCH)
+    )
+    before = cpu_s(pid)
+    run_pipelined(server.port, batch, BATCH, renewals // BATCH)
+    spent = cpu_s(pid) - before
+    return {"phase": "leases", "renewals": renewals, "redis_cpu_s": spent, "us_per_renewal": spent / renewals * 1e6}
+
+
 def subscriptions_phase(server: EmbeddedRedis, pid: int, channels: int) -> dict[str, object]:
     """SUBSCRIBE of `channels` user channels over 10 connections: a reconnect storm's resubscriptions."""
     rss_before, before = rss_kib(pid), cpu_s(pid)
@@ -139,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--publishes", type=int, default=200_000, help="publishes on the fanned-out channel")
     parser.add_argument("--copies-to", type=int, default=40, help="subscribers of that channel (gateway nodes)")
     parser.add_argument("--channels", type=int, default=500_000, help="user channels to subscribe")
+    parser.add_argument("--renewals", type=int, default=200_000, help="connection claim script runs")
     args = parser.parse_args(argv)
     # Unlimited pub/sub output buffers: the draining threads may lag behind a burst.
     with EmbeddedRedis(extra_args=("--client-output-buffer-limit", "pubsub 0 0 0")) as server:
@@ -147,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for result in (
             events_phase(server, pid, args.events),
             copies_phase(server, pid, args.publishes, args.copies_to),
+            leases_phase(server, pid, args.renewals),
             subscriptions_phase(server, pid, args.channels),
         ):
             print(json.dumps(result), flush=True)

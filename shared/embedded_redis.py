@@ -184,7 +184,9 @@ class EmbeddedCluster:
         options = (
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS), "--cluster-require-full-coverage", "no",
-            "--cluster-allow-reads-when-down", "no",
+            "--cluster-allow-reads-when-down", "no", "--repl-diskless-sync-delay", "0",
+            # A replica may take over however long it was cut off from its master (a local cluster: no better copy).
+            "--cluster-replica-validity-factor", "0",
         )  # fmt: skip
         self.nodes = [
             EmbeddedRedis(port=free_cluster_port(), binary=binary, extra_args=options)
@@ -233,7 +235,9 @@ class EmbeddedCluster:
         """Whether a node says the cluster serves every slot and knows no failing node."""
         info = client.execute_command("CLUSTER", "INFO").decode()
         nodes = client.execute_command("CLUSTER", "NODES").decode()
-        return "cluster_state:ok" in info and "fail" not in nodes and "handshake" not in nodes
+        replication = client.info("replication")
+        synced = replication.get("role") == "master" or replication.get("master_link_status") == "up"
+        return "cluster_state:ok" in info and "fail" not in nodes and "handshake" not in nodes and synced
 
     def _wait(self, clients: list[Any], condition: Any) -> None:
         deadline = time.monotonic() + CLUSTER_FORM_TIMEOUT_S

@@ -98,6 +98,16 @@ def collector_demand_key(exchange: str) -> str:
     return f"collector:demand:{exchange}"
 
 
+def presence_topic(topic: Topic | str) -> str:
+    """Hash of one market topic's subscribers per gateway node: node -> "<subscribers> <expiry ms>"."""
+    return f"presence:topic:{topic}"
+
+
+def presence_team(team_id: str) -> str:
+    """Sorted set of a team's users online on any gateway node, scored by expiry (ms)."""
+    return f"presence:{{{team_id}}}"
+
+
 def revoked_user(user_id: str) -> str:
     """String key: tokens of this user issued (iat) before the stored time (ms) are refused."""
     return f"revoked:user:{user_id}"
