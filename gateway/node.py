@@ -71,6 +71,7 @@ class GatewayNode:
         self.accepting = True
         self._drained = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopped = False  # `close` has ended the node's tasks: nothing new starts
         # Connects (and their catch-ups) run at most this many at a time: a burst of them is served at
         # the same pace, but never fills a turn of the loop ahead of the fan-out of live messages.
         self._connecting = asyncio.Semaphore(MAX_CONCURRENT_CONNECTS)
@@ -200,9 +201,13 @@ class GatewayNode:
         await self.http.stop_listening()
         self.server.close_all("shutdown")
         self.http.close_connections()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Closed sockets spawn work (giving back their connections) after this starts: repeat
+        # until nothing runs, so that no task still uses Redis when its client closes.
+        while pending := [task for task in self._tasks if not task.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._stopped = True
         await self.recovery.close()
         with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self.presence.release_all(), 2)  # sockets elsewhere may take them at once
@@ -227,6 +232,8 @@ class GatewayNode:
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
+        if self._stopped:  # what is left (a connection's claim) is given back by `close`
+            task.cancel()
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task

@@ -112,6 +112,7 @@ class Presence:
         self._teams = teams  # team -> its users online on this node
         self._claim = client.register_script(CLAIM_SCRIPT)
         self._held: dict[str, str] = {}  # sid -> user of every claimed connection
+        self._releasing: dict[str, str] = {}  # the same, for connections being given back
         self._written: set[str] = set()  # topics this node wrote a count for last time
 
     def _member(self, sid: str) -> str:
@@ -127,15 +128,19 @@ class Presence:
     async def release(self, sid: str) -> None:
         """Give back a claimed connection (a failure only leaves it to lapse within TTL_MS)."""
         user_id = self._held.pop(sid, None)
-        if user_id is not None:
-            try:
-                await self._redis.zrem(names.connection_set(user_id), self._member(sid))
-            except (redis.exceptions.RedisError, OSError) as exc:
-                logger.warning("connection not released; it lapses", extra={"sid": sid, "error": str(exc)})
+        if user_id is None:
+            return
+        self._releasing[sid] = user_id  # kept if this is cancelled (a stopping node): release_all gives it back
+        try:
+            await self._redis.zrem(names.connection_set(user_id), self._member(sid))
+        except (redis.exceptions.RedisError, OSError) as exc:
+            logger.warning("connection not released; it lapses", extra={"sid": sid, "error": str(exc)})
+        del self._releasing[sid]
 
     async def release_all(self) -> None:
         """Give back every connection this node holds (at shutdown), in one round trip per master."""
-        held, self._held = self._held, {}
+        held = {**self._held, **self._releasing}
+        self._held, self._releasing = {}, {}
         pipe = self._redis.pipeline(transaction=False)
         for sid, user_id in held.items():
             pipe.zrem(names.connection_set(user_id), self._member(sid))
