@@ -68,6 +68,7 @@ class GatewayNode:
         self.accepting = True
         self._drained = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopped = False  # `close` has ended the node's tasks: nothing new starts
         self._presence_task: asyncio.Task[None] | None = None
         # Connects (and their catch-ups) run at most this many at a time: a burst of them is served at
         # the same pace, but never fills a turn of the loop ahead of the fan-out of live messages.
@@ -199,9 +200,13 @@ class GatewayNode:
         await self.http.stop_listening()
         self.server.close_all("shutdown")
         self.http.close_connections()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Closed sockets spawn work (giving back their connections) after this starts: repeat
+        # until nothing runs, so that no task still uses Redis when its client closes.
+        while pending := [task for task in self._tasks if not task.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._stopped = True
         await self.recovery.close()
         # Not cancelled: `run` ends between Redis calls; then every socket's claim is given back at once.
         await self.presence.close()
@@ -229,6 +234,8 @@ class GatewayNode:
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
+        if self._stopped:  # what is left (a connection's claim) is given back by `close`
+            task.cancel()
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -350,6 +357,7 @@ class GatewayNode:
             except RequestError as exc:
                 status["subscriptions"] = exc.ack()
         if not session.closed:
+            self.recovery.reached(session, status)  # no await from here to the packet
             self.server.emit(session.sid, "sync", status)
 
     def _on_disconnect(self, sid: str, reason: str) -> None:

@@ -95,15 +95,18 @@ class EmbeddedRedis:
         """The server's process id while it runs (tests signal it: SIGSTOP, SIGKILL)."""
         return self._process.pid if self._process is not None else None
 
+    def command(self, directory: str) -> list[str]:
+        """The server's argv, its files in `directory`: `start()` runs it, and so does the local stack's supervisor."""
+        durable = ["--appendonly", "yes", "--appendfsync", "always"] if self._data_dir else ["--appendonly", "no"]
+        return [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *durable,
+            "--dir", directory, "--daemonize", "no", "--loglevel", "warning", *self._extra_args,
+        ]  # fmt: skip
+
     def start(self) -> EmbeddedRedis:
         self._dir = self._dir or self._data_dir or tempfile.mkdtemp(prefix="fanout-redis-")
-        durable = ["--appendonly", "yes", "--appendfsync", "always"] if self._data_dir else ["--appendonly", "no"]
-        args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *durable,
-            "--dir", self._dir, "--daemonize", "no", "--loglevel", "warning", *self._extra_args,
-        ]  # fmt: skip
         self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            args,
+            self.command(self._dir),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

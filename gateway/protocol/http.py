@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES: Final = 8192
 REQUEST_TIMEOUT_S: Final = 10.0
+# Requests whose parsing starts in one turn of the event loop; see RequestIntake.
+REQUESTS_PER_TURN: Final = 8
 SERVER_HEADER: Final = (b"server", b"fanout-gateway")
 
 
@@ -64,15 +67,68 @@ class Upgrade:
 Handler = Callable[[Request], Awaitable[Response | Upgrade]]
 
 
+class RequestIntake:
+    """At most `per_turn` connections start reading a request per turn of the event loop; the rest wait, in order.
+
+    Why: a burst of connections (a node's worth of clients reconnecting, or one
+    address opening 80 sockets at once) would otherwise all be parsed and
+    answered in one turn, and every delivery already read waits for that turn
+    to end. A waiting connection is not read (its socket holds the bytes), so
+    the queue holds at most one entry per open connection.
+    """
+
+    def __init__(self, per_turn: int = REQUESTS_PER_TURN) -> None:
+        self._per_turn = per_turn
+        self._taken = 0
+        self._waiting: deque[Callable[[], None]] = deque()
+        self._turn_scheduled = False
+
+    def take(self) -> bool:
+        """One start in this turn, if the turn has one left and nobody waits for it."""
+        if self._waiting or self._taken >= self._per_turn:
+            return False
+        self._taken += 1
+        self._schedule_turn()
+        return True
+
+    def wait(self, start: Callable[[], None]) -> None:
+        """Call `start` in a later turn, after every start that waited before it."""
+        self._waiting.append(start)
+        self._schedule_turn()
+
+    def _schedule_turn(self) -> None:
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn_scheduled = False
+        self._taken = 0
+        waiting = self._waiting
+        while waiting and self._taken < self._per_turn:
+            self._taken += 1
+            waiting.popleft()()
+        if self._taken:
+            self._schedule_turn()
+
+
 class HttpProtocol(asyncio.Protocol):
     """One client connection, until it closes or becomes a WebSocket."""
 
     def __init__(
-        self, handler: Handler, max_body_bytes: int, connections: set[HttpProtocol], *, trust_forwarded_for: bool
+        self,
+        handler: Handler,
+        max_body_bytes: int,
+        connections: set[HttpProtocol],
+        intake: RequestIntake,
+        *,
+        trust_forwarded_for: bool,
     ) -> None:
         self._handler = handler
         self._max_body = max_body_bytes
         self._connections = connections
+        self._intake = intake
+        self._waiting = False  # for a turn of the intake
         self._trust_forwarded_for = trust_forwarded_for
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._transport: asyncio.Transport | None = None
@@ -100,14 +156,31 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._conn.receive_data(data)
-        if self._task is None:
-            self._next_request()
+        if self._task is None and not self._waiting:
+            self._read_or_wait()
 
     def eof_received(self) -> bool | None:
         self._conn.receive_data(b"")
+        if self._task is None and not self._waiting:
+            self._read_or_wait()
+        return None
+
+    def _read_or_wait(self) -> None:
+        if self._intake.take():
+            self._next_request()
+            return
+        assert self._transport is not None
+        self._waiting = True
+        self._transport.pause_reading()
+        self._intake.wait(self._read_in_turn)
+
+    def _read_in_turn(self) -> None:
+        self._waiting = False
+        if self._transport is None:  # closed while it waited
+            return
+        self._transport.resume_reading()
         if self._task is None:
             self._next_request()
-        return None
 
     def close(self) -> None:
         """Close an idle keep-alive connection or one whose request is still running (shutdown)."""
@@ -284,6 +357,7 @@ class HttpServer:
         self._max_body = max_body_bytes
         self._trust_forwarded_for = trust_forwarded_for
         self._connections: set[HttpProtocol] = set()
+        self._intake = RequestIntake()
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
@@ -291,7 +365,11 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: HttpProtocol(
-                self._handler, self._max_body, self._connections, trust_forwarded_for=self._trust_forwarded_for
+                self._handler,
+                self._max_body,
+                self._connections,
+                self._intake,
+                trust_forwarded_for=self._trust_forwarded_for,
             ),
             host,
             port,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from gateway.protocol.engineio import Engine, EngineSettings, Transport
-from gateway.protocol.http import HttpProtocol, Request, Response
+from gateway.protocol.http import HttpProtocol, Request, RequestIntake, Response
 from gateway.protocol.session import Session
 from gateway.protocol.sio import ProtocolFault, decode_data, read_header
 from gateway.protocol.websocket import FrameParser, WebSocketError
@@ -153,7 +153,7 @@ def http(data: bytes) -> None:
 
     async def drive() -> _Transport:
         transport = _Transport()
-        protocol = HttpProtocol(answer, MAX_SIZE, set(), trust_forwarded_for=True)
+        protocol = HttpProtocol(answer, MAX_SIZE, set(), RequestIntake(), trust_forwarded_for=True)
         protocol.connection_made(transport)
         for chunk in chunks(data):
             protocol.data_received(chunk)

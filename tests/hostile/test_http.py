@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from gateway.protocol.http import RequestIntake
 from tests.harness import running_node
 
 
@@ -25,3 +26,48 @@ async def test_a_target_no_url_parser_can_read_is_answered_400(redis_url: str, t
         assert response.startswith(b"HTTP/1.1 400 "), response[:80]
         assert b"bad request target" in response
         writer.close()
+
+
+async def test_a_burst_of_connections_is_read_a_few_per_turn_in_order() -> None:
+    """A burst of requests is spread over turns of the loop (deliveries run between them), first come first read."""
+    intake = RequestIntake(per_turn=8)
+    turn = 0
+    started: list[tuple[int, int]] = []
+
+    def tick() -> None:
+        nonlocal turn
+        turn += 1
+        if turn < 50:
+            asyncio.get_running_loop().call_soon(tick)
+
+    asyncio.get_running_loop().call_soon(tick)
+    await asyncio.sleep(0)
+    first_turn = turn
+    for n in range(30):
+        if intake.take():
+            started.append((n, turn))
+        else:
+            intake.wait(lambda n=n: started.append((n, turn)))
+    while len(started) < 30 and turn < 50:
+        await asyncio.sleep(0)
+    assert [n for n, _ in started] == list(range(30))
+    per_turn: dict[int, int] = {}
+    for _, at in started:
+        per_turn[at] = per_turn.get(at, 0) + 1
+    assert per_turn[first_turn] == 8 and max(per_turn.values()) == 8
+    assert len(per_turn) == 4  # 8 + 8 + 8 + 6
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert intake.take()  # a new turn has starts to give again
+
+
+async def test_a_burst_of_connections_is_answered_every_one(redis_url: str) -> None:
+    async with running_node(redis_url) as node:
+        port = int(node.url.rsplit(":", 1)[1])
+        streams = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(300)))
+        for _, writer in streams:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answers = await asyncio.wait_for(asyncio.gather(*(reader.read() for reader, _ in streams)), 20)
+        assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers)
+        for _, writer in streams:
+            writer.close()
