@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +23,9 @@ from tests.harness import Client
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[EmbeddedCluster]:
     # Durable: the outage test kills every node and starts them again, and no acknowledged write may go.
-    with EmbeddedCluster(masters=3, replicas=1, durable=True) as cluster:
+    # FANOUT_TEST_REDIS_BINARY runs the suite on another server (e.g. valkey-server).
+    binary = os.environ.get("FANOUT_TEST_REDIS_BINARY") or None
+    with EmbeddedCluster(masters=3, replicas=1, durable=True, binary=binary) as cluster:
         yield cluster
 
 
