@@ -88,7 +88,12 @@ class CollectorConfig:
     )
     collector_id: str = setting("", "COLLECTOR_ID", "Name in status and logs (default: the exchange).", flag="--id")
     config: str = setting("", "COLLECTOR_CONFIG", "TOML file with settings and/or [[collectors]] tables.")
-    redis_url: str = setting("redis://127.0.0.1:6379/0", "REDIS_URL", "Redis to publish to.", flag="--redis-url")
+    redis_url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        "REDIS_URL",
+        "Redis to publish to (redis+cluster://host:port,... for a Redis Cluster).",
+        flag="--redis-url",
+    )
     ws_url: str = setting("", "COLLECTOR_WS_URL", "Override the exchange's market-data WebSocket URL.")
     rest_url: str = setting(
         "", "COLLECTOR_REST_URL", "Override the exchange's REST base URL (candle history, Binance book snapshots)."

@@ -28,6 +28,7 @@ from collectors.feed.adapter import SubscriptionError
 from collectors.feed.collector import Collector
 from shared import names
 from shared.errors import TopicError
+from shared.redis_target import AsyncClient
 from shared.topics import Exchange, Topic
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class DemandWatcher:
     def __init__(
         self,
         collector: Collector,
-        client: redis.asyncio.Redis,
+        client: AsyncClient,
         exchange: Exchange,
         refusals: Counter,
         *,

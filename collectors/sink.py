@@ -31,6 +31,7 @@ from redis.backoff import ExponentialBackoff
 from collectors.feed.backoff import Backoff
 from shared.events import AnyMarketEvent
 from shared.publisher import AsyncPublisher
+from shared.redis_target import AsyncClient, RedisTarget
 from shared.status import SinkStatus
 
 logger = logging.getLogger(__name__)
@@ -182,15 +183,14 @@ def honour_cancellation() -> None:
         raise asyncio.CancelledError
 
 
-def redis_client(url: str, *, timeout_s: float = 5.0, reply_timeout: bool = True) -> redis.asyncio.Redis:
-    """A client that fails fast when Redis is away, so the sink's own backoff takes over.
+def redis_client(url: str, *, timeout_s: float = 5.0, reply_timeout: bool = True) -> AsyncClient:
+    """A client (single or cluster, by the URL) that fails fast when Redis is away, so the sink's backoff takes over.
 
     The sink's client has no per-reply timeout (``reply_timeout=False``): redis-py would arm
     one per command of a pipeline, a tenth of a busy collector's CPU; `Sink` bounds each
     batch as a whole instead.
     """
-    return redis.asyncio.Redis.from_url(
-        url,
+    return RedisTarget.parse(url).async_client(
         socket_timeout=timeout_s if reply_timeout else None,
         socket_connect_timeout=timeout_s,
         # One quick retry rides out a dropped pooled connection; longer outages are the sink's to handle.

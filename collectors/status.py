@@ -17,6 +17,7 @@ import redis.exceptions
 
 from collectors.sink import honour_cancellation
 from shared import names
+from shared.redis_target import AsyncClient, publish_command
 from shared.status import CollectorStatus, encode_status
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ class StatusPublisher:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: AsyncClient,
         source: Callable[[], CollectorStatus],
         *,
         interval_s: float = 5.0,
@@ -58,7 +59,7 @@ class StatusPublisher:
         try:
             pipe = self._redis.pipeline(transaction=False)
             pipe.set(names.collector_status_key(status.id), data, px=self._ttl_ms)
-            pipe.publish(names.COLLECTOR_STATUS_CHANNEL, data)
+            pipe.execute_command(publish_command(self._redis), names.COLLECTOR_STATUS_CHANNEL, data)
             await pipe.execute()
             honour_cancellation()
         except (redis.exceptions.RedisError, OSError) as exc:

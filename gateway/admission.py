@@ -9,8 +9,10 @@ from gateway.auth import Identity, TokenVerifier
 from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError
 from gateway.limits import KeyedBuckets, address_key
+from gateway.presence import Presence
 from gateway.protocol.http import Request
 from shared import names
+from shared.redis_target import AsyncClient, get_many
 
 
 def bearer_token(handshake: Request) -> str | None:
@@ -22,28 +24,30 @@ def bearer_token(handshake: Request) -> str | None:
 class Admission:
     """The checks every connection (and every refreshed token) passes; each refusal is a coded AuthError.
 
-    `admit` reserves one of the user's connections on this node; `left` gives it back.
+    `admit` claims one of the user's connections across every node (`Presence.claim`); `left` gives it back.
     """
 
-    def __init__(self, config: GatewayConfig, verifier: TokenVerifier, client: redis.asyncio.Redis) -> None:
+    def __init__(self, config: GatewayConfig, verifier: TokenVerifier, client: AsyncClient, presence: Presence) -> None:
         self._config = config
         self._verifier = verifier
         self._redis = client
+        self._presence = presence
         self._connect_buckets = KeyedBuckets(config.connect_rate_per_ip, config.connect_burst_per_ip)
-        self._user_sockets: dict[str, int] = {}
 
-    async def admit(self, handshake: Request, auth: object, *, accepting: bool) -> Identity:
+    async def admit(self, sid: str, handshake: Request, auth: object, *, accepting: bool) -> Identity:
         if not accepting:
             raise AuthError(AuthCode.UNAVAILABLE, "this node is shutting down")
         if not self._connect_buckets.take(address_key(handshake.remote)):
             raise AuthError(AuthCode.RATE_LIMITED, "too many connection attempts from this address; retry later")
         token = auth.get("token") if isinstance(auth, dict) else None
         identity = await self.verify(bearer_token(handshake) if token is None else token)
-        # Checked and taken with no await in between, so parallel CONNECTs cannot all pass the check.
-        held = self._user_sockets.get(identity.user_id, 0)
-        if held >= self._config.max_connections_per_user:
-            raise AuthError(AuthCode.TOO_MANY_CONNECTIONS, "this user holds too many connections on this node")
-        self._user_sockets[identity.user_id] = held + 1
+        # Checked and taken atomically in Redis, so parallel CONNECTs on any nodes cannot all pass the check.
+        try:
+            claimed = await self._presence.claim(sid, identity.user_id, self._config.max_connections_per_user)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise AuthError(AuthCode.UNAVAILABLE, "cannot count the user's connections; retry") from exc
+        if not claimed:
+            raise AuthError(AuthCode.TOO_MANY_CONNECTIONS, "this user holds too many connections")
         return identity
 
     async def verify(self, token: object) -> Identity:
@@ -53,7 +57,7 @@ class Admission:
         if identity.token_id is not None:
             keys.append(names.revoked_token(identity.token_id))
         try:
-            values = await self._redis.mget(keys)
+            values = await get_many(self._redis, keys)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise AuthError(AuthCode.UNAVAILABLE, "cannot check revocations; retry") from exc
         issued_at = identity.claims.get("iat")
@@ -64,9 +68,6 @@ class Admission:
             raise AuthError(AuthCode.TOKEN_REVOKED, "this token was revoked")
         return identity
 
-    def left(self, user_id: str) -> None:
-        """Give back a connection `admit` reserved: the socket closed, or never opened."""
-        if self._user_sockets.get(user_id, 0) <= 1:
-            self._user_sockets.pop(user_id, None)
-        else:
-            self._user_sockets[user_id] -= 1
+    async def left(self, sid: str) -> None:
+        """Give back the connection `admit` claimed: the socket closed, or never opened."""
+        await self._presence.release(sid)

@@ -41,6 +41,7 @@ from shared import codec, names
 from shared.candle_store import NO_LIMIT_MS, CandleStore
 from shared.errors import PayloadError, TopicError
 from shared.events import Candle
+from shared.redis_target import AsyncClient
 from shared.topics import Kind, Topic
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class CandleHistory:
         database_url: str,
         policy: TopicPolicy,
         verify: Callable[[object], Awaitable[Identity]],
-        client: redis.asyncio.Redis,
+        client: AsyncClient,
         registry: CollectorRegistry,
         max_limit: int,
         cache_entries: int,

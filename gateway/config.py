@@ -16,7 +16,11 @@ class GatewayConfig:
     port: int = setting(8000, "GATEWAY_PORT", "Port to listen on.")
     node_id: str = setting("", "GATEWAY_NODE_ID", "Name of this node in logs and metrics (default: host:port).")
     redis_url: str = setting(
-        "", "REDIS_URL", "Redis URL; empty starts a private embedded Redis (local runs only).", flag="--redis-url"
+        "",
+        "REDIS_URL",
+        "Redis URL (redis+cluster://host:port,... for a Redis Cluster); empty starts a private embedded Redis"
+        " (local runs only).",
+        flag="--redis-url",
     )
     log_level: str = setting("info", "GATEWAY_LOG_LEVEL", "Log level: debug, info, warning, error.")
     workers: int = setting(
@@ -134,7 +138,7 @@ class GatewayConfig:
         "Take the client address from the last X-Forwarded-For entry (only behind a proxy that sets it).",
     )
     max_connections_per_user: int = setting(
-        50, "GATEWAY_MAX_CONNECTIONS_PER_USER", "Sockets one user may hold on one node."
+        50, "GATEWAY_MAX_CONNECTIONS_PER_USER", "Sockets one user may hold across every node (counted in Redis)."
     )
     event_rate: float = setting(50.0, "GATEWAY_EVENT_RATE", "Packets (events, acks) per second one socket may send.")
     event_burst: int = setting(

@@ -26,6 +26,7 @@ import redis.asyncio
 import redis.exceptions
 
 from shared import names
+from shared.redis_target import AsyncClient
 from shared.status import decode_status, read_records
 from shared.topics import Topic
 
@@ -39,9 +40,7 @@ MAX_STATUS_RECORDS: Final = 1000  # collectors read per refresh; far more than a
 class Demand:
     """The collected topics as collectors report them, and this node's leases on the others."""
 
-    def __init__(
-        self, client: redis.asyncio.Redis, wanted: Callable[[], Iterable[str]], *, node: str, on_demand: bool
-    ) -> None:
+    def __init__(self, client: AsyncClient, wanted: Callable[[], Iterable[str]], *, node: str, on_demand: bool) -> None:
         self._redis = client
         self._wanted = wanted  # the market topics this node's clients hold now
         self._node = node

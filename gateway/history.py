@@ -11,9 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-import redis.asyncio
-
 from shared import names
+from shared.redis_target import AsyncClient
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def _state_entry(value: Any) -> Entry | None:
 class History:
     """Stream reads for one node; every method is one or two Redis round trips."""
 
-    def __init__(self, client: redis.asyncio.Redis, *, max_age_ms: int) -> None:
+    def __init__(self, client: AsyncClient, *, max_age_ms: int) -> None:
         self._redis = client
         self._max_age_ms = max_age_ms
 

@@ -32,6 +32,7 @@ from gateway.metrics import GatewayMetrics, ProtocolReports, total
 from gateway.notifications import NotificationRequests
 from gateway.pages import Pages
 from gateway.policy import TopicPolicy
+from gateway.presence import Presence
 from gateway.protocol.engineio import EngineSettings
 from gateway.protocol.http import HttpServer, Request, Response, Upgrade
 from gateway.protocol.sio import ConnectionRefused, SocketIOServer, SocketSettings
@@ -42,6 +43,7 @@ from gateway.status_board import StatusBoard
 from gateway.subscriptions import Subscriptions
 from shared import names
 from shared.codec import Revocation
+from shared.redis_target import RedisTarget
 from shared.status import GatewayStatus
 
 logger = logging.getLogger(__name__)
@@ -95,18 +97,18 @@ class GatewayNode:
         )
         self.metrics.lagging_sockets.set_function(lambda: self.server.engine.lagging)
         self.metrics.redis_channels.set_function(lambda: self.relay.channel_count)
-        # A bounded pool that queues bursts (200 sockets subscribing at once)
-        # instead of failing them with "Too many connections".
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            redis_url, max_connections=REDIS_POOL_SIZE, timeout=5, socket_timeout=5, socket_connect_timeout=5
+        self.target = RedisTarget.parse(redis_url)
+        # A bounded pool (per cluster node) that queues bursts (200 sockets subscribing at once).
+        self.redis = self.target.async_client(
+            max_connections=REDIS_POOL_SIZE, socket_timeout=5, socket_connect_timeout=5
         )
-        self.redis = redis.asyncio.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self.history = History(self.redis, max_age_ms=int(config.history_max_age_s * 1000))
         # The relay hands messages to the fanout, which hands records to recovery, which reads the relay's state.
         self.relay = Relay(
-            redis_url,
+            self.target,
             lambda messages: self.fanout.on_messages(messages),  # noqa: PLW0108 - bound late: built below
-            on_state=self._redis_state,
+            on_state=lambda ready: self.metrics.redis_connected.set(1 if ready else 0),
+            on_lost=lambda channels: self.recovery.lost(channels),  # noqa: PLW0108 - bound late
             on_restored=lambda channel: self.recovery.restored(channel),  # noqa: PLW0108 - bound late
             permanent=(names.CONTROL_CHANNEL,),
         )
@@ -114,7 +116,15 @@ class GatewayNode:
         self.fanout = Fanout(self.server, self.recovery, self.metrics, on_revocation=self._revoked)
         self.notifications = NotificationRequests(self.history, self.redis, self.metrics)
         self.executions = ExecutionRequests(self.history, self.metrics)
-        self.admission = Admission(config, self.verifier, self.redis)
+        self.presence = Presence(
+            self.redis,
+            node=config.name,
+            topics=lambda: self.server.room_sizes(names.MARKET_PREFIX),
+            teams=self._online_teams,
+            policy=self.policy,
+            max_items=config.max_topics_per_request,
+        )
+        self.admission = Admission(config, self.verifier, self.redis, self.presence)
         self.demand = Demand(self.redis, self._market_topics, node=config.name, on_demand=config.on_demand)
         self.subscriptions = Subscriptions(
             config,
@@ -141,6 +151,7 @@ class GatewayNode:
         self.server.on("notifications:read", self._with_session(self.notifications.mark_read))
         self.server.on("notifications:unread", self._with_session(self.notifications.unread))
         self.server.on("executions:list", self._with_session(self.executions.states))
+        self.server.on("presence", self._with_session(self.presence.request))
         self.candles = CandleHistory(
             database_url=config.database_url, policy=self.policy, verify=self.admission.verify, client=self.redis,
             registry=self.metrics.registry, max_limit=config.candles_max_limit,
@@ -156,6 +167,7 @@ class GatewayNode:
         with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self.demand.refresh(), DEMAND_FIRST_READ_S)
         self._spawn(self.demand.run())
+        self._spawn(self.presence.run())
         self.board.attach()
         self._spawn(self.board.run())
         self.server.start()
@@ -192,6 +204,8 @@ class GatewayNode:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.recovery.close()
+        with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.presence.release_all(), 2)  # sockets elsewhere may take them at once
         self.board.detach()
         with contextlib.suppress(redis.exceptions.RedisError, OSError):
             await self.redis.delete(names.gateway_status_key(self.config.name))  # off the status page at once
@@ -222,9 +236,13 @@ class GatewayNode:
         if not task.cancelled() and task.exception() is not None:
             logger.error("background task failed", exc_info=task.exception())
 
-    def _redis_state(self, connected: bool) -> None:
-        self.metrics.redis_connected.set(1 if connected else 0)
-        self.recovery.connection_changed(connected)
+    def _online_teams(self) -> dict[str, set[str]]:
+        """Each team's users with a socket on this node (presence)."""
+        teams: dict[str, set[str]] = {}
+        for session in self.sessions.values():
+            for team in session.identity.teams:
+                teams.setdefault(team, set()).add(session.identity.user_id)
+        return teams
 
     def _market_topics(self) -> list[str]:
         """The market topics this node's clients hold (their Redis channels are subscribed)."""
@@ -242,7 +260,7 @@ class GatewayNode:
 
     async def _connect(self, sid: str, handshake: Request, auth: object) -> bool:
         try:
-            identity = await self.admission.admit(handshake, auth, accepting=self.accepting)
+            identity = await self.admission.admit(sid, handshake, auth, accepting=self.accepting)
         except AuthError as exc:
             self.metrics.auth_failures.labels(exc.code).inc()
             raise ConnectionRefused(str(exc.code), {"code": str(exc.code), "message": exc.message}) from None
@@ -252,7 +270,7 @@ class GatewayNode:
             opened = await self._open_session(sid, identity, auth)
         finally:
             if not opened:
-                self.admission.left(identity.user_id)
+                self._spawn(self.admission.left(sid))
         return opened
 
     async def _open_session(self, sid: str, identity: Identity, auth: object) -> bool:
@@ -326,6 +344,7 @@ class GatewayNode:
             except RequestError as exc:
                 status["subscriptions"] = exc.ack()
         if not session.closed:
+            self.recovery.reached(session, status)  # no await from here to the packet
             self.server.emit(session.sid, "sync", status)
 
     def _on_disconnect(self, sid: str, reason: str) -> None:
@@ -333,7 +352,7 @@ class GatewayNode:
         if session is None:
             return
         session.closed = True
-        self.admission.left(session.identity.user_id)
+        self._spawn(self.admission.left(sid))
         if session.expiry is not None:
             session.expiry.cancel()
         if session.sync_task is not None:

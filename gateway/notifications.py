@@ -15,6 +15,7 @@ from gateway.sessions import Session
 from shared import codec, names
 from shared.codec import ReadMarks, StreamKind
 from shared.errors import PayloadError
+from shared.redis_target import AsyncClient, publish_command
 
 MAX_PAGE: Final = 100
 DEFAULT_PAGE: Final = 20
@@ -32,7 +33,7 @@ def _positions(value: object, limit: int) -> list[str]:
 class NotificationRequests:
     """The `notifications:*` events; every answer is an ack object."""
 
-    def __init__(self, history: History, client: redis.asyncio.Redis, metrics: GatewayMetrics) -> None:
+    def __init__(self, history: History, client: AsyncClient, metrics: GatewayMetrics) -> None:
         self._history = history
         self._redis = client
         self._metrics = metrics
@@ -75,7 +76,7 @@ class NotificationRequests:
         try:
             unread = await self._history.mark_read(user_id, None if marks.all else marks.positions)
             announcement = codec.encode_envelope(ORIGIN, StreamKind.READ, codec.encode(marks))
-            await self._redis.publish(names.user_channel(user_id), announcement)
+            await self._redis.execute_command(publish_command(self._redis), names.user_channel(user_id), announcement)
         except redis.exceptions.RedisError as exc:
             raise RequestError("unavailable", "notifications are unavailable; retry") from exc
         return {"ok": True, "unread": unread}

@@ -4,6 +4,10 @@ Why not redis-py's PubSub: it parses one reply per await and stops reading
 when no channel is subscribed. Here every socket read is parsed in one pass
 and handed over as a batch, synchronously, so the relay pays no await per
 message and a burst of messages becomes one fan-out batch.
+
+One connection speaks classic (SUBSCRIBE, to a single Redis) or sharded
+pub/sub (SSUBSCRIBE, to one master of a cluster: every channel of one
+SSUBSCRIBE must be in one slot, which the relay sees to).
 """
 
 from __future__ import annotations
@@ -12,11 +16,10 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Final
-from urllib.parse import unquote, urlsplit
 
 from gateway.errors import GatewayError
+from shared.redis_target import Endpoint, RedisTarget
 
 logger = logging.getLogger(__name__)
 
@@ -32,32 +35,12 @@ MAX_LINE_BYTES: Final = 1024
 CONNECT_TIMEOUT_S: Final = 5.0
 
 Message = tuple[bytes, bytes]  # (channel, payload)
+_MESSAGE: Final = (b"message", b"smessage")
+_SUBSCRIBE: Final = (b"subscribe", b"ssubscribe")
 
 
 class PubSubError(GatewayError, ConnectionError):
     """The pub/sub connection failed or Redis answered with an error."""
-
-
-@dataclass(frozen=True, slots=True)
-class RedisAddress:
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> RedisAddress:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")
-        return cls(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 6379,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            tls=parts.scheme == "rediss",
-        )
 
 
 def encode_command(*args: bytes | str) -> bytes:
@@ -152,17 +135,22 @@ class PubSubConnection:
         self,
         on_messages: Callable[[list[Message]], None],
         on_subscribed: Callable[[bytes], None],
+        on_unsubscribed: Callable[[bytes], None],
+        *,
+        sharded: bool,
     ) -> None:
         self._on_messages = on_messages
         self._on_subscribed = on_subscribed
+        self._on_unsubscribed = on_unsubscribed
+        self._subscribe, self._unsubscribe = ("SSUBSCRIBE", "SUNSUBSCRIBE") if sharded else ("SUBSCRIBE", "UNSUBSCRIBE")
         self._transport: asyncio.BaseTransport | None = None
         self._auth_waiter: asyncio.Future[None] | None = None
         self.closed: asyncio.Future[PubSubError] = asyncio.get_running_loop().create_future()
 
-    async def connect(self, url: str) -> None:
-        address = RedisAddress.parse(url)
+    async def connect(self, target: RedisTarget, address: Endpoint) -> None:
+        """Connect to `address` (a single Redis, or one master of a cluster) with `target`'s credentials."""
         loop = asyncio.get_running_loop()
-        context = ssl.create_default_context() if address.tls else None
+        context = ssl.create_default_context() if target.tls else None
         try:
             transport, _ = await asyncio.wait_for(
                 loop.create_connection(lambda: _Protocol(self), address.host, address.port, ssl=context),
@@ -171,17 +159,17 @@ class PubSubConnection:
         except (OSError, TimeoutError) as exc:
             raise PubSubError(f"cannot connect to Redis at {address.host}:{address.port}: {exc}") from exc
         self._transport = transport
-        if address.password is not None:
+        if target.password is not None:
             self._auth_waiter = loop.create_future()
-            auth = ("AUTH", address.username, address.password) if address.username else ("AUTH", address.password)
+            auth = ("AUTH", target.username, target.password) if target.username else ("AUTH", target.password)
             self._write(encode_command(*auth))
             await asyncio.wait_for(self._auth_waiter, CONNECT_TIMEOUT_S)
 
     def subscribe(self, channels: Iterable[str]) -> None:
-        self._command("SUBSCRIBE", channels)
+        self._command(self._subscribe, channels)
 
     def unsubscribe(self, channels: Iterable[str]) -> None:
-        self._command("UNSUBSCRIBE", channels)
+        self._command(self._unsubscribe, channels)
 
     def _command(self, name: str, channels: Iterable[str]) -> None:
         names = list(channels)
@@ -208,11 +196,16 @@ class PubSubConnection:
         for reply in replies:
             if isinstance(reply, list) and len(reply) == 3:
                 kind, channel, payload = reply
-                if kind == b"message" and isinstance(channel, bytes) and isinstance(payload, bytes):
+                if kind in _MESSAGE and isinstance(channel, bytes) and isinstance(payload, bytes):
                     messages.append((channel, payload))
-                elif kind == b"subscribe" and isinstance(channel, bytes):
+                elif kind in _SUBSCRIBE and isinstance(channel, bytes):
                     self._on_subscribed(channel)
+                elif kind == b"sunsubscribe" and isinstance(channel, bytes):
+                    # Also unsolicited: the channel's slot moved to another node (the relay tells which).
+                    self._on_unsubscribed(channel)
             elif isinstance(reply, PubSubError):
+                if messages:  # what arrived before the error is delivered
+                    self._on_messages(messages)
                 self.fail(reply)
                 return
             elif reply == b"OK" and self._auth_waiter is not None and not self._auth_waiter.done():

@@ -8,10 +8,13 @@ seam between the two.
 
 How: for each user and team channel the node keeps the newest position it
 has relayed (`_live`). A connecting socket reads its stream until it has
-caught up with that position, then joins the room with no await in between;
-live records are sent only when newer than it. While Redis is unreachable
-live records may be missed, so once it is back each channel's live records
-are held until the stream read has caught up (`_held`), then released.
+caught up with that position, then joins the room with no await in between.
+Its read may have gone further than `_live`: records whose live message is
+still on its way. Those still go to the room's other sockets when they
+arrive, and not to this one, which is `_ahead` until the room catches up.
+While Redis is unreachable live records may be missed, so once it is back
+each channel's live records are held until the stream read has caught up
+(`_held`), then released.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -38,6 +42,7 @@ from shared.errors import PayloadError
 logger = logging.getLogger(__name__)
 
 READ_BATCH: Final = 200
+MAX_HELD: Final = 10_000  # live records held per channel while it is caught up
 CATCH_UP_BACKOFF_S: Final = 0.1
 CATCH_UP_BACKOFF_MAX_S: Final = 5.0
 
@@ -80,7 +85,7 @@ def kind_of(channel: str) -> StreamKind:
 
 def stream_of(channel: str) -> str:
     """The stream that stores what `channel` announces."""
-    owner = channel.split(":", 1)[1]
+    owner = names.channel_owner(channel)
     if kind_of(channel) is StreamKind.NOTIFICATION:
         return names.notification_stream(owner)
     return names.execution_stream(owner)
@@ -91,7 +96,7 @@ def record_packet(channel: str, position: str, data: bytes) -> Packet:
 
     The record must belong to the channel's owner: a publisher's mistake never reaches another user.
     """
-    owner = channel.split(":", 1)[1]
+    owner = names.channel_owner(channel)
     kind = kind_of(channel)
     if kind is StreamKind.NOTIFICATION:
         if codec.decode_stored_notification(data).user_id != owner:
@@ -120,8 +125,12 @@ class Recovery:
         self._max_recovery = max_recovery
         # Newest position relayed per user and team channel.
         self._live: dict[str, str] = {}
+        # Sockets that read their stream past `_live` when they joined: sid to the position they have.
+        self._ahead: dict[str, dict[str, str]] = {}
         # Channels being caught up after a Redis outage: live records wait here.
-        self._held: dict[str, list[tuple[str, Packet]]] = {}
+        # Bounded: the oldest held records are also in the stream the catch-up reads from `_live` on,
+        # so dropping them past the bound loses nothing; only the newest (read after the stream) matter.
+        self._held: dict[str, deque[tuple[str, Packet]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
@@ -143,24 +152,32 @@ class Recovery:
         """The node no longer subscribes to `channel`."""
         self._live.pop(channel, None)
         self._held.pop(channel, None)
+        self._ahead.pop(channel, None)
 
     def _send(self, channel: str, position: str, packet: Packet) -> None:
         self._live[channel] = position
-        sent = self._server.send_to_room(channel, packet)
+        ahead = self._ahead.get(channel)
+        if ahead is None:
+            sent = self._server.send_to_room(channel, packet)
+        else:
+            has_it = {sid for sid, reached in ahead.items() if not newer(position, reached)}
+            for sid in [sid for sid, reached in ahead.items() if not newer(reached, position)]:
+                del ahead[sid]  # the room has caught up with it
+            if not ahead:
+                del self._ahead[channel]
+            sent = self._server.send_to_room(channel, packet, skip=has_it)
         self._metrics.messages_out.labels(str(kind_of(channel))).inc(sent)
 
     # A Redis outage
 
-    def connection_changed(self, connected: bool) -> None:
-        """The pub/sub connection went down: hold live records of every channel until it is caught up."""
-        if connected:
-            return
-        for channel in self._relay.confirmed:
+    def lost(self, channels: list[str]) -> None:
+        """Channels' subscriptions were lost (connection down, slot moved): hold their live records until caught up."""
+        for channel in channels:
             if channel.startswith((names.USER_PREFIX, names.TEAM_PREFIX)):
-                self._held.setdefault(channel, [])
+                self._held.setdefault(channel, deque(maxlen=MAX_HELD))
 
     def restored(self, channel: str) -> None:
-        """A channel is subscribed again after an outage: send its room what was published meanwhile."""
+        """A channel is subscribed again after it was lost: send its room what was published meanwhile."""
         if channel.startswith((names.USER_PREFIX, names.TEAM_PREFIX)):
             task = asyncio.get_running_loop().create_task(self._catch_up(channel))
             self._tasks.add(task)
@@ -200,7 +217,7 @@ class Recovery:
 
     def _release_held(self, channel: str) -> None:
         """End a catch-up: send the held live records the stream read did not already cover."""
-        for position, packet in self._held.pop(channel, []):
+        for position, packet in self._held.pop(channel, ()):
             if newer(position, self._live.get(channel, ORIGIN)):
                 self._send(channel, position, packet)
 
@@ -235,6 +252,29 @@ class Recovery:
                 executions[team] = await self._catch_up_socket(session, channel, since, now_ms)
         complete = all(bool(part["complete"]) for part in (notifications, *executions.values()))
         return {"notifications": notifications, "executions": executions, "complete": complete}
+
+    def reached(self, session: Session, status: dict[str, Any]) -> None:
+        """Raise `sync`'s positions to the newest record already sent to the socket; call just before `sync` goes.
+
+        A socket gets its rooms' live records from the moment it joins each, while its
+        other streams (and its topics) are still being caught up: its position at the
+        join may be behind a record it already has, and a client that stored that
+        position would get the record again on its next reconnect. Every record a
+        room was sent after the join went to the socket too, and `_live` is the
+        newest of them.
+        """
+        notifications = status.get("notifications")
+        if isinstance(notifications, dict):
+            self._raise_to_live(names.user_channel(session.identity.user_id), notifications)
+        executions = status.get("executions")
+        if isinstance(executions, dict):
+            for team, part in executions.items():
+                self._raise_to_live(names.team_channel(team), part)
+
+    def _raise_to_live(self, channel: str, part: dict[str, Any]) -> None:
+        live = self._live.get(channel)
+        if live is not None and newer(live, part["position"]):
+            part["position"] = live
 
     async def _send_states(self, session: Session, team: str, channel: str, now_ms: int) -> str:
         """Send the current state of each execution; returns the position they bring the client to."""
@@ -280,8 +320,8 @@ class Recovery:
         # No await between the last check above and the join: the seam is exact.
         if not session.closed:
             self._server.join(session.sid, channel)
-            if not newer(self._live.get(channel), position):
-                self._live[channel] = position
+            if newer(position, self._live.get(channel, ORIGIN)):
+                self._ahead.setdefault(channel, {})[session.sid] = position
         return {"position": position, "recovered": recovered, "complete": complete}
 
     def _stored_packet(self, channel: str, entry: Entry) -> Packet | None:

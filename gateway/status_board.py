@@ -21,6 +21,7 @@ import redis.asyncio
 import redis.exceptions
 
 from shared import names
+from shared.redis_target import AsyncClient
 from shared.status import (
     GatewayStatus,
     decode_gateway_status,
@@ -66,7 +67,7 @@ class StatusBoard:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: AsyncClient,
         own: Callable[[], GatewayStatus],
         topics: Callable[[], dict[str, int]],
     ) -> None:

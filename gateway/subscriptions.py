@@ -26,6 +26,7 @@ from gateway.relay import Relay
 from gateway.sessions import Session
 from shared import names
 from shared.errors import TopicError
+from shared.redis_target import AsyncClient, get_many
 from shared.topics import Topic
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class Subscriptions:
         relay: Relay,
         fanout: Fanout,
         policy: TopicPolicy,
-        client: redis.asyncio.Redis,
+        client: AsyncClient,
         metrics: GatewayMetrics,
         demand: Demand,
     ) -> None:
@@ -219,7 +220,7 @@ class Subscriptions:
         if not missing:
             return
         try:
-            values = await self.redis.mget([names.latest_key(t) for t, _ in missing])
+            values = await get_many(self.redis, [names.latest_key(t) for t, _ in missing])
         except (redis.exceptions.RedisError, OSError) as exc:
             logger.warning("latest values unavailable", extra={"error": str(exc)})
             return

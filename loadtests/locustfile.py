@@ -23,19 +23,21 @@ from typing import Any
 
 import gevent
 import jwt
-import redis
 import websocket
 from locust import User, between, events, task
 from locust.env import Environment
 
 from shared.events import Notification, NotificationType, Side, Ticker, Trade
 from shared.publisher import SyncPublisher
+from shared.redis_target import RedisTarget
 from shared.topics import Exchange
 
 SECRET = os.environ.get("GATEWAY_JWT_SECRET", "loadtest-secret-loadtest-secret-01")
 TOPICS = os.environ.get("LOAD_TOPICS", "binance:ticker:BTC/USDT,binance:trades:BTC/USDT").split(",")
 PUBLISH_RATE = float(os.environ.get("PUBLISH_RATE", "50"))
 NOTIFIED_USERS = int(os.environ.get("NOTIFIED_USERS", "20"))
+# Notification ids are unique per user (a republished id is not delivered again): one prefix per run.
+RUN_ID = os.urandom(4).hex()
 
 
 class SocketIOClient:
@@ -195,7 +197,7 @@ class ConnectionChurn(User):
 
 def _publish(redis_url: str) -> None:
     """Publish stamped market events and notifications until the test stops."""
-    publisher = SyncPublisher(redis.Redis.from_url(redis_url))
+    publisher = SyncPublisher(RedisTarget.parse(redis_url).sync_client())
     seq = 0
     while True:
         seq += 1
@@ -226,7 +228,7 @@ def _publish(redis_url: str) -> None:
         )
         publisher.publish(
             Notification(
-                id=f"n{seq}",
+                id=f"n{RUN_ID}-{seq}",
                 user_id=f"notified-{seq % NOTIFIED_USERS}",
                 type=NotificationType.INFO,
                 title="load",

@@ -57,8 +57,8 @@ NODE_BASELINE: Final = Path(__file__).parent / "node_baseline"
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 CORES: Final = os.cpu_count() or 1
 DEFAULT_STEPS: Final = "100000,200000,300000,400000,500000"
-# Clients bind 127.0.<1..SOURCES>.1: nginx's ip_hash keys on the first three octets, so one
-# source address would send every client to the same gateway. The stalled client's own
+# Clients bind 127.0.<1..SOURCES>.1: nginx hashes the client address to pick a gateway, so one
+# source address would send every client to the same one. The stalled client's own
 # address finds its sockets in /proc/net/tcp.
 SOURCES: Final = 250
 STALLED_SOURCE: Final = "127.0.255.1"

@@ -1,8 +1,9 @@
 """Redis channel and key names: the public Redis contract.
 
-Per-user and per-team keys carry a ``{hash tag}`` so that, on Redis Cluster,
-every key of one user (or team) lives in one slot and the publish script can
-touch them atomically.
+Per-user and per-team keys and channels carry a ``{hash tag}`` so that, on
+Redis Cluster, every key of one user (or team) and the channel announcing
+its records live in one slot: the publish script stores and announces
+(sharded, SPUBLISH) atomically on the owner's node.
 """
 
 from __future__ import annotations
@@ -33,11 +34,29 @@ def latest_key(topic: Topic | str) -> str:
 
 
 def user_channel(user_id: str) -> str:
-    return f"{USER_PREFIX}{user_id}"
+    """Pub/sub channel of one user's notifications and read marks, e.g. ``user:{alice}``."""
+    return f"{USER_PREFIX}{{{user_id}}}"
 
 
 def team_channel(team_id: str) -> str:
-    return f"{TEAM_PREFIX}{team_id}"
+    """Pub/sub channel of one team's execution updates, e.g. ``team:{red}``."""
+    return f"{TEAM_PREFIX}{{{team_id}}}"
+
+
+def channel_owner(channel: str) -> str:
+    """The user or team id of a ``user:{id}`` or ``team:{id}`` channel ("" when it is not one)."""
+    _, _, tagged = channel.partition(":")
+    return tagged[1:-1] if tagged.startswith("{") and tagged.endswith("}") else ""
+
+
+def notification_ids(user_id: str) -> str:
+    """Sorted set of the ids of a user's stored notifications (score: ms): a republished id is not stored twice."""
+    return f"notifications:{{{user_id}}}:ids"
+
+
+def connection_set(user_id: str) -> str:
+    """Sorted set of a user's open connections on every node: "<node> <sid>" -> expiry (ms)."""
+    return f"connections:{{{user_id}}}"
 
 
 def notification_stream(user_id: str) -> str:
@@ -77,6 +96,16 @@ def gateway_status_key(node_id: str) -> str:
 def collector_demand_key(exchange: str) -> str:
     """Sorted set of one exchange's topics gateways want collected: topic -> lease expiry (ms)."""
     return f"collector:demand:{exchange}"
+
+
+def presence_topic(topic: Topic | str) -> str:
+    """Hash of one market topic's subscribers per gateway node: node -> "<subscribers> <expiry ms>"."""
+    return f"presence:topic:{topic}"
+
+
+def presence_team(team_id: str) -> str:
+    """Sorted set of a team's users online on any gateway node, scored by expiry (ms)."""
+    return f"presence:{{{team_id}}}"
 
 
 def revoked_user(user_id: str) -> str:

@@ -21,12 +21,15 @@ import redis.asyncio
 import redis.asyncio.client
 import redis.client
 import redis.exceptions
+from redis.asyncio.cluster import ClusterPipeline as AsyncClusterPipeline
+from redis.cluster import ClusterPipeline
 
 from shared import codec, names
 from shared.codec import Revocation
 from shared.errors import PayloadError
 from shared.events import FINAL_STATUSES, AnyMarketEvent, Candle, ExecutionUpdate, Notification
 from shared.record_checks import PRELUDE, record_check
+from shared.redis_target import AsyncClient, SyncClient, publish_command
 from shared.topics import Exchange, Kind, Timeframe, Topic
 
 # The next entry id of a stream: "<ms>-<n>", where n counts the stream's
@@ -47,6 +50,15 @@ local next_id = string.format('%d-%d', ms, n)
 """
 
 
+# The announcing command: PUBLISH on a single Redis, SPUBLISH (sharded: only the channel's slot
+# owner delivers it) in a cluster. An optional last argument, so callers of the older form still work.
+PUBLISH_LUA: Final = """
+local publish = 'PUBLISH'
+if ARGV[{arg}] == 'SPUBLISH' then publish = 'SPUBLISH'
+elseif ARGV[{arg}] and ARGV[{arg}] ~= 'PUBLISH' then return invalid('the last argument must be PUBLISH or SPUBLISH') end
+""".strip()
+
+
 def _lua_name(name: Callable[[str], str], owner: str) -> str:
     """A Redis name of `shared.names` as a Lua expression of the record's owner field."""
     prefix, suffix = name("\x00").split("\x00")
@@ -63,21 +75,26 @@ NOTIFICATION_SCRIPT: Final = "\n".join(
         record_check(Notification, "notification"),
         f"if KEYS[1] ~= {_lua_name(names.notification_stream, 'record.user_id')}"
         f" or KEYS[2] ~= {_lua_name(names.unread_notifications, 'record.user_id')}"
+        f" or (KEYS[3] and KEYS[3] ~= {_lua_name(names.notification_ids, 'record.user_id')})"
         f" or ARGV[1] ~= {_lua_name(names.user_channel, 'record.user_id')} then",
         "  return invalid('the keys and the channel must be those of user_id')",
         "end",
+        PUBLISH_LUA.format(arg=6),
         NEXT_ID_LUA.strip(),
         """
+if KEYS[3] and redis.call('ZSCORE', KEYS[3], record.id) then return false end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], next_id, 'data', ARGV[2])
 local now = ms
 local oldest = now - tonumber(ARGV[4])
 redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest)
 if ARGV[5] == '1' then redis.call('ZADD', KEYS[2], now, id) end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. oldest)
-redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[3]) - 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('PUBLISH', ARGV[1], '{"pos":"' .. id .. '","kind":"notification","data":' .. ARGV[2] .. '}')
+for i = 2, #KEYS do
+  if i == 3 then redis.call('ZADD', KEYS[3], now, record.id) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. oldest)
+  redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -tonumber(ARGV[3]) - 1)
+end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+redis.call(publish, ARGV[1], '{"pos":"' .. id .. '","kind":"notification","data":' .. ARGV[2] .. '}')
 return id
 """.strip(),
     ]
@@ -99,6 +116,7 @@ EXECUTION_SCRIPT: Final = "\n".join(
         "if ARGV[5] ~= record.execution_id or tonumber(ARGV[6]) ~= record.version then",
         "  return invalid('the execution id and version arguments must be the record\\'s')",
         "end",
+        PUBLISH_LUA.format(arg=8),
         NEXT_ID_LUA.strip(),
         """
 local held = redis.call('HGET', KEYS[2], ARGV[5])
@@ -117,7 +135,7 @@ for _, expired in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
-redis.call('PUBLISH', ARGV[1], '{"pos":"' .. id .. '","kind":"execution","data":' .. ARGV[2] .. '}')
+redis.call(publish, ARGV[1], '{"pos":"' .. id .. '","kind":"execution","data":' .. ARGV[2] .. '}')
 return id
 """.strip(),
     ]
@@ -152,6 +170,9 @@ def _validated(record: msgspec.Struct) -> bytes:
     return data
 
 
+AnyPipeline = redis.client.Pipeline | redis.asyncio.client.Pipeline | ClusterPipeline | AsyncClusterPipeline
+
+
 def _market_names(event: AnyMarketEvent) -> tuple[str, str | None]:
     """The channel of an event's topic and, for snapshot topics, its latest-value key."""
     timeframe = event.timeframe if isinstance(event, Candle) else None
@@ -168,33 +189,50 @@ def _topic_names(exchange: Exchange, kind: Kind, symbol: str, timeframe: Timefra
 
 @dataclass(frozen=True, slots=True)
 class _Commands:
-    """The Redis commands of each publish, shared by both publishers: (script, keys, args)."""
+    """The Redis commands of each publish, shared by both publishers: (script, keys, args).
+
+    `publish` is PUBLISH on a single Redis and SPUBLISH in a cluster (`shared.redis_target`).
+    """
 
     retention: Retention
     latest_ttl_s: int
+    publish: str
 
-    def market(self, pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, events: list[AnyMarketEvent]) -> None:
-        """Queue each event's PUBLISH (and latest-value SET for snapshot topics) on `pipe`.
+    def market(self, pipe: AnyPipeline, events: list[AnyMarketEvent]) -> None:
+        """Queue each event's announcement (and latest-value SET for snapshot topics) on `pipe`.
 
         A latest-value key is SET once per batch, with the newest event of its topic, right
-        after that event's PUBLISH: the SETs of older events would be overwritten within the
-        same pipeline. A busy book publishes hundreds of views a second, so this halves the
+        after that event's announcement: the SETs of older events would be overwritten within
+        the same pipeline. A busy book publishes hundreds of views a second, so this halves the
         commands of a batch.
         """
-        encode = codec.encode
+        encode, publish = codec.encode, self.publish
         staged = [(*_market_names(event), encode(event)) for event in events]
         newest = {key: index for index, (_, key, _) in enumerate(staged) if key is not None}
         for index, (channel, key, data) in enumerate(staged):
-            pipe.publish(channel, data)
+            pipe.execute_command(publish, channel, data)
             if key is not None and newest[key] == index:
                 pipe.set(key, data, ex=self.latest_ttl_s)
+
+    def revocation(self, pipe: AnyPipeline, revocation: Revocation, ttl_s: int) -> tuple[str, bytes]:
+        """Queue the revocation's keys on `pipe`; returns the announcement, to send once they are stored.
+
+        Stored first, announced after (not in one MULTI: in a cluster the keys and the control channel
+        live in different slots), so a socket closed by the announcement cannot reconnect past the keys.
+        """
+        if revocation.user_id is not None:
+            pipe.set(names.revoked_user(revocation.user_id), int(time.time() * 1000), ex=ttl_s)
+        if revocation.token_id is not None:
+            pipe.set(names.revoked_token(revocation.token_id), 1, ex=ttl_s)
+        return names.CONTROL_CHANNEL, codec.encode(revocation)
 
     def record(self, record: Notification | ExecutionUpdate) -> tuple[str, list[str], list[str]]:
         data = _validated(record).decode()
         limits = [str(self.retention.max_entries), str(self.retention.max_age_ms)]
         if isinstance(record, Notification):
-            keys = [names.notification_stream(record.user_id), names.unread_notifications(record.user_id)]
-            args = [names.user_channel(record.user_id), data, *limits, "0" if record.read else "1"]
+            user = record.user_id
+            keys = [names.notification_stream(user), names.unread_notifications(user), names.notification_ids(user)]
+            args = [names.user_channel(user), data, *limits, "0" if record.read else "1", self.publish]
             return NOTIFICATION_SCRIPT, keys, args
         keys = [
             names.execution_stream(record.team_id),
@@ -209,21 +247,9 @@ class _Commands:
             record.execution_id,
             str(record.version),
             str(keep_ms),
+            self.publish,
         ]
         return EXECUTION_SCRIPT, keys, args
-
-
-def _revocation_commands(
-    pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline,
-    revocation: Revocation,
-    ttl_s: int,
-) -> None:
-    """Store a revocation (so new connections are refused) and announce it (so open sockets close)."""
-    if revocation.user_id is not None:
-        pipe.set(names.revoked_user(revocation.user_id), int(time.time() * 1000), ex=ttl_s)
-    if revocation.token_id is not None:
-        pipe.set(names.revoked_token(revocation.token_id), 1, ex=ttl_s)
-    pipe.publish(names.CONTROL_CHANNEL, codec.encode(revocation))
 
 
 @contextmanager
@@ -244,17 +270,22 @@ def _position(reply: object) -> str | None:
 
 
 class AsyncPublisher:
-    """Publishes market events, notifications and execution updates from asyncio code."""
+    """Publishes market events, notifications and execution updates from asyncio code.
+
+    `client` is a Redis or a RedisCluster (`shared.redis_target.RedisTarget.async_client`). A publish
+    that raised (a failover, a dropped connection) may be retried: a notification id already stored
+    is not stored or announced again (`publish` returns None), nor is an execution version.
+    """
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: AsyncClient,
         *,
         retention: Retention | None = None,
         latest_ttl_s: int = DEFAULT_LATEST_TTL_S,
     ) -> None:
         self._redis = client
-        self._commands = _Commands(retention or Retention(), latest_ttl_s)
+        self._commands = _Commands(retention or Retention(), latest_ttl_s, publish_command(client))
         self._scripts = {text: client.register_script(text) for text in (NOTIFICATION_SCRIPT, EXECUTION_SCRIPT)}
 
     async def publish_market(self, events: list[AnyMarketEvent]) -> None:
@@ -264,7 +295,11 @@ class AsyncPublisher:
         await pipe.execute()
 
     async def publish(self, record: Notification | ExecutionUpdate) -> str | None:
-        """Store and announce one record; returns its position, or None for a stale execution update."""
+        """Store and announce one record; returns its position, or None when it was already stored.
+
+        None: an execution update whose version (or a newer one) the team holds, or a notification
+        whose id its user's stream holds (a retried publish).
+        """
         script, keys, args = self._commands.record(record)
         with _refusals():
             return _position(await self._scripts[script](keys=keys, args=args))
@@ -278,9 +313,10 @@ class AsyncPublisher:
     ) -> None:
         """Disconnect a user's sockets (or one token's) on every node, and refuse them from now on."""
         revocation = codec.decode_revocation(codec.encode(Revocation(user_id=user_id, token_id=token_id)))
-        pipe = self._redis.pipeline(transaction=True)
-        _revocation_commands(pipe, revocation, ttl_s)
+        pipe = self._redis.pipeline(transaction=False)
+        channel, announcement = self._commands.revocation(pipe, revocation, ttl_s)
         await pipe.execute()
+        await self._redis.execute_command(self._commands.publish, channel, announcement)
 
 
 class SyncPublisher:
@@ -288,13 +324,13 @@ class SyncPublisher:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: SyncClient,
         *,
         retention: Retention | None = None,
         latest_ttl_s: int = DEFAULT_LATEST_TTL_S,
     ) -> None:
         self._redis = client
-        self._commands = _Commands(retention or Retention(), latest_ttl_s)
+        self._commands = _Commands(retention or Retention(), latest_ttl_s, publish_command(client))
         self._scripts = {text: client.register_script(text) for text in (NOTIFICATION_SCRIPT, EXECUTION_SCRIPT)}
 
     def publish_market(self, events: list[AnyMarketEvent]) -> None:
@@ -304,7 +340,11 @@ class SyncPublisher:
         pipe.execute()
 
     def publish(self, record: Notification | ExecutionUpdate) -> str | None:
-        """Store and announce one record; returns its position, or None for a stale execution update."""
+        """Store and announce one record; returns its position, or None when it was already stored.
+
+        None: an execution update whose version (or a newer one) the team holds, or a notification
+        whose id its user's stream holds (a retried publish).
+        """
         script, keys, args = self._commands.record(record)
         with _refusals():
             return _position(self._scripts[script](keys=keys, args=args))
@@ -318,6 +358,7 @@ class SyncPublisher:
     ) -> None:
         """Disconnect a user's sockets (or one token's) on every node, and refuse them from now on."""
         revocation = codec.decode_revocation(codec.encode(Revocation(user_id=user_id, token_id=token_id)))
-        pipe = self._redis.pipeline(transaction=True)
-        _revocation_commands(pipe, revocation, ttl_s)
+        pipe = self._redis.pipeline(transaction=False)
+        channel, announcement = self._commands.revocation(pipe, revocation, ttl_s)
         pipe.execute()
+        self._redis.execute_command(self._commands.publish, channel, announcement)  # type: ignore[no-untyped-call]

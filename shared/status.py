@@ -15,10 +15,10 @@ from enum import StrEnum
 from typing import Annotated, Final, TypeVar
 
 import msgspec
-import redis.asyncio
 
 from shared.errors import PayloadError
 from shared.events import Ident
+from shared.redis_target import AsyncClient, get_many
 from shared.topics import Exchange
 
 logger = logging.getLogger(__name__)
@@ -125,9 +125,7 @@ def decode_gateway_status(data: bytes | str) -> GatewayStatus:
         raise PayloadError(f"bad gateway status: {exc}") from exc
 
 
-async def read_records(
-    client: redis.asyncio.Redis, prefix: str, decode: Callable[[bytes | str], T], *, limit: int
-) -> list[T]:
+async def read_records(client: AsyncClient, prefix: str, decode: Callable[[bytes | str], T], *, limit: int) -> list[T]:
     """The valid status records under `prefix` (at most `limit` keys read); a bad one is skipped and logged."""
     keys = []
     async for key in client.scan_iter(match=prefix + "*", count=100):
@@ -135,7 +133,7 @@ async def read_records(
         if len(keys) >= limit:
             break
     records = []
-    for key, value in zip(keys, await client.mget(keys) if keys else [], strict=True):
+    for key, value in zip(keys, await get_many(client, keys), strict=True):
         if value is None:
             continue  # expired between the scan and the read
         try:

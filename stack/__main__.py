@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
@@ -31,13 +31,13 @@ from collectors.simulator.config import PORT_ORDER, SimulatorConfig
 from gateway.config import GatewayConfig
 from shared.config import ConfigError
 from shared.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError
-from shared.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from shared.embedded_redis import EmbeddedRedis, EmbeddedRedisError, free_port
 from shared.logs import setup_logging
 from shared.topics import Exchange
 from stack.balancer import BalancerError, balancer_service
 from stack.config import Simulate, StackConfig, load_stack_config, refused_variables
 from stack.state import DEMO_TEAM, DEMO_USER, clear_running, mint_token, stack_secret, write_running
-from stack.supervisor import Service, python_module, supervise
+from stack.supervisor import Service, ServiceState, python_module, supervise
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +81,19 @@ def gateway_ports(config: StackConfig) -> list[int]:
     return [first + i for i in range(config.gateways)]
 
 
+def embedded_redis(config: StackConfig) -> EmbeddedRedis | None:
+    """The stack's own Redis when no REDIS_URL is given; a supervised child like the others."""
+    return None if config.redis_url else EmbeddedRedis(port=config.redis_port)
+
+
 def services(config: StackConfig, *, simulate: bool, workdir: Path) -> list[Service]:
+    """Every process of the stack, in start order (Redis first, nginx last)."""
     log_level = config.log_level.lower()
     result = []
+    redis = embedded_redis(config)
+    if redis is not None:
+        # Memory only, as before: a restarted Redis starts empty and the collectors fill it again.
+        result.append(Service("redis", redis.command(str(workdir)), {}, binds=[(LOOPBACK, redis.port)]))
     if simulate and config.exchanges:
         result.append(
             python_module(
@@ -185,8 +195,31 @@ def check_ports(binds: Iterable[tuple[str, str, int]]) -> None:
             raise Refused(f"port {port} on {host} ({who}) is in use; stop what holds it, or move it with {setting}")
 
 
-async def wait_until_ready(urls: Mapping[str, str], announce: dict[str, object], state_dir: str) -> None:
-    """Poll every service's readiness URL; once all answer 200, log `ready` and write stack.json."""
+class Announcer:
+    """Keeps `<state dir>/stack.json` current: where the stack serves (once ready), each service's pid and restarts."""
+
+    def __init__(self, state_dir: str, details: dict[str, object]) -> None:
+        self._state_dir = state_dir
+        self._details = details
+        self._services: dict[str, object] = {}
+        self._ready = False
+
+    def services_changed(self, states: Mapping[str, ServiceState]) -> None:
+        self._services = {name: state.as_json() for name, state in states.items()}
+        if self._ready:
+            self._write()
+
+    def ready(self) -> None:
+        self._ready = True
+        self._write()
+        logger.info("ready", extra=self._details)
+
+    def _write(self) -> None:
+        write_running(self._state_dir, {**self._details, "pid": os.getpid(), "services": self._services})
+
+
+async def wait_until_ready(urls: Mapping[str, str]) -> None:
+    """Poll every service's readiness URL until all answer 200."""
     pending = dict(urls)
     next_note = time.monotonic() + STILL_WAITING_EVERY_S
     timeout = aiohttp.ClientTimeout(total=2)
@@ -204,8 +237,6 @@ async def wait_until_ready(urls: Mapping[str, str], announce: dict[str, object],
                 next_note = time.monotonic() + STILL_WAITING_EVERY_S
             if pending:
                 await asyncio.sleep(READY_POLL_S)
-    write_running(state_dir, {**announce, "pid": os.getpid()})
-    logger.info("ready", extra=announce)
 
 
 def run_token(argv: Sequence[str]) -> int:
@@ -236,8 +267,7 @@ def preflight(config: StackConfig, workdir: Path) -> tuple[list[Service], bool]:
         config.simulate is Simulate.AUTO and bool(config.exchanges) and not exchanges_reachable()
     )
     started = services(config, simulate=simulate, workdir=workdir)
-    redis_bind = [] if config.redis_url or not config.redis_port else [("redis", LOOPBACK, config.redis_port)]
-    check_ports([*redis_bind, *((service.name, host, port) for service in started for host, port in service.binds)])
+    check_ports((service.name, host, port) for service in started for host, port in service.binds)
     return started, simulate
 
 
@@ -247,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_token(args[1:])
     try:
         config = load_stack_config(args, os.environ)
+        if not config.redis_url and not config.redis_port:
+            config = replace(config, redis_port=free_port())  # chosen once: every child gets the same URL
         secret = stack_secret(config.state_dir, config.jwt_secret)
         with tempfile.TemporaryDirectory(prefix="fanout-local-") as workdir:
             started, simulate = preflight(config, Path(workdir))
@@ -264,15 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_stack(config: StackConfig, started: list[Service], secret: str, *, simulate: bool) -> int:
-    """Start Redis and PostgreSQL (unless given) and every service; log `ready` once all serve; run until a signal."""
-    embedded = None if config.redis_url else EmbeddedRedis(port=config.redis_port or None).start()
-    redis_url = config.redis_url or (embedded.url if embedded else "")
-    try:
-        postgres = None if config.database_url else EmbeddedPostgres().start()
-    except EmbeddedPostgresError:
-        if embedded is not None:
-            embedded.stop()
-        raise
+    """Start PostgreSQL (unless given) and every service; log `ready` once all serve; run until a signal."""
+    redis = embedded_redis(config)
+    redis_url = redis.url if redis is not None else config.redis_url
+    postgres = None if config.database_url else EmbeddedPostgres().start()
     database_url = config.database_url or (postgres.url() if postgres else "")
     try:
         env = {
@@ -285,33 +312,38 @@ def run_stack(config: StackConfig, started: list[Service], secret: str, *, simul
             "GATEWAY_STATUS_OPEN": "true",
         }
         demo_token = mint_token(secret, DEMO_USER, [DEMO_TEAM], DEMO_TOKEN_TTL_S)
-        announce: dict[str, object] = {
-            "url": f"http://{_connectable(config.host)}:{config.port}",
-            "gateways": [f"http://{_connectable(config.host)}:{port}" for port in gateway_ports(config)],
-            "redis_url": redis_url,
-            "database_url": database_url,
-            "demo_user": DEMO_USER,
-            "demo_team": DEMO_TEAM,
-            "demo_token": demo_token,
-            "demo_page": f"http://{_connectable(config.host)}:{config.port}/#token={demo_token}",
-            "status_page": f"http://{_connectable(config.host)}:{config.port}/status",
-            "cors_origins": config.origins,
-            "simulated_exchanges": simulate,
-            "token_command": "./run.sh token --user <id> --teams <a,b> --ttl <seconds>",
-        }
+        announcer = Announcer(
+            config.state_dir,
+            {
+                "url": f"http://{_connectable(config.host)}:{config.port}",
+                "gateways": [f"http://{_connectable(config.host)}:{port}" for port in gateway_ports(config)],
+                "redis_url": redis_url,
+                "database_url": database_url,
+                "demo_user": DEMO_USER,
+                "demo_team": DEMO_TEAM,
+                "demo_token": demo_token,
+                "demo_page": f"http://{_connectable(config.host)}:{config.port}/#token={demo_token}",
+                "status_page": f"http://{_connectable(config.host)}:{config.port}/status",
+                "cors_origins": config.origins,
+                "simulated_exchanges": simulate,
+                "token_command": "./run.sh token --user <id> --teams <a,b> --ttl <seconds>",
+            },
+        )
         logger.info("stack starting", extra={"services": [service.name for service in started]})
         urls = {service.name: service.ready_url for service in started if service.ready_url}
+
+        async def announce_when_ready() -> None:
+            await wait_until_ready(urls)
+            announcer.ready()
+
         try:
-            return asyncio.run(
-                supervise(started, env, lambda: wait_until_ready(urls, announce, config.state_dir)),
-            )
+            asyncio.run(supervise(started, env, announce_when_ready, announcer.services_changed))
         finally:
             clear_running(config.state_dir)
     finally:
         if postgres is not None:
             postgres.stop()
-        if embedded is not None:
-            embedded.stop()
+    return 0
 
 
 if __name__ == "__main__":

@@ -24,14 +24,18 @@ def nginx_binary() -> str:
     return found
 
 
-def render(listen_port: int, backends: list[tuple[str, int]], prefix: Path) -> str:
-    """The nginx configuration: listen on `listen_port`, spread clients over `backends`, sticky by address."""
+def render(listen_port: int, backends: list[tuple[str, int]], prefix: Path, *, listen_host: str = "127.0.0.1") -> str:
+    """The nginx configuration: listen on `listen_host:listen_port`, spread clients over `backends`, sticky.
+
+    The local stack keeps the loopback default; nginx in front of nodes on other hosts listens on an
+    address those clients reach.
+    """
     if not TEMPLATE.exists():
         raise BalancerError(f"no nginx template at {TEMPLATE}")
-    servers = "\n        ".join(f"server {host}:{port} max_fails=1 fail_timeout=5s;" for host, port in backends)
+    servers = "\n        ".join(f"server {host}:{port} max_fails=0;" for host, port in backends)
     # safe_substitute: nginx's own $variables stay as they are.
     text = Template(TEMPLATE.read_text()).safe_substitute(
-        LISTEN_PORT=listen_port, UPSTREAM_SERVERS=servers, PREFIX=str(prefix)
+        LISTEN_HOST=listen_host, LISTEN_PORT=listen_port, UPSTREAM_SERVERS=servers, PREFIX=str(prefix)
     )
     if "${" in text:
         raise BalancerError(f"{TEMPLATE} has a placeholder the stack does not fill")

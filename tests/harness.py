@@ -95,6 +95,7 @@ class Client:
 
     sio: socketio.AsyncClient
     events: dict[str, asyncio.Queue[tuple[Any, ...]]] = field(default_factory=dict)
+    received: list[str] = field(default_factory=list)  # every event's name, in arrival order
     connect_error: Any = None
     disconnects: list[Any] = field(default_factory=list)
 
@@ -126,6 +127,7 @@ def new_client(reconnection: bool = False) -> Client:
     client = Client(sio)
 
     async def catch_all(event: str, *args: Any) -> None:
+        client.received.append(event)
         client.queue(event).put_nowait(args)
 
     async def on_connect_error(data: Any) -> None:

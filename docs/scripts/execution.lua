@@ -106,12 +106,15 @@ if record['version'] == nil then return invalid('version is required') end
 if record['version'] ~= nil then
 if not integer(record['version'], 1, 9007199254740991) then return invalid('version must be an integer from 1 to 9007199254740991') end
 end
-if KEYS[1] ~= 'executions:{' .. record.team_id .. '}' or KEYS[2] ~= 'executions:{' .. record.team_id .. '}:latest' or KEYS[3] ~= 'executions:{' .. record.team_id .. '}:finished' or ARGV[1] ~= 'team:' .. record.team_id .. '' then
+if KEYS[1] ~= 'executions:{' .. record.team_id .. '}' or KEYS[2] ~= 'executions:{' .. record.team_id .. '}:latest' or KEYS[3] ~= 'executions:{' .. record.team_id .. '}:finished' or ARGV[1] ~= 'team:{' .. record.team_id .. '}' then
   return invalid('the keys and the channel must be those of team_id')
 end
 if ARGV[5] ~= record.execution_id or tonumber(ARGV[6]) ~= record.version then
   return invalid('the execution id and version arguments must be the record\'s')
 end
+local publish = 'PUBLISH'
+if ARGV[8] == 'SPUBLISH' then publish = 'SPUBLISH'
+elseif ARGV[8] and ARGV[8] ~= 'PUBLISH' then return invalid('the last argument must be PUBLISH or SPUBLISH') end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local clock = redis.call('TIME')
 local ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -138,5 +141,5 @@ for _, expired in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
-redis.call('PUBLISH', ARGV[1], '{"pos":"' .. id .. '","kind":"execution","data":' .. ARGV[2] .. '}')
+redis.call(publish, ARGV[1], '{"pos":"' .. id .. '","kind":"execution","data":' .. ARGV[2] .. '}')
 return id

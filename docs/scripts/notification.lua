@@ -116,9 +116,12 @@ if type(record['action']['url']) ~= 'string' then return invalid('action.url mus
 if chars(record['action']['url']) < 1 or chars(record['action']['url']) > 2048 then return invalid('action.url must have 1 to 2048 characters') end
 end
 end
-if KEYS[1] ~= 'notifications:{' .. record.user_id .. '}' or KEYS[2] ~= 'notifications:{' .. record.user_id .. '}:unread' or ARGV[1] ~= 'user:' .. record.user_id .. '' then
+if KEYS[1] ~= 'notifications:{' .. record.user_id .. '}' or KEYS[2] ~= 'notifications:{' .. record.user_id .. '}:unread' or (KEYS[3] and KEYS[3] ~= 'notifications:{' .. record.user_id .. '}:ids') or ARGV[1] ~= 'user:{' .. record.user_id .. '}' then
   return invalid('the keys and the channel must be those of user_id')
 end
+local publish = 'PUBLISH'
+if ARGV[6] == 'SPUBLISH' then publish = 'SPUBLISH'
+elseif ARGV[6] and ARGV[6] ~= 'PUBLISH' then return invalid('the last argument must be PUBLISH or SPUBLISH') end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local clock = redis.call('TIME')
 local ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -129,14 +132,17 @@ if last[1] then
   if tonumber(last_ms) > ms then ms = tonumber(last_ms) end
 end
 local next_id = string.format('%d-%d', ms, n)
+if KEYS[3] and redis.call('ZSCORE', KEYS[3], record.id) then return false end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], next_id, 'data', ARGV[2])
 local now = ms
 local oldest = now - tonumber(ARGV[4])
 redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest)
 if ARGV[5] == '1' then redis.call('ZADD', KEYS[2], now, id) end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. oldest)
-redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[3]) - 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('PUBLISH', ARGV[1], '{"pos":"' .. id .. '","kind":"notification","data":' .. ARGV[2] .. '}')
+for i = 2, #KEYS do
+  if i == 3 then redis.call('ZADD', KEYS[3], now, record.id) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. oldest)
+  redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -tonumber(ARGV[3]) - 1)
+end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+redis.call(publish, ARGV[1], '{"pos":"' .. id .. '","kind":"notification","data":' .. ARGV[2] .. '}')
 return id

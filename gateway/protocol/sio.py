@@ -23,7 +23,7 @@ import logging
 import re
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
@@ -218,12 +218,20 @@ class SocketIOServer:
         socket = self.sockets.get(sid)
         return socket is not None and socket.session.send(packet, conflate_key)
 
-    def send_to_room(self, room: str, packet: Packet, conflate_key: str | None = None) -> int:
-        """Send one packet to every socket in `room`; returns how many took it."""
+    def send_to_room(
+        self, room: str, packet: Packet, conflate_key: str | None = None, *, skip: Collection[str] = ()
+    ) -> int:
+        """Send one packet to every socket in `room` but those (sids) in `skip`; returns how many took it."""
         members = self._rooms.get(room)
         if not members:
             return 0
         sent = 0
+        if skip:
+            skipped = {socket.session for socket in map(self.sockets.get, skip) if socket is not None}
+            for session in members:
+                if session not in skipped and session.send(packet, conflate_key):
+                    sent += 1
+            return sent
         for session in members:
             if session.send(packet, conflate_key):
                 sent += 1

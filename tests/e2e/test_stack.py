@@ -53,7 +53,7 @@ def ready_line(log: Path, process: subprocess.Popen[bytes], deadline: float) -> 
 
 
 @contextmanager
-def running_stack(tmp_path: Path, *args: str, name: str = "stack") -> Iterator[Stack]:
+def running_stack(tmp_path: Path, *args: str, name: str = "stack", ready_within_s: float = 60) -> Iterator[Stack]:
     """`fanout-local` with a private state dir and Redis port; stopped (exit 0 checked) on leaving."""
     log = tmp_path / f"{name}.log"
     with log.open("w") as sink:
@@ -64,7 +64,7 @@ def running_stack(tmp_path: Path, *args: str, name: str = "stack") -> Iterator[S
             stderr=subprocess.STDOUT,
         )
     try:
-        yield Stack(process, log, ready_line(log, process, time.monotonic() + 60))
+        yield Stack(process, log, ready_line(log, process, time.monotonic() + ready_within_s))
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -130,7 +130,10 @@ async def test_a_timeframe_the_exchange_lacks_is_built_from_a_native_one(sim: Si
         await loader.fill(session, topic)
     built = await store.page(Exchange.OKX, "BTC/USDT", Timeframe.H8, limit=10)
     assert built and all(Timeframe.H8.start(c.open_time) == c.open_time for c in built)
-    assert built[-1].closed is False and all(c.closed for c in built[:-1])
+    assert all(c.closed for c in built[:-1])
+    # The newest bucket is still forming, unless this ran in its very last second (it then closed).
+    if Timeframe.H8.end(built[-1].open_time) > time.time() * 1000 + 1000:
+        assert built[-1].closed is False
 
 
 # -- hostile REST ------------------------------------------------------------------------------

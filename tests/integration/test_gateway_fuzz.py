@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -170,7 +171,10 @@ publisher_payloads = st.one_of(
 )
 
 
-@given(st.sampled_from(["user:alice", "team:red", "md:binance:ticker:BTC/USDT", "gateway:control"]), publisher_payloads)
+@given(
+    st.sampled_from(["user:{alice}", "team:{red}", "md:binance:ticker:BTC/USDT", "gateway:control"]),
+    publisher_payloads,
+)
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 async def test_publisher_garbage_never_reaches_the_wrong_user(
     redis_client: redis.asyncio.Redis,
@@ -185,8 +189,10 @@ async def test_publisher_garbage_never_reaches_the_wrong_user(
     # A barrier: the node relays messages in the order Redis sends them, so once
     # bob has this one, the payload above was relayed (or dropped) before it;
     # an ack to alice then comes after anything queued to her before it.
-    barrier = await AsyncPublisher(redis_client).publish(
-        Notification(id="barrier", user_id="bob", type="info", title="b", message="b", created_at=1)
+    barrier = await AsyncPublisher(redis_client).publish(  # a fresh id: a republished one is not delivered again
+        Notification(
+            id=f"barrier-{secrets.token_hex(8)}", user_id="bob", type="info", title="b", message="b", created_at=1
+        )
     )
     assert (await bob.next("notification"))[1] == barrier, "bob received a notification that was not his barrier"
     await alice.call("notifications:unread", None)

@@ -49,7 +49,7 @@ async def test_redis_restart_is_survived(redis_client: redis.asyncio.Redis) -> N
             assert client.sio.connected  # clients stay connected through the outage
             server = EmbeddedRedis(port=server.port).start()
             await wait_until(lambda: node.node.ready, timeout=10)
-            await wait_until(lambda: "user:frank" in node.node.relay._confirmed, timeout=5)
+            await wait_until(lambda: "user:{frank}" in node.node.relay.confirmed, timeout=5)
             async with redis.asyncio.Redis.from_url(server.url) as restarted:
                 await AsyncPublisher(restarted).publish(
                     Notification(id="n", user_id="frank", type="info", title="t", message="m", created_at=1)

@@ -7,11 +7,15 @@ and checks the order; the counts are printed for the closing notes.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio
 
+from gateway.history import position_key
+from shared import codec, names
+from shared.codec import StreamKind
 from shared.embedded_redis import EmbeddedRedis
 from shared.events import ExecutionUpdate, Notification, Ticker, Trade
 from shared.publisher import AsyncPublisher, Retention
@@ -314,3 +318,78 @@ async def test_market_subscriptions_are_restored_on_reconnect(
                 ]
             )
             assert (await client.next("market"))[0] == "kraken:trades:BTC/USD"
+
+
+async def test_a_record_read_by_a_joining_socket_before_its_live_message_still_reaches_the_room(
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
+) -> None:
+    """The seam with another socket in the room: a record in the stream whose live message is still on its way.
+
+    A second socket of the user reads the record from the stream and joins; the live
+    message arrives after. The socket already in the room must get it (once), the
+    joining one must not get it twice, and each one's `sync` must not be behind a record it has.
+    """
+    publisher = AsyncPublisher(redis_client)
+    token = make_token(sub="ivy")
+    async with running_node(redis_url) as node, connected(node.url, token) as first:
+        (status,) = await first.next("sync")
+        await publisher.publish(note("ivy", 0))
+        _, position = await first.next("notification")
+        # Stored as the publish script stores it, announced only later: "in flight".
+        # Positions count the stream's entries (docs/protocol.md): this is the second.
+        record = codec.encode(note("ivy", 1))
+        in_flight = f"{max(int(time.time() * 1000), int(position.split('-')[0]))}-2"
+        await redis_client.xadd(names.notification_stream("ivy"), {"data": record}, id=in_flight)
+        async with connected(node.url, None, auth={"token": token, "positions": {"notifications": position}}) as second:
+            data, at = await second.next("notification")
+            assert (data["id"], at) == ("n1", in_flight)
+            (joined,) = await second.next("sync")
+            assert joined["notifications"]["position"] == in_flight
+            await redis_client.publish(
+                names.user_channel("ivy"), codec.encode_envelope(in_flight, StreamKind.NOTIFICATION, record)
+            )
+            data, at = await first.next("notification")
+            assert (data["id"], at) == ("n1", in_flight), "the socket already in the room lost a record"
+            await publisher.publish(note("ivy", 2))
+            assert (await second.next("notification"))[0]["id"] == "n2", "the joining socket got n1 twice"
+            assert (await first.next("notification"))[0]["id"] == "n2"
+            await first.nothing("notification")
+            await second.nothing("notification")
+    assert status["complete"] is True
+
+
+async def test_sync_is_never_behind_a_record_the_socket_already_has(
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
+) -> None:
+    """Live notifications reach a socket while its team's stream still catches up: `sync` reports at least those."""
+    publisher = AsyncPublisher(redis_client)
+    token = make_token(sub="judy", teams=["blue"])
+    start = await publisher.publish(note("judy", 0))
+    for version in range(1, 401):  # two read batches of catch-up on the team stream
+        await publisher.publish(update("blue", "job", version))
+    publishing = True
+
+    async def publish_live() -> None:
+        n = 1
+        while publishing:
+            await publisher.publish(note("judy", n))
+            n += 1
+
+    async with running_node(redis_url) as node:
+        for attempt in range(5):
+            live = asyncio.create_task(publish_live())
+            auth = {"token": token, "positions": {"notifications": start, "executions": {"blue": "0-0"}}}
+            async with connected(node.url, None, auth=auth) as client:
+                await wait_until(lambda client=client: "sync" in client.received, timeout=10)  # type: ignore[misc]
+                publishing = False
+                await live
+                publishing = True
+                before_sync = client.received[: client.received.index("sync")].count("notification")
+                had = [client.queue("notification").get_nowait()[1] for _ in range(before_sync)]
+                (status,) = client.queue("sync").get_nowait()
+                if had:
+                    assert position_key(status["notifications"]["position"]) >= position_key(had[-1]), (
+                        f"attempt {attempt}: sync says {status['notifications']['position']}, the socket has {had[-1]}"
+                    )

@@ -205,11 +205,11 @@ async def test_bad_publisher_payloads_are_dropped_and_counted(
         await redis_client.publish("md:" + BTC, b'{"type":"ticker","exchange":"binance"}')
         kraken = Ticker(exchange="kraken", symbol="BTC/USDT", ts=1, recv_ts=1, seq=1)
         await redis_client.publish("md:" + BTC, msgspec.json.encode(kraken))  # misrouted
-        await redis_client.publish("user:alice", b'{"pos":"1-0","kind":"notification","data":{"id":"x"}}')
-        await redis_client.publish("user:alice", b'{"pos":"1-0\\"]","kind":"notification","data":{}}')
+        await redis_client.publish("user:{alice}", b'{"pos":"1-0","kind":"notification","data":{"id":"x"}}')
+        await redis_client.publish("user:{alice}", b'{"pos":"1-0\\"]","kind":"notification","data":{}}')
         leaked = msgspec.json.encode(notification("bob", 1))  # bob's notification on alice's channel
-        await redis_client.publish("user:alice", b'{"pos":"1-0","kind":"notification","data":' + leaked + b"}")
-        await redis_client.publish("team:red", b'{"pos":"1-0","kind":"notification","data":{}}')
+        await redis_client.publish("user:{alice}", b'{"pos":"1-0","kind":"notification","data":' + leaked + b"}")
+        await redis_client.publish("team:{red}", b'{"pos":"1-0","kind":"notification","data":{}}')
         await c.nothing("notification")
         await c.nothing("market", within=0.1)
         total = sum(rejected.labels(kind)._value.get() for kind in ("md", "user", "team"))

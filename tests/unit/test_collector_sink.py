@@ -130,17 +130,20 @@ def test_a_batch_sets_each_latest_value_once_with_its_newest_event() -> None:
         exchange="binance", symbol="BTC/USDT", ts=3, recv_ts=3, trade_id="7", price="1", size="1", side=Side.BUY, seq=1
     )
     SyncPublisher(client, latest_ttl_s=60).publish_market([tick(1), eth, trade, tick(2), tick(3)])
-    calls = [(call[0], call.args[0], codec.decode_market(call.args[1]).seq) for call in pipe.method_calls[:-1]]
+    # pipe.execute_command("PUBLISH", channel, data) or pipe.set(key, data, ex=...)
+    calls_made = pipe.method_calls
+    commands = [call.args if call[0] == "execute_command" else (call[0].upper(), *call.args) for call in calls_made]
+    calls = [(name, target, codec.decode_market(data).seq) for name, target, data in commands[:-1]]
     assert calls == [
-        ("publish", "md:binance:ticker:BTC/USDT", 1),
-        ("publish", "md:binance:ticker:ETH/USDT", 9),
-        ("set", "md:last:binance:ticker:ETH/USDT", 9),
-        ("publish", "md:binance:trades:BTC/USDT", 1),  # trades have no latest value
-        ("publish", "md:binance:ticker:BTC/USDT", 2),
-        ("publish", "md:binance:ticker:BTC/USDT", 3),
-        ("set", "md:last:binance:ticker:BTC/USDT", 3),  # the SETs of 1 and 2 would be overwritten
+        ("PUBLISH", "md:binance:ticker:BTC/USDT", 1),
+        ("PUBLISH", "md:binance:ticker:ETH/USDT", 9),
+        ("SET", "md:last:binance:ticker:ETH/USDT", 9),
+        ("PUBLISH", "md:binance:trades:BTC/USDT", 1),  # trades have no latest value
+        ("PUBLISH", "md:binance:ticker:BTC/USDT", 2),
+        ("PUBLISH", "md:binance:ticker:BTC/USDT", 3),
+        ("SET", "md:last:binance:ticker:BTC/USDT", 3),  # the SETs of 1 and 2 would be overwritten
     ]
-    assert pipe.method_calls[-1][0] == "execute"
+    assert commands[-1] == ("EXECUTE",)
 
 
 async def test_pipelines_go_at_most_every_interval_and_a_lone_event_at_once() -> None:
