@@ -95,6 +95,7 @@ class Settings:
     rates: tuple[float, ...]  # simulated book updates/s per symbol; empty: from `frames`
     frames: tuple[float, ...]  # frames/s offered in all, per step
     book_rates: tuple[float, ...]
+    publish_intervals_ms: tuple[float | None, ...]  # None: the collector's default
     warmup_s: float
     seconds: float
     sim_max_queue: int
@@ -114,13 +115,22 @@ class Setup:
 
     collector: str  # PROJECT or "cryptofeed"
     book_rate: float = 0.0
+    publish_interval_ms: float | None = None  # None: the collector's default
     book: str = ""  # cryptofeed: "delta" or "full"
 
     @property
     def label(self) -> str:
         if self.collector == PROJECT:
-            return f"project br={self.book_rate:g}"
+            interval = "" if self.publish_interval_ms is None else f" pi={self.publish_interval_ms:g}"
+            return f"project br={self.book_rate:g}{interval}"
         return f"cryptofeed {self.book}"
+
+    def flags(self) -> list[str]:
+        """This project's collector flags of the setup."""
+        flags = ["--book-rate", str(self.book_rate)]
+        if self.publish_interval_ms is not None:
+            flags += ["--publish-interval-ms", str(self.publish_interval_ms)]
+        return flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +314,8 @@ class Run:
                 *("--symbols", ",".join(symbols_for(exchange, settings.symbols)), "--channels", self.channels),
                 *endpoint_flags(exchange, port),
                 *("--redis-url", redis_url, "--admin-host", HOST, "--admin-port", str(admin_port)),
-                *("--book-rate", str(self.setup.book_rate), "--log-level", "warning"),
+                *self.setup.flags(),
+                *("--log-level", "warning"),
                 # Nothing is measured after the window: don't wait to flush to a Redis that may be gone (Ctrl-C).
                 *("--shutdown-timeout-s", str(COLLECTOR_SHUTDOWN_S)),
             ],
@@ -601,7 +612,11 @@ def ratios(results: Sequence[Mapping[str, Any]]) -> str:
 
 def setups(exchange: str, settings: Settings) -> list[Setup]:
     """This project at each --book-rate, then cryptofeed in each book mode (where it runs this exchange)."""
-    ours = [Setup(PROJECT, book_rate=book_rate) for book_rate in settings.book_rates]
+    ours = [
+        Setup(PROJECT, book_rate=book_rate, publish_interval_ms=interval)
+        for book_rate in settings.book_rates
+        for interval in settings.publish_intervals_ms
+    ]
     if settings.cryptofeed_python is None or exchange not in CRYPTOFEED_CHANNELS:
         return ours
     return ours + [Setup("cryptofeed", book=book) for book in settings.cryptofeed_books]
@@ -692,6 +707,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, str]:
     parser.add_argument(
         "--book-rate", default="0", help="collector --book-rate, comma separated; 0 publishes every change"
     )
+    parser.add_argument(
+        "--publish-interval-ms", default="", help="collector --publish-interval-ms, comma separated; default: its own"
+    )
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds after the first book events")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window")
     parser.add_argument("--sim-max-queue", type=int, default=SIM_MAX_QUEUE, help="simulator frames queued per client")
@@ -730,6 +748,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, str]:
         rates=rates,
         frames=frames,
         book_rates=book_rates,
+        publish_intervals_ms=floats(parser, "--publish-interval-ms", args.publish_interval_ms) or (None,),
         warmup_s=args.warmup,
         seconds=args.seconds,
         sim_max_queue=args.sim_max_queue,
