@@ -130,10 +130,8 @@ def test_a_batch_sets_each_latest_value_once_with_its_newest_event() -> None:
         exchange="binance", symbol="BTC/USDT", ts=3, recv_ts=3, trade_id="7", price="1", size="1", side=Side.BUY, seq=1
     )
     SyncPublisher(client, latest_ttl_s=60).publish_market([tick(1), eth, trade, tick(2), tick(3)])
-    # pipe.execute_command("PUBLISH", channel, data) or pipe.set(key, data, ex=...)
-    calls_made = pipe.method_calls
-    commands = [call.args if call[0] == "execute_command" else (call[0].upper(), *call.args) for call in calls_made]
-    calls = [(name, target, codec.decode_market(data).seq) for name, target, data in commands[:-1]]
+    commands = [call.args for call in pipe.method_calls]  # execute_command(name, target, data, ...), execute()
+    calls = [(name, target, codec.decode_market(data).seq) for name, target, data, *_ in commands[:-1]]
     assert calls == [
         ("PUBLISH", "md:binance:ticker:BTC/USDT", 1),
         ("PUBLISH", "md:binance:ticker:ETH/USDT", 9),
@@ -143,7 +141,8 @@ def test_a_batch_sets_each_latest_value_once_with_its_newest_event() -> None:
         ("PUBLISH", "md:binance:ticker:BTC/USDT", 3),
         ("SET", "md:last:binance:ticker:BTC/USDT", 3),  # the SETs of 1 and 2 would be overwritten
     ]
-    assert commands[-1] == ("EXECUTE",)
+    assert pipe.method_calls[-1][0] == "execute"
+    assert commands[2][3:] == ("EX", 60)
 
 
 async def test_pipelines_go_at_most_every_interval_and_a_lone_event_at_once() -> None:
