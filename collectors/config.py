@@ -21,6 +21,7 @@ from collectors.feed.collector import FeedSettings
 from collectors.feed.connection import LinkSettings
 from shared.config import load, setting
 from shared.errors import TopicError
+from shared.redis_target import RedisTarget, RedisUrlError
 from shared.topics import TIMEFRAME_SECONDS, Channel, Exchange, Kind, Timeframe, Topic, parse_symbol
 
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
@@ -171,6 +172,10 @@ class CollectorConfig:
     log_level: str = setting("info", "COLLECTOR_LOG_LEVEL", "debug, info, warning or error.")
 
     def __post_init__(self) -> None:
+        try:
+            RedisTarget.parse(self.redis_url)
+        except RedisUrlError as exc:
+            raise ConfigError(str(exc)) from None
         if self.exchange:
             parse_exchange(self.exchange)
         topics_from(Exchange.BINANCE, self.symbols, self.channels)  # any exchange: this checks the names

@@ -20,15 +20,13 @@ import re
 import time
 from typing import Final
 
-import redis.asyncio
-import redis.exceptions
 from prometheus_client import Counter
 
 from collectors.feed.adapter import SubscriptionError
 from collectors.feed.collector import Collector
 from shared import names
 from shared.errors import TopicError
-from shared.redis_target import AsyncClient
+from shared.redis_target import REDIS_ERRORS, AsyncClient
 from shared.topics import Exchange, Topic
 
 logger = logging.getLogger(__name__)
@@ -74,7 +72,7 @@ class DemandWatcher:
         while True:
             try:
                 await self.poll()
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 logger.warning("reading the demand failed", extra={"exchange": str(self._exchange), "error": str(exc)})
             await asyncio.sleep(POLL_S)
 

@@ -31,7 +31,7 @@ from redis.backoff import ExponentialBackoff
 from collectors.feed.backoff import Backoff
 from shared.events import AnyMarketEvent
 from shared.publisher import AsyncPublisher
-from shared.redis_target import AsyncClient, RedisTarget
+from shared.redis_target import REDIS_ERRORS, AsyncClient, RedisTarget
 from shared.status import SinkStatus
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class Sink:
             self.dropped += len(batch)
             logger.exception("redis refused a batch; dropping it", extra={"events": len(batch)})
             return True
-        except (redis.exceptions.RedisError, OSError) as exc:  # TimeoutError is an OSError
+        except REDIS_ERRORS as exc:  # OSError includes the batch deadline's TimeoutError
             self.errors += 1
             self._requeue(batch)
             self._down(exc)

@@ -12,12 +12,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import redis.asyncio
-import redis.exceptions
-
 from collectors.sink import honour_cancellation
 from shared import names
-from shared.redis_target import AsyncClient, publish_command
+from shared.redis_target import REDIS_ERRORS, AsyncClient, publish_command
 from shared.status import CollectorStatus, encode_status
 
 logger = logging.getLogger(__name__)
@@ -62,7 +59,7 @@ class StatusPublisher:
             pipe.execute_command(publish_command(self._redis), names.COLLECTOR_STATUS_CHANNEL, data)
             await pipe.execute()
             honour_cancellation()
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self.failures += 1
             if self._ok:  # once per outage, not once per period
                 logger.warning("cannot publish status", extra={"collector": status.id, "error": repr(exc)})

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import redis.asyncio
-import redis.exceptions
-
 from gateway.auth import Identity, TokenVerifier
 from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError
@@ -12,7 +9,7 @@ from gateway.limits import KeyedBuckets, address_key
 from gateway.presence import Presence
 from gateway.protocol.http import Request
 from shared import names
-from shared.redis_target import AsyncClient, get_many
+from shared.redis_target import REDIS_ERRORS, AsyncClient, get_many
 
 
 def bearer_token(handshake: Request) -> str | None:
@@ -44,7 +41,7 @@ class Admission:
         # Checked and taken atomically in Redis, so parallel CONNECTs on any nodes cannot all pass the check.
         try:
             claimed = await self._presence.claim(sid, identity.user_id, self._config.max_connections_per_user)
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise AuthError(AuthCode.UNAVAILABLE, "cannot count the user's connections; retry") from exc
         if not claimed:
             raise AuthError(AuthCode.TOO_MANY_CONNECTIONS, "this user holds too many connections")
@@ -58,7 +55,7 @@ class Admission:
             keys.append(names.revoked_token(identity.token_id))
         try:
             values = await get_many(self._redis, keys)
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise AuthError(AuthCode.UNAVAILABLE, "cannot check revocations; retry") from exc
         issued_at = identity.claims.get("iat")
         issued_ms = float(issued_at) * 1000 if isinstance(issued_at, int | float) else 0.0
@@ -68,6 +65,6 @@ class Admission:
             raise AuthError(AuthCode.TOKEN_REVOKED, "this token was revoked")
         return identity
 
-    async def left(self, sid: str) -> None:
+    def left(self, sid: str) -> None:
         """Give back the connection `admit` claimed: the socket closed, or never opened."""
-        await self._presence.release(sid)
+        self._presence.release(sid)

@@ -27,8 +27,6 @@ from typing import Any, Final
 
 import asyncpg
 import msgspec
-import redis.asyncio
-import redis.exceptions
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.admission import bearer_token
@@ -41,7 +39,7 @@ from shared import codec, names
 from shared.candle_store import NO_LIMIT_MS, CandleStore
 from shared.errors import PayloadError, TopicError
 from shared.events import Candle
-from shared.redis_target import AsyncClient
+from shared.redis_target import REDIS_ERRORS, AsyncClient
 from shared.topics import Kind, Topic
 
 logger = logging.getLogger(__name__)
@@ -243,7 +241,7 @@ class CandleHistory:
         try:
             raw = await self._redis.get(names.latest_key(topic))
             latest = codec.decode_market(raw) if isinstance(raw, bytes) else None
-        except (redis.exceptions.RedisError, OSError, PayloadError) as exc:
+        except (*REDIS_ERRORS, PayloadError) as exc:
             logger.warning("latest candle not read", extra={"topic": str(topic), "error": repr(exc)})
             return
         if isinstance(latest, Candle) and latest.topic == topic and latest.open_time == page[-1]["open_time"]:

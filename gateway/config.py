@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from gateway.protocol.engineio import Transport
 from shared.config import setting
+from shared.redis_target import RedisTarget
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,6 +173,8 @@ class GatewayConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.redis_url:
+            RedisTarget.parse(self.redis_url)  # raises RedisUrlError, a ValueError naming what is wrong
         if not (self.jwt_secret or self.jwt_public_key or self.jwks_url):
             raise ValueError("one of GATEWAY_JWT_SECRET, GATEWAY_JWT_PUBLIC_KEY or GATEWAY_JWKS_URL is required")
         if not self.transports:

@@ -22,11 +22,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
-import redis.asyncio
-import redis.exceptions
-
 from shared import names
-from shared.redis_target import AsyncClient
+from shared.redis_target import REDIS_ERRORS, AsyncClient
 from shared.status import decode_status, read_records
 from shared.topics import Topic
 
@@ -59,7 +56,7 @@ class Demand:
             await asyncio.sleep(REFRESH_S)
             try:
                 await self.refresh()
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 logger.warning("collector status and demand refresh failed", extra={"error": str(exc)})
 
     async def refresh(self) -> None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 
-import redis.exceptions
-
 from gateway.errors import RequestError
 from gateway.history import History
 from gateway.metrics import GatewayMetrics
 from gateway.sessions import Session
 from shared import codec, names
 from shared.errors import PayloadError
+from shared.redis_target import REDIS_ERRORS
 
 
 class ExecutionRequests:
@@ -44,6 +43,6 @@ class ExecutionRequests:
                         items.append({"update": codec.to_builtins(update), "position": entry.position})
                 position = await self._history.last_position(names.execution_stream(team))
                 teams[team] = {"items": items, "position": position}
-        except redis.exceptions.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise RequestError("unavailable", "executions are unavailable; retry") from exc
         return {"ok": True, "teams": teams}

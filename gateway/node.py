@@ -15,9 +15,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-import redis.asyncio
-import redis.exceptions
-
 from gateway import ops
 from gateway.admission import Admission
 from gateway.auth import Identity, TokenVerifier
@@ -43,7 +40,7 @@ from gateway.status_board import StatusBoard
 from gateway.subscriptions import Subscriptions
 from shared import names
 from shared.codec import Revocation
-from shared.redis_target import RedisTarget
+from shared.redis_target import REDIS_ERRORS, RedisTarget
 from shared.status import GatewayStatus
 
 logger = logging.getLogger(__name__)
@@ -71,6 +68,8 @@ class GatewayNode:
         self.accepting = True
         self._drained = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopped = False  # `close` has ended the node's tasks: nothing new starts
+        self._presence_task: asyncio.Task[None] | None = None
         # Connects (and their catch-ups) run at most this many at a time: a burst of them is served at
         # the same pace, but never fills a turn of the loop ahead of the fan-out of live messages.
         self._connecting = asyncio.Semaphore(MAX_CONCURRENT_CONNECTS)
@@ -164,10 +163,10 @@ class GatewayNode:
     async def start(self) -> None:
         self._spawn(self.relay.run())
         # One read of the collectors' status before serving, so every subscribe ack can say `collected`.
-        with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
+        with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
             await asyncio.wait_for(self.demand.refresh(), DEMAND_FIRST_READ_S)
         self._spawn(self.demand.run())
-        self._spawn(self.presence.run())
+        self._presence_task = asyncio.get_running_loop().create_task(self.presence.run())
         self.board.attach()
         self._spawn(self.board.run())
         self.server.start()
@@ -200,14 +199,21 @@ class GatewayNode:
         await self.http.stop_listening()
         self.server.close_all("shutdown")
         self.http.close_connections()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Closed sockets spawn work (giving back their connections) after this starts: repeat
+        # until nothing runs, so that no task still uses Redis when its client closes.
+        while pending := [task for task in self._tasks if not task.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._stopped = True
         await self.recovery.close()
-        with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
-            await asyncio.wait_for(self.presence.release_all(), 2)  # sockets elsewhere may take them at once
+        # Not cancelled: `run` ends between Redis calls; then every socket's claim is given back at once.
+        await self.presence.close()
+        if self._presence_task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._presence_task, 5)
         self.board.detach()
-        with contextlib.suppress(redis.exceptions.RedisError, OSError):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self.redis.delete(names.gateway_status_key(self.config.name))  # off the status page at once
         await self.server.stop()
         await self.verifier.close()
@@ -227,6 +233,8 @@ class GatewayNode:
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
+        if self._stopped:  # what is left (a connection's claim) is given back by `close`
+            task.cancel()
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -270,7 +278,7 @@ class GatewayNode:
             opened = await self._open_session(sid, identity, auth)
         finally:
             if not opened:
-                self._spawn(self.admission.left(sid))
+                self.admission.left(sid)
         return opened
 
     async def _open_session(self, sid: str, identity: Identity, auth: object) -> bool:
@@ -281,7 +289,7 @@ class GatewayNode:
         resume, resume_valid = Resume.from_auth(auth)
         try:
             fresh_start = await self.recovery.start_position(session, resume)
-        except (redis.exceptions.RedisError, OSError):
+        except REDIS_ERRORS:
             fresh_start, resume_valid = None, False
         if len(acquired) < len(channels) or not self.server.is_open(sid):
             for channel in acquired:
@@ -332,7 +340,7 @@ class GatewayNode:
         try:
             status = await self.recovery.sync(session, resume, fresh_start)
             status["complete"] = resume_valid and status["complete"]
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             logger.warning("stream sync failed; live only", extra={"sid": session.sid, "error": str(exc)})
             for channel in session.personal_channels:
                 if not session.closed:
@@ -352,7 +360,7 @@ class GatewayNode:
         if session is None:
             return
         session.closed = True
-        self._spawn(self.admission.left(sid))
+        self.admission.left(sid)
         if session.expiry is not None:
             session.expiry.cancel()
         if session.sync_task is not None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Final
 
 import msgspec
-import redis.asyncio
-import redis.exceptions
 
 from gateway.errors import RequestError
 from gateway.history import ORIGIN, POSITION_RE, Entry, History
@@ -15,7 +13,7 @@ from gateway.sessions import Session
 from shared import codec, names
 from shared.codec import ReadMarks, StreamKind
 from shared.errors import PayloadError
-from shared.redis_target import AsyncClient, publish_command
+from shared.redis_target import REDIS_ERRORS, AsyncClient, publish_command
 
 MAX_PAGE: Final = 100
 DEFAULT_PAGE: Final = 20
@@ -59,7 +57,7 @@ class NotificationRequests:
             read, next_position = await self._history.read_page(user_id, before, limit - len(items))
             items += self._items(read, read=True)
             unread_count = await self._history.unread_count(user_id)
-        except redis.exceptions.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise RequestError("unavailable", "notifications are unavailable; retry") from exc
         cursor = f"r:{next_position}" if next_position else None
         return {"ok": True, "items": items, "cursor": cursor, "unread": unread_count}
@@ -77,14 +75,14 @@ class NotificationRequests:
             unread = await self._history.mark_read(user_id, None if marks.all else marks.positions)
             announcement = codec.encode_envelope(ORIGIN, StreamKind.READ, codec.encode(marks))
             await self._redis.execute_command(publish_command(self._redis), names.user_channel(user_id), announcement)
-        except redis.exceptions.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise RequestError("unavailable", "notifications are unavailable; retry") from exc
         return {"ok": True, "unread": unread}
 
     async def unread(self, session: Session, _data: object = None) -> dict[str, object]:
         try:
             return {"ok": True, "unread": await self._history.unread_count(session.identity.user_id)}
-        except redis.exceptions.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise RequestError("unavailable", "notifications are unavailable; retry") from exc
 
     @staticmethod

@@ -14,10 +14,10 @@ from importlib import resources
 from typing import Final
 
 import msgspec
-import redis.exceptions
 
 from gateway.protocol.http import Request, Response
 from gateway.status_board import StatusBoard
+from shared.redis_target import REDIS_ERRORS
 
 # Path -> (file in gateway/static, content type).
 FILES: Final = {
@@ -64,7 +64,7 @@ class Pages:
             return refusal
         try:
             snapshot = await self._board.snapshot()
-        except (redis.exceptions.RedisError, OSError):
+        except REDIS_ERRORS:
             return _json(503, {"error": "Redis is unreachable; the status cannot be read"})
         return _json(200, snapshot)
 

@@ -19,19 +19,18 @@ team with online users, one per connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
-
-import redis.exceptions
 
 from gateway.errors import RequestError
 from gateway.policy import TopicPolicy
 from gateway.sessions import Session
 from shared import names
 from shared.errors import TopicError
-from shared.redis_target import AsyncClient
+from shared.redis_target import REDIS_ERRORS, AsyncClient
 from shared.topics import Topic
 
 logger = logging.getLogger(__name__)
@@ -112,6 +111,9 @@ class Presence:
         self._teams = teams  # team -> its users online on this node
         self._claim = client.register_script(CLAIM_SCRIPT)
         self._held: dict[str, str] = {}  # sid -> user of every claimed connection
+        self._releasing: dict[str, str] = {}  # sid -> user of connections given back, not yet removed
+        self._wake = asyncio.Event()
+        self._closing = False
         self._written: set[str] = set()  # topics this node wrote a count for last time
 
     def _member(self, sid: str) -> str:
@@ -124,32 +126,44 @@ class Presence:
             self._held[sid] = user_id
         return bool(held == 1)
 
-    async def release(self, sid: str) -> None:
-        """Give back a claimed connection (a failure only leaves it to lapse within TTL_MS)."""
+    def release(self, sid: str) -> None:
+        """Give back a claimed connection: removed in Redis by the next flush, at once (a failure: it lapses)."""
         user_id = self._held.pop(sid, None)
         if user_id is not None:
-            try:
-                await self._redis.zrem(names.connection_set(user_id), self._member(sid))
-            except (redis.exceptions.RedisError, OSError) as exc:
-                logger.warning("connection not released; it lapses", extra={"sid": sid, "error": str(exc)})
-
-    async def release_all(self) -> None:
-        """Give back every connection this node holds (at shutdown), in one round trip per master."""
-        held, self._held = self._held, {}
-        pipe = self._redis.pipeline(transaction=False)
-        for sid, user_id in held.items():
-            pipe.zrem(names.connection_set(user_id), self._member(sid))
-        if held:
-            await pipe.execute()
+            self._releasing[sid] = user_id
+            self._wake.set()
 
     async def run(self) -> None:
-        """Renew this node's connections and rewrite its presence every HEARTBEAT_S until cancelled."""
-        while True:
+        """Flush releases as they come and renew this node's share every HEARTBEAT_S, until `close`."""
+        beat = 0.0
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, beat - time.monotonic()))
+            self._wake.clear()
             try:
-                await self.heartbeat()
-            except (redis.exceptions.RedisError, OSError) as exc:
-                logger.warning("presence heartbeat failed", extra={"error": str(exc)})
-            await asyncio.sleep(HEARTBEAT_S)
+                await self._flush_releases()
+                if time.monotonic() >= beat:
+                    beat = time.monotonic() + HEARTBEAT_S
+                    await self.heartbeat()
+            except REDIS_ERRORS as exc:
+                logger.warning("presence heartbeat failed; lapsing entries expire", extra={"error": str(exc)})
+
+    async def close(self, timeout_s: float = 2.0) -> None:
+        """Stop `run` (between two Redis calls, never inside one) and give back every connection still held."""
+        self._closing = True
+        self._wake.set()
+        self._releasing.update(self._held)
+        self._held.clear()
+        with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
+            await asyncio.wait_for(self._flush_releases(), timeout_s)
+
+    async def _flush_releases(self) -> None:
+        releasing, self._releasing = self._releasing, {}
+        if releasing:
+            pipe = self._redis.pipeline(transaction=False)
+            for sid, user_id in releasing.items():
+                pipe.zrem(names.connection_set(user_id), self._member(sid))
+            await pipe.execute()
 
     async def heartbeat(self) -> None:
         # EVAL in a pipeline (split per node in a cluster): no NOSCRIPT round trips after a failover.
@@ -182,7 +196,7 @@ class Presence:
         try:
             counts = dict(zip(allowed, await self.topic_counts(allowed), strict=True))
             online = dict(zip(own, await self.team_users(own), strict=True))
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise RequestError("unavailable", "presence is unavailable; retry") from exc
         for result in topic_results:
             if result["ok"]:

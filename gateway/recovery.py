@@ -27,8 +27,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-import redis.exceptions
-
 from gateway.history import ORIGIN, POSITION_RE, Entry, History, newer
 from gateway.metrics import GatewayMetrics
 from gateway.protocol.session import Packet
@@ -38,6 +36,7 @@ from gateway.sessions import Session
 from shared import codec, names
 from shared.codec import StreamKind
 from shared.errors import PayloadError
+from shared.redis_target import REDIS_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +187,7 @@ class Recovery:
         while self._relay.wants(channel):
             try:
                 await self._read_missed(channel)
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 logger.warning("catch-up failed; retrying", extra={"channel": channel, "error": str(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CATCH_UP_BACKOFF_MAX_S)

@@ -36,7 +36,7 @@ import redis.asyncio
 import redis.exceptions
 
 from gateway.pubsub import Message, PubSubConnection, PubSubError
-from shared.redis_target import SLOTS, Endpoint, RedisTarget, parse_slots, slot_of
+from shared.redis_target import REDIS_ERRORS, SLOTS, Endpoint, RedisTarget, parse_slots, slot_of
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class Relay:
             )
             try:
                 reply = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 logger.debug("no slot map from a node", extra={"node": str(endpoint), "error": str(exc)})
                 continue
             finally:

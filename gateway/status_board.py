@@ -17,11 +17,9 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import msgspec
-import redis.asyncio
-import redis.exceptions
 
 from shared import names
-from shared.redis_target import AsyncClient
+from shared.redis_target import REDIS_ERRORS, AsyncClient
 from shared.status import (
     GatewayStatus,
     decode_gateway_status,
@@ -86,7 +84,7 @@ class StatusBoard:
         while True:
             try:
                 await self.publish()
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 logger.warning("writing the node's status failed", extra={"error": str(exc)})
             await asyncio.sleep(EVERY_S)
 

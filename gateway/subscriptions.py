@@ -12,9 +12,6 @@ import asyncio
 import logging
 from typing import Final
 
-import redis.asyncio
-import redis.exceptions
-
 from gateway.config import GatewayConfig
 from gateway.demand import Demand
 from gateway.errors import RequestError
@@ -26,7 +23,7 @@ from gateway.relay import Relay
 from gateway.sessions import Session
 from shared import names
 from shared.errors import TopicError
-from shared.redis_target import AsyncClient, get_many
+from shared.redis_target import REDIS_ERRORS, AsyncClient, get_many
 from shared.topics import Topic
 
 logger = logging.getLogger(__name__)
@@ -129,7 +126,7 @@ class Subscriptions:
         if uncollected:
             try:
                 await self.demand.lease(uncollected)
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 logger.warning("could not lease topics for collection", extra={"error": str(exc)})
 
     async def _subscribe(self, session: Session, topics: list[Topic]) -> set[str]:
@@ -221,7 +218,7 @@ class Subscriptions:
             return
         try:
             values = await get_many(self.redis, [names.latest_key(t) for t, _ in missing])
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             logger.warning("latest values unavailable", extra={"error": str(exc)})
             return
         for (_, channel), value in zip(missing, values, strict=True):

@@ -177,10 +177,15 @@ class EmbeddedCluster:
     once every node reports `cluster_state:ok` and knows every other node.
     """
 
-    def __init__(self, *, masters: int = 3, replicas: int = 1, binary: str | None = None) -> None:
+    def __init__(
+        self, *, masters: int = 3, replicas: int = 1, binary: str | None = None, durable: bool = False
+    ) -> None:
+        """`durable`: every write is on disk before it is acknowledged, so the whole cluster can be killed
+        and started again (`EmbeddedRedis.kill`, `start`) without losing one; its files go on `stop`."""
         if masters < 1 or replicas < 0:
             raise ValueError(f"need at least one master and no negative replicas, got {masters}, {replicas}")
         self._masters = masters
+        self._root = tempfile.mkdtemp(prefix="fanout-cluster-") if durable else None
         options = (
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS), "--cluster-require-full-coverage", "no",
@@ -189,8 +194,8 @@ class EmbeddedCluster:
             "--cluster-replica-validity-factor", "0",
         )  # fmt: skip
         self.nodes = [
-            EmbeddedRedis(port=free_cluster_port(), binary=binary, extra_args=options)
-            for _ in range(masters * (1 + replicas))
+            EmbeddedRedis(port=free_cluster_port(), binary=binary, extra_args=options, data_dir=self._node_dir(index))
+            for index in range(masters * (1 + replicas))
         ]
 
     @property
@@ -246,9 +251,18 @@ class EmbeddedCluster:
                 raise EmbeddedRedisError("the redis cluster did not form in time")
             time.sleep(0.1)
 
+    def _node_dir(self, index: int) -> str | None:
+        if self._root is None:
+            return None
+        path = Path(self._root) / str(index)
+        path.mkdir()
+        return str(path)
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedCluster:
         return self.start()

@@ -22,6 +22,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
+import redis.exceptions
 from redis.crc import key_slot
 
 from shared.errors import ContractError
@@ -105,7 +106,8 @@ class RedisTarget:
         auth = ""
         if self.password is not None:
             auth = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
-        return f"{'rediss' if self.tls else 'redis'}://{auth}{endpoint.host}:{endpoint.port}/{self.db}"
+        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{host}:{endpoint.port}/{self.db}"
 
     def async_client(self, *, max_connections: int | None = None, **options: Any) -> AsyncClient:
         """A client for keys and scripts: RedisCluster (MOVED/ASK followed) or a pooled Redis."""
@@ -198,3 +200,8 @@ async def get_many(client: AsyncClient, keys: list[str]) -> list[Any]:
     for key in keys:
         pipe.get(key)
     return list(await pipe.execute())
+
+
+# What a Redis call raises when Redis (or part of a cluster) is unreachable or refuses: redis-py's
+# RedisClusterException (no cluster node answers) is not a RedisError, so catch this tuple instead.
+REDIS_ERRORS: Final = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)

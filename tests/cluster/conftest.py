@@ -15,13 +15,14 @@ import redis
 from shared.embedded_redis import EmbeddedCluster, EmbeddedRedis
 from shared.events import ExecutionUpdate, Notification
 from shared.publisher import AsyncPublisher
-from shared.redis_target import AsyncClient, RedisTarget, slot_of
+from shared.redis_target import REDIS_ERRORS, AsyncClient, RedisTarget, slot_of
 from tests.harness import Client
 
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[EmbeddedCluster]:
-    with EmbeddedCluster(masters=3, replicas=1) as cluster:
+    # Durable: the outage test kills every node and starts them again, and no acknowledged write may go.
+    with EmbeddedCluster(masters=3, replicas=1, durable=True) as cluster:
         yield cluster
 
 
@@ -110,7 +111,8 @@ class Traffic:
     notifications: int = 0
     executions: int = 0
     failures: int = 0
-    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    errors: Counter[str] = field(default_factory=Counter)
+    already_stored: int = 0
 
     async def publish_records(self, count: int, pause_s: float = 0.01) -> None:
         publisher = AsyncPublisher(self.client)
@@ -129,13 +131,15 @@ class Traffic:
         deadline = time.monotonic() + 60
         while True:
             try:
-                await asyncio.wait_for(publisher.publish(record), 5)
-            except (redis.RedisError, OSError, TimeoutError):
+                position = await asyncio.wait_for(publisher.publish(record), 5)
+            except (*REDIS_ERRORS, TimeoutError) as exc:
                 self.failures += 1
+                self.errors[type(exc).__name__] += 1
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.1)
             else:
+                self.already_stored += position is None  # a retry of a publish that had been stored
                 return
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import redis.asyncio
 
@@ -15,6 +16,7 @@ from tests.integration.test_gateway_relay import notification
 
 async def test_the_per_user_cap_holds_for_parallel_connects(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
     """Lesser finding: 80 parallel CONNECTs with a cap of 50 admitted 76."""
+    connections_before = len(await redis_client.client_list())
     async with running_node(redis_url, max_connections_per_user=50, connect_burst_per_ip=1000) as node:
         sockets = [await raw_websocket(node.url) for _ in range(80)]
         for ws in sockets:
@@ -29,6 +31,12 @@ async def test_the_per_user_cap_holds_for_parallel_connects(redis_client: redis.
         assert refused == ["too_many_connections"] * 30
         for ws in sockets:
             ws.close()
+    # The node stopped while its sockets were giving back their claims: none of its Redis
+    # connections may outlive it (they did, held by work spawned after the node's tasks ended).
+    deadline = time.monotonic() + 5
+    while len(await redis_client.client_list()) > connections_before and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert len(await redis_client.client_list()) <= connections_before
 
 
 async def redis_calls(client: redis.asyncio.Redis, command: str) -> int:

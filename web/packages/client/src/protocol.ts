@@ -32,6 +32,21 @@ export type ListReply =
     }
   | ErrorReply;
 export type UnreadReply = { readonly ok: true; readonly unread: number } | ErrorReply;
+/** Subscribers of a topic on every gateway node, refreshed every 5 s (docs/protocol.md, `presence`). */
+export type PresenceTopicResult =
+  | { readonly topic: string; readonly ok: true; readonly subscribers: number }
+  | { readonly topic: unknown; readonly ok: false; readonly error: string; readonly message: string };
+/** Users of one of the client's teams online on any node: `online` counts all, `users` lists up to 100. */
+export type PresenceTeamResult =
+  | { readonly team: string; readonly ok: true; readonly online: number; readonly users: readonly string[] }
+  | { readonly team: unknown; readonly ok: false; readonly error: string; readonly message: string };
+export type PresenceReply =
+  | {
+      readonly ok: true;
+      readonly topics: readonly PresenceTopicResult[];
+      readonly teams: readonly PresenceTeamResult[];
+    }
+  | ErrorReply;
 
 /** Where one stream stands after a (re)connect. */
 export interface StreamStatus {
@@ -76,6 +91,10 @@ export interface ClientToServerEvents {
     ack: (reply: UnreadReply) => void,
   ) => void;
   "notifications:unread": (request: null, ack: (reply: UnreadReply) => void) => void;
+  presence: (
+    request: { topics?: readonly string[]; teams?: readonly string[] },
+    ack: (reply: PresenceReply) => void,
+  ) => void;
 }
 
 export type FanoutSocket = Socket<ServerToClientEvents, ClientToServerEvents>;
