@@ -28,6 +28,7 @@ Level = tuple[str, str]
 # 1000 diffs of the 100 ms stream cover 100 s; a REST snapshot arrives within
 # seconds, so older diffs can be dropped first (a too-old snapshot is then detected).
 DEFAULT_MAX_BUFFERED: Final = 1000
+_ALL: Final = 1 << 62  # the depth of a whole side, for `_Ladder`'s cached views
 
 
 # The package's root error lives here until collectors has an errors module of its own.
@@ -87,12 +88,16 @@ class _Ladder:
     negated so that both sides sort ascending, best first.
     """
 
-    __slots__ = ("_keys", "_levels", "_negate")
+    __slots__ = ("_keys", "_levels", "_negate", "_reach", "_tops")
 
     def __init__(self, *, negate: bool) -> None:
         self._negate = negate
         self._levels: dict[Decimal, Level] = {}
         self._keys: list[Decimal] = []
+        # The views `top` built, by depth, until a change reaches into the deepest of them: a
+        # delta below the published depth (most of a deep book's) costs no new view.
+        self._tops: dict[int | None, list[Level]] = {}
+        self._reach = 0  # the deepest cached view's depth (a huge number for the whole side)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -104,28 +109,48 @@ class _Ladder:
         amount = _decimal(size, "size")
         if amount.is_zero():
             # Removing an unknown level is normal (Binance documents it): ignore it.
-            if self._levels.pop(key, None) is not None:
+            if key in self._levels:
+                self._touch(key)
+                del self._levels[key]
                 del self._keys[bisect.bisect_left(self._keys, key)]
             return
         if amount.is_signed():
             raise SyncError(SyncReason.BAD_LEVEL, f"size {size!r} at price {price!r} is negative")
+        self._touch(key)
         if key not in self._levels:
             bisect.insort(self._keys, key)
         # Keep the latest text: "136.2" and "136.20" are the same level.
         self._levels[key] = (price, size)
 
+    def _touch(self, key: Decimal) -> None:
+        """Forget the cached views if the level at `key` is (or will be) within them; call before the change."""
+        if self._tops:
+            keys, reach = self._keys, self._reach
+            if len(keys) < reach or (reach and key <= keys[reach - 1]):
+                self._tops.clear()
+
     def clear(self) -> None:
         self._levels.clear()
         self._keys.clear()
+        self._tops.clear()
 
     def truncate(self, depth: int) -> None:
-        for key in self._keys[depth:]:
-            del self._levels[key]
-        del self._keys[depth:]
+        if depth < len(self._keys):
+            if depth < self._reach:
+                self._tops.clear()
+            for key in self._keys[depth:]:
+                del self._levels[key]
+            del self._keys[depth:]
 
     def top(self, n: int | None) -> list[Level]:
-        levels = self._levels
-        return [levels[key] for key in self._keys[:n]]
+        """The best `n` levels (all if None); the list is shared with later calls: do not change it."""
+        view = self._tops.get(n)
+        if view is None:
+            if not self._tops:
+                self._reach = 0
+            view = self._tops[n] = list(map(self._levels.__getitem__, self._keys[:n]))
+            self._reach = max(self._reach, _ALL if n is None else n)
+        return view
 
     def best(self) -> Level | None:
         return self._levels[self._keys[0]] if self._keys else None

@@ -33,9 +33,34 @@ def kraken_checksum(bids: Sequence[Level], asks: Sequence[Level]) -> int:
     WebSocket v1 (string field ``c``) and v2 (number field ``checksum``) build
     the same string; only where the text comes from differs.
     """
-    levels = chain(asks[:KRAKEN_DEPTH], bids[:KRAKEN_DEPTH])
-    text = "".join(_kraken_token(price) + _kraken_token(size) for price, size in levels)
-    return zlib.crc32(text.encode("ascii"))
+    return zlib.crc32(_side_text(asks) + _side_text(bids))
+
+
+def _book_kraken_checksum(bids: Sequence[Level], asks: Sequence[Level]) -> int:
+    """`kraken_checksum` of `OrderBook.top`'s lists, which never change: each side's text is remembered."""
+    return zlib.crc32(_remembered_side_text(asks) + _remembered_side_text(bids))
+
+
+# The checksum text of one side's best levels, remembered with the very list it was made from:
+# `OrderBook.top` hands out the same list until that side changes, so a message that moves one
+# side rebuilds only that side's text. Holding the list keeps its id from being reused.
+_SIDE_TEXTS: dict[int, tuple[Sequence[Level], bytes]] = {}
+_SIDE_TEXTS_MAX: Final = 4096  # two sides of a few thousand books; cleared whole beyond
+
+
+def _side_text(levels: Sequence[Level]) -> bytes:
+    return "".join(map(_kraken_token, chain.from_iterable(levels[:KRAKEN_DEPTH]))).encode("ascii")
+
+
+def _remembered_side_text(levels: Sequence[Level]) -> bytes:
+    held = _SIDE_TEXTS.get(id(levels))
+    if held is not None and held[0] is levels:
+        return held[1]
+    text = _side_text(levels)
+    if len(_SIDE_TEXTS) >= _SIDE_TEXTS_MAX:
+        _SIDE_TEXTS.clear()
+    _SIDE_TEXTS[id(levels)] = (levels, text)
+    return text
 
 
 def at_precision(levels: Sequence[Level], price_decimals: int, size_decimals: int) -> list[Level]:
@@ -74,7 +99,7 @@ def verify_kraken(book: OrderBook, expected: int, precision: tuple[int, int] | N
     size decimals of the instrument) re-formats the levels as Kraken prints them.
     """
     bids, asks = book.top(KRAKEN_DEPTH)
-    computed = kraken_checksum(bids, asks)
+    computed = _book_kraken_checksum(bids, asks)
     if computed == expected:
         return
     if precision is not None:

@@ -144,6 +144,9 @@ class CollectorConfig:
     )
     queue_size: int = setting(10000, "COLLECTOR_QUEUE_SIZE", "Events held while Redis is slow; oldest dropped.")
     batch_size: int = setting(500, "COLLECTOR_BATCH_SIZE", "Events per Redis pipeline.")
+    publish_interval_ms: float = setting(
+        2.0, "COLLECTOR_PUBLISH_INTERVAL_MS", "Least time between Redis pipelines; an event after a lull goes at once."
+    )
     latest_ttl_s: int = setting(3600, "COLLECTOR_LATEST_TTL_S", "Seconds a latest-value key lives.")
     shutdown_timeout_s: float = setting(5.0, "COLLECTOR_SHUTDOWN_TIMEOUT_S", "Seconds to flush on shutdown.")
     rest_weight_per_minute: float = setting(

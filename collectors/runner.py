@@ -68,13 +68,15 @@ class CollectorService:
                 raise ConfigError(f"{exchange} has no {endpoint} endpoint: drop --{name.replace('_', '-')}")
         self.config = config
         self.redis = redis_client(config.redis_url)
-        publisher = AsyncPublisher(self.redis, latest_ttl_s=config.latest_ttl_s)
+        self.publish_redis = redis_client(config.redis_url, reply_timeout=False)  # the sink bounds its batches
+        publisher = AsyncPublisher(self.publish_redis, latest_ttl_s=config.latest_ttl_s)
         self.sink = Sink(
             publisher,
             max_queue=config.queue_size,
             batch_size=config.batch_size,
             backoff_initial_s=REDIS_RETRY_INITIAL_S,
             backoff_max_s=REDIS_RETRY_MAX_S,
+            min_interval_s=config.publish_interval_ms / 1000,
         )
         self.collector = Collector(
             config.name,
@@ -148,6 +150,7 @@ class CollectorService:
         finally:
             await admin.cleanup()
             await self.redis.aclose()
+            await self.publish_redis.aclose()
         logger.info("collector finished", extra={"collector": config.name, "dropped": self.sink.dropped})
 
 

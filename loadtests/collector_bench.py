@@ -9,8 +9,16 @@ and frames per collector CPU-second, one JSON line per exchange and a table at t
 names what bounded the run: the collector (a full core), the machine (every core busy), the
 simulator (a full core), or only the offered rate.
 
+With a Python that has cryptofeed 3.0.1 (``--cryptofeed-python``; found on its own when a
+python3.13 with cryptofeed importable is on PATH or under pyenv, else that column is skipped
+with a message), cryptofeed runs as a reference on the same simulator load, one window after
+this project's (`loadtests/cryptofeed_driver.py`), and the table gains this project /
+cryptofeed ratios of frames per CPU-second.
+
     python -m loadtests.collector_bench
     python -m loadtests.collector_bench --exchanges okx,kraken --rate 3000 --symbols 8 --seconds 10
+    python -m loadtests.collector_bench --exchanges binance,kraken --frames 2000,5000,15000,25000 \
+        --book-rate 0,10 --cryptofeed-python /path/to/py313-venv/bin/python --cryptofeed-book delta,full
 """
 
 from __future__ import annotations
@@ -20,12 +28,14 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -51,6 +61,13 @@ BASES: Final = (
 )
 QUOTES: Final = {"binance": "USDT", "coinbase": "USD", "kraken": "USD", "bybit": "USDT", "okx": "USDT"}
 CHANNELS: Final = "ticker,trades,book"
+# What cryptofeed can collect like this project: its Binance "ticker" is bookTicker, another stream.
+CRYPTOFEED_CHANNELS: Final = {"binance": "trades,book", "kraken": "ticker,trades,book"}
+# Frames the synthetic simulator sends per book update of one symbol (the update itself, about one
+# trade frame in five, Kraken's ticker with each trade), measured: turns --frames into --rate.
+FRAMES_PER_UPDATE: Final = {"binance": 1.21, "coinbase": 1.2, "kraken": 1.35, "bybit": 1.2, "okx": 1.2}
+DRIVER: Final = Path(__file__).with_name("cryptofeed_driver.py")
+PROJECT: Final = "project"
 HOST: Final = "127.0.0.1"
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 # A process at this fraction of one core (or a machine at this fraction of all cores) is the limit.
@@ -75,11 +92,45 @@ class Settings:
 
     exchanges: tuple[str, ...]
     symbols: int
-    rate: float
-    book_rate: float
+    rates: tuple[float, ...]  # simulated book updates/s per symbol; empty: from `frames`
+    frames: tuple[float, ...]  # frames/s offered in all, per step
+    book_rates: tuple[float, ...]
+    publish_intervals_ms: tuple[float | None, ...]  # None: the collector's default
     warmup_s: float
     seconds: float
     sim_max_queue: int
+    cryptofeed_python: str | None
+    cryptofeed_books: tuple[str, ...]
+
+    def steps(self, exchange: str) -> list[float]:
+        """The simulator --rate of each step for `exchange`."""
+        if self.rates:
+            return list(self.rates)
+        return [round(frames / self.symbols / FRAMES_PER_UPDATE[exchange], 1) for frames in self.frames]
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """Which collector one window measures: this project at a --book-rate, or cryptofeed in a book mode."""
+
+    collector: str  # PROJECT or "cryptofeed"
+    book_rate: float = 0.0
+    publish_interval_ms: float | None = None  # None: the collector's default
+    book: str = ""  # cryptofeed: "delta" or "full"
+
+    @property
+    def label(self) -> str:
+        if self.collector == PROJECT:
+            interval = "" if self.publish_interval_ms is None else f" pi={self.publish_interval_ms:g}"
+            return f"project br={self.book_rate:g}{interval}"
+        return f"cryptofeed {self.book}"
+
+    def flags(self) -> list[str]:
+        """This project's collector flags of the setup."""
+        flags = ["--book-rate", str(self.book_rate)]
+        if self.publish_interval_ms is not None:
+            flags += ["--publish-interval-ms", str(self.publish_interval_ms)]
+        return flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +201,11 @@ def endpoint_flags(exchange: str, port: int) -> list[str]:
     return flags
 
 
+def parse_flags(flags: Sequence[str]) -> list[tuple[str, str]]:
+    """``["--ws-url", "ws://..", ...]`` as (flag, value) pairs."""
+    return list(zip(flags[::2], flags[1::2], strict=True))
+
+
 def log_tail(path: Path) -> str:
     with contextlib.suppress(OSError):
         return path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
@@ -206,11 +262,17 @@ class Run:
         exchange: str,
         settings: Settings,
         logs: Path,
+        *,
+        setup: Setup,
+        rate: float,
     ) -> None:
         self.session = session
         self.redis = redis_client
         self.exchange = exchange
         self.settings = settings
+        self.setup = setup
+        self.rate = rate
+        self.stats_url = ""
         self.collector: asyncio.subprocess.Process | None = None
         self.simulator: asyncio.subprocess.Process | None = None
         self.admin_url = ""
@@ -226,7 +288,7 @@ class Run:
             stack,
             [
                 *(sys.executable, "-m", "collectors.simulator", "--exchange", exchange, "--host", HOST),
-                *("--port", str(base), "--mode", "synthetic", "--rate", str(settings.rate)),
+                *("--port", str(base), "--mode", "synthetic", "--rate", str(self.rate)),
                 *("--max-queue", str(settings.sim_max_queue), "--log-level", "warning"),
             ],
             self.sim_log,
@@ -235,9 +297,13 @@ class Run:
         assert self.simulator.stdout is not None
         try:
             line = await asyncio.wait_for(self.simulator.stdout.readline(), START_TIMEOUT_S)
-            self.control_url = json.loads(line)["simulator"][exchange]["control"]
+            urls = json.loads(line)["simulator"][exchange]
+            self.control_url = urls["control"]
         except (TimeoutError, ValueError, KeyError) as exc:
             raise BenchError(f"{exchange} simulator did not start:\n{log_tail(self.sim_log)}") from exc
+        if self.setup.collector != PROJECT:
+            await self._start_cryptofeed(stack, redis_url, port)
+            return
 
         admin_port = free_port()
         self.admin_url = f"http://{HOST}:{admin_port}"
@@ -245,30 +311,85 @@ class Run:
             stack,
             [
                 *(sys.executable, "-m", "collectors", exchange),
-                *("--symbols", ",".join(symbols_for(exchange, settings.symbols)), "--channels", CHANNELS),
+                *("--symbols", ",".join(symbols_for(exchange, settings.symbols)), "--channels", self.channels),
                 *endpoint_flags(exchange, port),
                 *("--redis-url", redis_url, "--admin-host", HOST, "--admin-port", str(admin_port)),
-                *("--book-rate", str(settings.book_rate), "--log-level", "warning"),
+                *self.setup.flags(),
+                *("--log-level", "warning"),
                 # Nothing is measured after the window: don't wait to flush to a Redis that may be gone (Ctrl-C).
                 *("--shutdown-timeout-s", str(COLLECTOR_SHUTDOWN_S)),
             ],
             self.collector_log,
         )
         # Measure only once every book is being published (Binance's wait for REST snapshots included).
+        await self._publishing(lambda _, by_kind: by_kind.get("book", 0) >= settings.symbols)
+
+    async def _publishing(self, ready: Callable[[dict[str, float], dict[str, float]], bool]) -> None:
+        """Wait until the collector's metrics say `ready`; a collector that dies or takes too long ends the run."""
+        assert self.collector is not None
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if self.collector.returncode is not None or time.monotonic() > deadline:
-                raise BenchError(f"{exchange} collector did not start publishing:\n{log_tail(self.collector_log)}")
+                raise BenchError(
+                    f"{self.exchange} {self.setup.label} did not start publishing:\n{log_tail(self.collector_log)}"
+                )
             with contextlib.suppress(aiohttp.ClientError, ValueError):
-                _, by_kind = await self._metrics()
-                if by_kind.get("book", 0) >= settings.symbols:
+                if ready(*await self._metrics()):
                     return
             await asyncio.sleep(0.2)
 
+    @property
+    def channels(self) -> str:
+        if self.settings.cryptofeed_python and self.exchange in CRYPTOFEED_CHANNELS:
+            return CRYPTOFEED_CHANNELS[self.exchange]  # the same load for both collectors
+        return CHANNELS
+
+    async def _start_cryptofeed(self, stack: contextlib.AsyncExitStack, redis_url: str, port: int) -> None:
+        exchange, settings = self.exchange, self.settings
+        assert settings.cryptofeed_python is not None
+        ws = dict(parse_flags(endpoint_flags(exchange, port)))
+        stats_port = free_port()
+        self.collector = await spawn(
+            stack,
+            [
+                *(settings.cryptofeed_python, str(DRIVER), "--exchange", exchange),
+                *("--ws-url", ws["--ws-url"], "--rest-url", ws.get("--rest-url", "")),
+                *("--symbols", ",".join(symbols_for(exchange, settings.symbols)), "--channels", self.channels),
+                *("--redis-url", redis_url, "--book", self.setup.book, "--stats-port", str(stats_port)),
+            ],
+            self.collector_log,
+            read_stdout=True,
+        )
+        assert self.collector.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.collector.stdout.readline(), START_TIMEOUT_S)
+            self.stats_url = json.loads(line)["stats"]
+        except (TimeoutError, ValueError, KeyError) as exc:
+            raise BenchError(f"{exchange} cryptofeed did not start:\n{log_tail(self.collector_log)}") from exc
+        await self._publishing(lambda metrics, _: metrics.get("collector_sink_published", 0) >= settings.symbols)
+
     async def _metrics(self) -> tuple[dict[str, float], dict[str, float]]:
+        if self.stats_url:
+            return await self._cryptofeed_metrics()
         async with self.session.get(f"{self.admin_url}/metrics") as response:
             response.raise_for_status()
             return summed(await response.text())
+
+    async def _cryptofeed_metrics(self) -> tuple[dict[str, float], dict[str, float]]:
+        """The driver's counters under the names of this project's metrics, so one report reads both."""
+        async with self.session.get(self.stats_url) as response:
+            response.raise_for_status()
+            stats = await response.json()
+        logged = stats["logged"]
+        return {
+            "collector_frames_received": stats["frames"],
+            "collector_events": stats["written"] + stats["dropped"] + stats["queued"],
+            "collector_sink_published": stats["written"],
+            "collector_sink_dropped": stats["dropped"],
+            "collector_sink_queue_depth": stats["queued"],
+            # cryptofeed logs a warning or error for each book reset, checksum failure and reconnect.
+            "collector_book_resyncs": logged.get("warning", 0) + logged.get("error", 0),
+        }, {}
 
     async def _sim_stats(self) -> dict[str, Any]:
         async with self.session.get(f"{self.control_url}/stats") as response:
@@ -345,7 +466,7 @@ def bottleneck(cores: Cores, *, dropped: int, backlog_growth: int, offered_per_s
     return verdict
 
 
-def report(exchange: str, settings: Settings, first: Sample, last: Sample) -> dict[str, Any]:
+def report(exchange: str, setup: Setup, rate: float, settings: Settings, first: Sample, last: Sample) -> dict[str, Any]:
     window = last.at - first.at
 
     def delta(name: str) -> float:
@@ -378,9 +499,12 @@ def report(exchange: str, settings: Settings, first: Sample, last: Sample) -> di
     kinds = sorted(set(first.events_by_kind) | set(last.events_by_kind))
     return {
         "exchange": exchange,
+        "setup": setup.label,
+        "collector": setup.collector,
         "symbols": settings.symbols,
-        "sim_rate_per_symbol": settings.rate,
-        "book_rate": settings.book_rate,
+        "sim_rate_per_symbol": rate,
+        "book_rate": setup.book_rate if setup.collector == PROJECT else None,
+        "cryptofeed_book": setup.book or None,
         "window_s": round(window, 3),
         "offered_frames_per_s": per_s(offered),
         "frames_per_s": per_s(frames),
@@ -412,25 +536,26 @@ def report(exchange: str, settings: Settings, first: Sample, last: Sample) -> di
     }
 
 
-async def bench(exchange: str, settings: Settings, logs: Path) -> dict[str, Any]:
-    """One exchange: start everything, measure one window, stop everything (also when cancelled)."""
+async def bench(exchange: str, setup: Setup, rate: float, settings: Settings, logs: Path) -> dict[str, Any]:
+    """One window: start everything, measure, stop everything (also when cancelled)."""
     async with contextlib.AsyncExitStack() as stack:
         server = stack.enter_context(EmbeddedRedis())
         session = await stack.enter_async_context(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)))
         client = redis.asyncio.Redis.from_url(server.url)
         stack.push_async_callback(client.aclose)
-        run = Run(session, client, exchange, settings, logs)
+        run = Run(session, client, exchange, settings, logs, setup=setup, rate=rate)
         await run.start(stack, server.url)
         await asyncio.sleep(settings.warmup_s)
         first = await run.sample()
         await asyncio.sleep(settings.seconds)
         last = await run.sample()
-        return report(exchange, settings, first, last)
+        return report(exchange, setup, rate, settings, first, last)
 
 
 # (heading, result key, format); the bottleneck goes on a line of its own.
 TABLE: Final = (
     ("exchange", "exchange", "{}"),
+    ("setup", "setup", "{}"),
     ("offered f/s", "offered_frames_per_s", "{:,.0f}"),
     ("frames/s", "frames_per_s", "{:,.0f}"),
     ("parsed/s", "parsed_per_s", "{:,.0f}"),
@@ -459,8 +584,67 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
         for row in rows
     ]
     lines.append("")
-    lines += [f"{row['exchange']:<{widths[0]}}  bottleneck: {row['bottleneck']}" for row in results]
+    lines += [
+        f"{row['exchange']:<{widths[0]}}  {row['setup']:<{widths[1]}}  bottleneck: {row['bottleneck']}"
+        for row in results
+    ]
     return "\n".join(lines)
+
+
+def ratios(results: Sequence[Mapping[str, Any]]) -> str:
+    """This project / cryptofeed frames per CPU-second, per exchange and step, each pair from one run."""
+    lines = []
+    for row in results:
+        if row["collector"] != PROJECT or not row["frames_per_cpu_s"]:
+            continue
+        for other in results:
+            step = other["exchange"], other["sim_rate_per_symbol"]
+            same_step = step == (row["exchange"], row["sim_rate_per_symbol"])
+            if other["collector"] == PROJECT or not same_step or not other["frames_per_cpu_s"]:
+                continue
+            lines.append(
+                f"{row['exchange']:<9} {row['offered_frames_per_s']:>8,.0f} f/s  {row['setup']:<14} / "
+                f"{other['setup']:<17} {row['frames_per_cpu_s'] / other['frames_per_cpu_s']:5.2f}x  "
+                f"(lost {row['lost_pct']:.1f}% vs {other['lost_pct']:.1f}%)"
+            )
+    return "\n".join(lines)
+
+
+def setups(exchange: str, settings: Settings) -> list[Setup]:
+    """This project at each --book-rate, then cryptofeed in each book mode (where it runs this exchange)."""
+    ours = [
+        Setup(PROJECT, book_rate=book_rate, publish_interval_ms=interval)
+        for book_rate in settings.book_rates
+        for interval in settings.publish_intervals_ms
+    ]
+    if settings.cryptofeed_python is None or exchange not in CRYPTOFEED_CHANNELS:
+        return ours
+    return ours + [Setup("cryptofeed", book=book) for book in settings.cryptofeed_books]
+
+
+def find_cryptofeed(choice: str | None) -> tuple[str | None, str]:
+    """A Python that imports cryptofeed: the one given, else $CRYPTOFEED_PYTHON, python3.13 on PATH, pyenv's 3.13."""
+    if choice == "none":
+        return None, "cryptofeed reference off (--cryptofeed-python none)"
+    candidates = [choice] if choice else []
+    if not choice:
+        candidates += [os.environ.get("CRYPTOFEED_PYTHON", ""), shutil.which("python3.13") or ""]
+        candidates += sorted(str(path) for path in Path.home().glob(".pyenv/versions/3.13*/bin/python"))
+    for candidate in filter(None, candidates):
+        try:
+            probe = subprocess.run(  # the operator's interpreter, or one found on PATH
+                [candidate, "-c", "import cryptofeed, redis"], capture_output=True, timeout=30, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if probe.returncode == 0:
+            return candidate, f"cryptofeed reference: {candidate}"
+    tried = ", ".join(filter(None, candidates)) or "nothing found"
+    return None, (
+        f"cryptofeed reference skipped: no Python with cryptofeed and redis importable ({tried}); it needs "
+        "Python 3.13: `python3.13 -m venv VENV && VENV/bin/pip install cryptofeed==3.0.1 redis`, then "
+        "--cryptofeed-python VENV/bin/python"
+    )
 
 
 async def run_all(settings: Settings) -> list[dict[str, Any]]:
@@ -475,37 +659,69 @@ async def run_all(settings: Settings) -> list[dict[str, Any]]:
     try:
         with tempfile.TemporaryDirectory(prefix="collector-bench-") as logs:
             for exchange in settings.exchanges:
-                result = await bench(exchange, settings, Path(logs))
-                print(json.dumps(result), flush=True)
-                results.append(result)
+                for rate in settings.steps(exchange):
+                    for setup in setups(exchange, settings):
+                        result = await bench(exchange, setup, rate, settings, Path(logs))
+                        print(json.dumps(result), flush=True)
+                        results.append(result)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return results
 
 
-def conditions(settings: Settings) -> str:
+def conditions(settings: Settings, reference: str) -> str:
     """What the numbers depend on, printed under the table."""
-    book = "every book change published" if not settings.book_rate else f"at most {settings.book_rate:g} books/s/symbol"
+    step = (
+        f"{', '.join(f'{rate:g}' for rate in settings.rates)} book updates/s per symbol"
+        if settings.rates
+        else f"about {', '.join(f'{frames:g}' for frames in settings.frames)} frames/s in all"
+    )
     return (
-        f"{settings.symbols} symbols x {CHANNELS} per exchange; simulator: synthetic, {settings.rate:g} book "
-        f"updates/s per symbol (about 1 in 5 with a trade frame too); collector: --book-rate {settings.book_rate:g} "
-        f"({book}); {settings.seconds:g} s window after {settings.warmup_s:g} s warm-up; "
-        f"{os.cpu_count()} cores shared by simulator, collector and Redis.\n"
+        f"{settings.symbols} symbols per exchange ({CHANNELS}; with cryptofeed, Binance trades,book); simulator: "
+        f"synthetic, {step} (about 1 in 5 book updates with a trade frame too); this project at --book-rate "
+        f"{', '.join(f'{rate:g}' for rate in settings.book_rates)} (0: every book change published as a top-20 view "
+        f"plus its latest-value SET); {settings.seconds:g} s window after {settings.warmup_s:g} s warm-up, one setup "
+        f"at a time; {os.cpu_count()} cores shared by simulator, collector and Redis.\n{reference}\n"
         "frames/s: frames the collector read and parsed; published/s: events that reached Redis; dropped/lost: "
         "events its bounded sink discarded (oldest first) because publishing fell behind parsing."
     )
 
 
-def parse_args(argv: Sequence[str] | None) -> Settings:
+def floats(parser: argparse.ArgumentParser, name: str, text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        parser.error(f"{name}: comma-separated numbers, got {text!r}")
+    if any(value < 0 for value in values):
+        parser.error(f"{name} must not be negative")
+    return values
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[Settings, str]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--exchanges", default=",".join(EXCHANGES), help="comma separated (default: all five)")
     parser.add_argument("--symbols", type=int, default=8, help=f"symbols per exchange, at most {len(BASES)}")
-    parser.add_argument("--rate", type=float, default=2000.0, help="simulated book updates/s per symbol")
-    parser.add_argument("--book-rate", type=float, default=0.0, help="collector --book-rate; 0 publishes every change")
+    parser.add_argument("--rate", default="", help="simulated book updates/s per symbol, comma separated steps")
+    parser.add_argument("--frames", default="", help="instead of --rate: frames/s offered in all, comma separated")
+    parser.add_argument(
+        "--book-rate", default="0", help="collector --book-rate, comma separated; 0 publishes every change"
+    )
+    parser.add_argument(
+        "--publish-interval-ms", default="", help="collector --publish-interval-ms, comma separated; default: its own"
+    )
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds after the first book events")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window")
     parser.add_argument("--sim-max-queue", type=int, default=SIM_MAX_QUEUE, help="simulator frames queued per client")
+    parser.add_argument(
+        "--cryptofeed-python",
+        default=None,
+        help="a Python (3.13) with cryptofeed 3.0.1 and redis, for the reference; 'none' to skip it; "
+        "default: $CRYPTOFEED_PYTHON, python3.13 on PATH or pyenv's, if cryptofeed imports there",
+    )
+    parser.add_argument(
+        "--cryptofeed-book", default="delta", help="cryptofeed's book output: delta (its default), full, or both"
+    )
     args = parser.parse_args(argv)
     exchanges = tuple(name.strip().lower() for name in args.exchanges.split(",") if name.strip())
     unknown = sorted(set(exchanges) - set(EXCHANGES))
@@ -513,21 +729,36 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         parser.error(f"unknown exchange(s) {', '.join(unknown) or '(none)'}; use {', '.join(EXCHANGES)}")
     if not 1 <= args.symbols <= len(BASES):
         parser.error(f"--symbols must be 1..{len(BASES)}")
-    if args.rate <= 0 or args.seconds <= 0 or args.warmup < 0 or args.book_rate < 0 or args.sim_max_queue < 1:
-        parser.error("--rate, --seconds and --sim-max-queue must be positive; --warmup and --book-rate not negative")
+    rates, frames = floats(parser, "--rate", args.rate), floats(parser, "--frames", args.frames)
+    if rates and frames:
+        parser.error("--rate and --frames exclude each other")
+    if not rates and not frames:
+        rates = (2000.0,)
+    book_rates = floats(parser, "--book-rate", args.book_rate) or (0.0,)
+    if 0 in rates or 0 in frames or args.seconds <= 0 or args.warmup < 0 or args.sim_max_queue < 1:
+        parser.error("--rate, --frames, --seconds and --sim-max-queue must be positive; --warmup not negative")
+    books = ("delta", "full") if args.cryptofeed_book == "both" else tuple(args.cryptofeed_book.split(","))
+    if not set(books) <= {"delta", "full"}:
+        parser.error("--cryptofeed-book: delta, full or both")
+    python, reference = find_cryptofeed(args.cryptofeed_python)
+    print(reference, file=sys.stderr)
     return Settings(
         exchanges=exchanges,
         symbols=args.symbols,
-        rate=args.rate,
-        book_rate=args.book_rate,
+        rates=rates,
+        frames=frames,
+        book_rates=book_rates,
+        publish_intervals_ms=floats(parser, "--publish-interval-ms", args.publish_interval_ms) or (None,),
         warmup_s=args.warmup,
         seconds=args.seconds,
         sim_max_queue=args.sim_max_queue,
-    )
+        cryptofeed_python=python,
+        cryptofeed_books=books,
+    ), reference
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_args(argv)
+    settings, reference = parse_args(argv)
     try:
         results = uvloop.run(run_all(settings))
     except (KeyboardInterrupt, asyncio.CancelledError):
@@ -538,8 +769,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print()
     print(table(results))
+    if compared := ratios(results):
+        print()
+        print("frames per CPU-second, this project / cryptofeed (same simulator load, one run):")
+        print(compared)
     print()
-    print(conditions(settings))
+    print(conditions(settings, reference))
     return 0
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import itertools
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Hashable, Iterator, Mapping, Set
-from contextlib import contextmanager
+from collections.abc import Collection, Hashable, Mapping, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from types import TracebackType
 from typing import Any, ClassVar, Final, Generic, Protocol, TypedDict, Unpack
 
 import aiohttp
@@ -122,6 +122,25 @@ def to_json(value: object) -> str:
 def iso_ms(text: str) -> int:
     """Milliseconds since the epoch of an RFC 3339 time; nanoseconds are cut, never rounded up."""
     return (datetime.fromisoformat(text) - _EPOCH) // _MILLISECOND
+
+
+class _Syncing:
+    """`Adapter.syncing`: a class rather than a generator-based context, one per book message."""
+
+    __slots__ = ("_adapter", "_symbol")
+
+    def __init__(self, adapter: Adapter[Any], symbol: str) -> None:
+        self._adapter = adapter
+        self._symbol = symbol
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> bool:
+        if isinstance(error, SyncError):
+            self._adapter.resync(self._symbol, error)
+            return True  # handled: the symbol resyncs, the frame's other symbols go on
+        return False
 
 
 class Adapter(ABC, Generic[S]):
@@ -388,13 +407,9 @@ class Adapter(ABC, Generic[S]):
             self.last_seen[(Kind.BOOK, feed.symbol, None)] = recv_ts
         return feed
 
-    @contextmanager
-    def syncing(self, feed: BookFeed[S]) -> Iterator[None]:
-        """Resync this one symbol if the block finds its book out of sync."""
-        try:
-            yield
-        except SyncError as exc:
-            self.resync(feed.symbol, exc)
+    def syncing(self, feed: BookFeed[S]) -> _Syncing:
+        """A context that resyncs this one symbol if its block finds the book out of sync."""
+        return _Syncing(self, feed.symbol)
 
     def resync(self, symbol: str, error: SyncError) -> None:
         """Drop `symbol`'s book and get it a fresh snapshot; no other symbol is touched."""

@@ -171,6 +171,8 @@ def test_book_matches_a_naive_model(bids: list[Level], asks: list[Level], ops: l
             for side in BookSide:
                 model[side] = {Decimal(p): (p, s) for p, s in model_top(side, op[1])}
         assert book.top(n) == (model_top(BookSide.BID, n), model_top(BookSide.ASK, n))
+        shallow = n // 2 + 1  # views of two depths are cached side by side (Kraken: checksum and view)
+        assert book.top(shallow) == (model_top(BookSide.BID, shallow), model_top(BookSide.ASK, shallow))
     assert book.top() == (model_top(BookSide.BID), model_top(BookSide.ASK))
     assert len(book) == len(model[BookSide.BID]) + len(model[BookSide.ASK])
     assert book.best_bid == next(iter(model_top(BookSide.BID, 1)), None)

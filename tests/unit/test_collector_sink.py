@@ -6,11 +6,14 @@ import asyncio
 from unittest.mock import create_autospec
 
 import pytest
+import redis
+import redis.client
 import redis.exceptions
 
 from collectors.sink import Sink
-from shared.events import Ticker
-from shared.publisher import AsyncPublisher
+from shared import codec
+from shared.events import Side, Ticker, Trade
+from shared.publisher import AsyncPublisher, SyncPublisher
 
 
 def tick(seq: int) -> Ticker:
@@ -116,3 +119,51 @@ async def test_an_unexpected_error_drops_the_batch_and_backs_off() -> None:
     sink.put(tick(1))
     await sink.drain(1.0)
     assert (sink.dropped, sink.errors, len(sink)) == (1, 1, 0)
+
+
+def test_a_batch_sets_each_latest_value_once_with_its_newest_event() -> None:
+    client = create_autospec(redis.Redis, spec_set=True, instance=True)
+    pipe = create_autospec(redis.client.Pipeline, spec_set=True, instance=True)
+    client.pipeline.return_value = pipe
+    eth = Ticker(exchange="binance", symbol="ETH/USDT", ts=9, recv_ts=9.0, seq=9, last="2")
+    trade = Trade(
+        exchange="binance", symbol="BTC/USDT", ts=3, recv_ts=3, trade_id="7", price="1", size="1", side=Side.BUY, seq=1
+    )
+    SyncPublisher(client, latest_ttl_s=60).publish_market([tick(1), eth, trade, tick(2), tick(3)])
+    commands = [call.args for call in pipe.method_calls]  # execute_command(name, target, data, ...), execute()
+    calls = [(name, target, codec.decode_market(data).seq) for name, target, data, *_ in commands[:-1]]
+    assert calls == [
+        ("PUBLISH", "md:binance:ticker:BTC/USDT", 1),
+        ("PUBLISH", "md:binance:ticker:ETH/USDT", 9),
+        ("SET", "md:last:binance:ticker:ETH/USDT", 9),
+        ("PUBLISH", "md:binance:trades:BTC/USDT", 1),  # trades have no latest value
+        ("PUBLISH", "md:binance:ticker:BTC/USDT", 2),
+        ("PUBLISH", "md:binance:ticker:BTC/USDT", 3),
+        ("SET", "md:last:binance:ticker:BTC/USDT", 3),  # the SETs of 1 and 2 would be overwritten
+    ]
+    assert pipe.method_calls[-1][0] == "execute"
+    assert commands[2][3:] == ("EX", 60)
+
+
+async def test_pipelines_go_at_most_every_interval_and_a_lone_event_at_once() -> None:
+    target = publisher()
+    sink = Sink(target, max_queue=100, min_interval_s=0.2)
+    task = asyncio.create_task(sink.run())
+    try:
+        sink.put(tick(1))
+        while sink.published < 1:
+            await asyncio.sleep(0.001)
+        started = asyncio.get_running_loop().time()
+        for seq in range(2, 5):
+            sink.put(tick(seq))
+            await asyncio.sleep(0.01)
+        while sink.published < 4:
+            await asyncio.sleep(0.001)
+        waited = asyncio.get_running_loop().time() - started
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    batches = [[event.seq for event in call.args[0]] for call in target.publish_market.await_args_list]
+    assert batches == [[1], [2, 3, 4]]
+    assert 0.1 < waited < 0.5
