@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis.asyncio
 
 from collectors.simulator import Simulator, SimulatorConfig
+from gateway.demand import REFRESH_S
 from shared import names
 from shared.topics import Exchange, Topic
 from tests.collector_support import collector_config, running
@@ -28,7 +29,11 @@ async def test_a_subscribed_topic_is_collected_on_demand_and_let_go(
             on_demand_linger_s=0.5,
         )
         async with running(config) as service, running_node(redis_url, on_demand=True) as node:
-            await wait_until(lambda: node.node.demand.known and node.node.demand.collected("binance:ticker:BTC/USDT"))
+            # The node reads what is collected every REFRESH_S: give it two periods on a busy machine.
+            await wait_until(
+                lambda: node.node.demand.known and node.node.demand.collected("binance:ticker:BTC/USDT"),
+                timeout=2 * REFRESH_S + 5,
+            )
             async with connected(node.url, make_token()) as client:
                 reply = await client.call("subscribe", [SOL, "binance:ticker:BTC/USDT", "binance:book:SOL/USDT"])
                 collected = {r["topic"]: r["collected"] for r in reply["results"]}
@@ -44,7 +49,7 @@ async def test_a_subscribed_topic_is_collected_on_demand_and_let_go(
                 assert metrics == 1
                 second = await client.call("subscribe", [DOGE])
                 assert second["results"][0]["collected"] is False
-                await wait_until(lambda: Topic.parse(DOGE) in service.collector.topics, timeout=10)
+                await wait_until(lambda: Topic.parse(DOGE) in service.collector.topics, timeout=2 * REFRESH_S + 5)
             # The client left: the node unleases at its next refresh, the collector lets go after the linger.
             await wait_until(lambda: Topic.parse(SOL) not in service.collector.topics, timeout=20)
             assert Topic.parse("binance:ticker:BTC/USDT") in service.collector.topics  # configured: kept
