@@ -20,7 +20,7 @@ from gateway.node import GatewayNode
 from shared import names
 from shared.events import Ticker
 from shared.publisher import AsyncPublisher
-from shared.redis_target import REDIS_ERRORS, slot_of
+from shared.redis_target import slot_of
 from tests.cluster.conftest import Cluster, Traffic, delivered, wait_for
 from tests.harness import Client, connected, make_token, running_node, wait_until
 
@@ -79,7 +79,10 @@ class Market:
     async def run(self) -> None:
         while not self.stopped:
             self.seq += 1
-            with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
+            # Any error: while the cluster restarts, redis-py's cluster pipeline cancelled in the middle of
+            # a connect can also raise AttributeError ('NoneType' has no 'writelines'); the collectors' sink
+            # survives that too (it drops the batch), and this publisher only has to keep the traffic going.
+            with contextlib.suppress(Exception):
                 events = [ticker(t.split(":")[2], self.seq) for t in self.topics]
                 await asyncio.wait_for(self.publisher.publish_market(events), 2)
             await asyncio.sleep(0.02)
