@@ -21,8 +21,10 @@ from urllib.parse import quote, unquote
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.retry
 import redis.cluster
 import redis.exceptions
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from shared.errors import ContractError
@@ -124,6 +126,10 @@ class RedisTarget:
                 **options,
             )
         url = self.node_url(self.seeds[0])
+        # A pooled connection Redis closed (a restart) fails its next command: try it once more on a new one.
+        options.setdefault(
+            "retry", redis.asyncio.retry.Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
+        )
         if max_connections is None:
             return redis.asyncio.Redis.from_url(url, **options)
         # A bounded pool that queues bursts instead of failing them with "Too many connections".
