@@ -117,6 +117,15 @@ class GatewayConfig:
         "Hold each client's market writes up to this long so several messages share one send() "
         "(more deliveries per CPU, a little more latency); 0 writes at once.",
     )
+    accept_rate_per_ip: float = setting(
+        100.0,
+        "GATEWAY_ACCEPT_RATE_PER_IP",
+        "TCP connections per second one address (an IPv6 /64) may open; past it HTTP 429 before the request is "
+        "read. Not applied with GATEWAY_TRUST_FORWARDED_FOR (the peer is the proxy: limit there).",
+    )
+    accept_burst_per_ip: int = setting(
+        200, "GATEWAY_ACCEPT_BURST_PER_IP", "TCP connections one address may open at once before the rate applies."
+    )
     handshake_rate_per_ip: float = setting(
         20.0,
         "GATEWAY_HANDSHAKE_RATE_PER_IP",

@@ -62,6 +62,11 @@ class GatewayMetrics:
             "New Engine.IO sessions refused for their address's handshake rate.",
             registry=r,
         )
+        self.accepts_refused = Counter(
+            "gateway_accepts_refused_total",
+            "TCP connections answered 429 at once for their address's accept rate.",
+            registry=r,
+        )
         self.lagging_sockets = Gauge(
             "gateway_lagging_sockets", "Sockets whose market data is being conflated.", registry=r
         )
@@ -69,6 +74,12 @@ class GatewayMetrics:
             "gateway_relay_latency_seconds",
             "From a market event's receive stamp to its fan-out on this node.",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "gateway_event_loop_lag_seconds",
+            "How much later than asked the event loop ran a timer (sampled 100 times a second).",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
 

@@ -25,13 +25,15 @@ from gateway.errors import AuthCode, AuthError, RequestError
 from gateway.executions import ExecutionRequests
 from gateway.fanout import Fanout
 from gateway.history import History
+from gateway.limits import KeyedBuckets
+from gateway.loop_lag import LoopLagMonitor
 from gateway.metrics import GatewayMetrics, ProtocolReports, total
 from gateway.notifications import NotificationRequests
 from gateway.pages import Pages
 from gateway.policy import TopicPolicy
 from gateway.presence import Presence
 from gateway.protocol.engineio import EngineSettings
-from gateway.protocol.http import HttpServer, Request, Response, Upgrade
+from gateway.protocol.http import AcceptLimit, HttpServer, Request, Response, Upgrade
 from gateway.protocol.sio import ConnectionRefused, SocketIOServer, SocketSettings
 from gateway.recovery import Recovery, Resume
 from gateway.relay import Relay
@@ -62,6 +64,7 @@ class GatewayNode:
     def __init__(self, config: GatewayConfig, *, redis_url: str) -> None:
         self.config = config
         self.metrics = GatewayMetrics()
+        self.loop_lag = LoopLagMonitor(self.metrics.loop_lag)
         self.verifier = TokenVerifier(config)
         self.policy = TopicPolicy(config.allowed_topics, config.topics_claim)
         self.sessions: dict[str, Session] = {}
@@ -139,8 +142,20 @@ class GatewayNode:
         self.started_at = int(time.time() * 1000)
         self.board = StatusBoard(self.redis, self._own_status, lambda: self.server.room_sizes(names.MARKET_PREFIX))
         self.pages = Pages(self.board, admin_token=config.admin_token, status_open=config.status_open)
+        # Behind a trusted proxy every connection comes from the proxy: accepts are limited there.
+        accept_limit = (
+            None
+            if config.trust_forwarded_for
+            else AcceptLimit(
+                KeyedBuckets(config.accept_rate_per_ip, config.accept_burst_per_ip),
+                self.metrics.accepts_refused.inc,
+            )
+        )
         self.http = HttpServer(
-            self._route, max_body_bytes=config.max_packet_bytes, trust_forwarded_for=config.trust_forwarded_for
+            self._route,
+            max_body_bytes=config.max_packet_bytes,
+            trust_forwarded_for=config.trust_forwarded_for,
+            accept_limit=accept_limit,
         )
         self.server.on_connect(self._on_connect)
         self.server.on_disconnect(self._on_disconnect)
@@ -169,6 +184,7 @@ class GatewayNode:
         self._spawn(self.demand.run())
         self._presence_task = asyncio.get_running_loop().create_task(self.presence.run())
         self.board.attach()
+        self.loop_lag.start()
         self._spawn(self.board.run())
         self.server.start()
         await self.http.start(self.config.host, self.config.port, reuse_port=self.config.reuse_port)
@@ -214,6 +230,7 @@ class GatewayNode:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._presence_task, 5)
         self.board.detach()
+        self.loop_lag.stop()
         with contextlib.suppress(*REDIS_ERRORS):
             await self.redis.delete(names.gateway_status_key(self.config.name))  # off the status page at once
         await self.server.stop()

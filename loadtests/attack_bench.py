@@ -34,15 +34,46 @@ SETTLE_S: Final = 3.0
 ATTACKER_NICENESS: Final = 10
 P99_SLACK_MS: Final = 2.0
 RSS_SLACK: Final = 0.10
-# The node as deployed: default limits (relay_bench raises the per-address ones for its own clients).
-DEFAULT_LIMITS: Final = {
+# The node as deployed: default limits and transports (relay_bench raises the per-address ones for its own clients).
+DEPLOYED_SETTINGS: Final = {
     "GATEWAY_CONNECT_BURST_PER_IP": "50",
     "GATEWAY_CONNECT_RATE_PER_IP": "10",
     "GATEWAY_HANDSHAKE_BURST_PER_IP": "100",
     "GATEWAY_HANDSHAKE_RATE_PER_IP": "20",
     "GATEWAY_MAX_CONNECTIONS_PER_USER": "50",
     "GATEWAY_LOG_LEVEL": "info",
+    # Both transports, as deployed (relay_bench's clients use WebSocket only): handshake floods over
+    # long-polling must meet the handshake limit, not a cheap "Transport unknown".
+    "GATEWAY_TRANSPORTS": "websocket,polling",
 }
+
+
+LAG_BOUNDS: Final = ("0.002", "0.005", "0.01")  # seconds: histogram buckets of gateway_event_loop_lag_seconds
+
+
+async def loop_lag(port: int) -> dict[str, float]:
+    """The node's loop-lag histogram: the sample count and the counts at or under each of LAG_BOUNDS."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(f"GET /metrics HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+    text = (await reader.read()).decode()
+    writer.close()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("gateway_event_loop_lag_seconds_count"):
+            counts["count"] = float(line.split()[-1])
+        for bound in LAG_BOUNDS:
+            if line.startswith(f'gateway_event_loop_lag_seconds_bucket{{le="{bound}"}}'):
+                counts[bound] = float(line.split()[-1])
+    return counts
+
+
+def lag_over(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Fraction of the window's loop-lag samples above each bound (a sample every 10 ms)."""
+    samples = after["count"] - before["count"]
+    return {
+        f"loop_lag_over_{float(bound) * 1000:g}ms": (samples - (after[bound] - before[bound])) / max(samples, 1)
+        for bound in LAG_BOUNDS
+    }
 
 
 def errors_in(log: Path, start: int) -> tuple[int, list[str]]:
@@ -81,19 +112,22 @@ async def run(names: list[str], seconds: float, clients: int) -> list[dict[str, 
     with tempfile.TemporaryDirectory(prefix="attack-bench-") as workdir:
         log = Path(workdir) / "gateway.log"
         with log.open("wb") as sink:
-            async with loaded(Setup("gateway", None), options, overrides=DEFAULT_LIMITS, log=sink.fileno()) as (
+            async with loaded(Setup("gateway", None), options, overrides=DEPLOYED_SETTINGS, log=sink.fileno()) as (
                 deployment,
                 pool,
                 feed,
             ):
                 redis_url = deployment.redis_url
                 offset = 0
+                lag = await loop_lag(deployment.port)
                 quiet = await measure(deployment, pool, feed, options.rate, seconds)
+                lag, lag_before = await loop_lag(deployment.port), lag
                 offset, errors = errors_in(log, offset)
-                results.append({"window": "quiet", **quiet, "errors": len(errors)})
+                results.append({"window": "quiet", **quiet, **lag_over(lag_before, lag), "errors": len(errors)})
                 for name in names:
                     attacking = asyncio.create_task(attack(name, deployment.port, seconds, redis_url))
                     during = await measure(deployment, pool, feed, options.rate, seconds)
+                    lag, lag_before = await loop_lag(deployment.port), lag
                     outcome = await attacking
                     await asyncio.sleep(SETTLE_S)
                     rss_after = rss_kib(deployment.server_pids())
@@ -102,6 +136,7 @@ async def run(names: list[str], seconds: float, clients: int) -> list[dict[str, 
                         {
                             "window": name,
                             **during,
+                            **lag_over(lag_before, lag),
                             "rss_after_kib": rss_after,
                             "attacker_ended": outcome.get("disconnected"),
                             "attack_tries": outcome.get("tries"),
@@ -132,9 +167,9 @@ def verdicts(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def report(results: list[dict[str, Any]]) -> None:
     for result in results:
         print(json.dumps(result, default=str))
-    keys = ["latency_p50_ms", "latency_p99_ms", "p99_over_quiet_ms", "fraction_delivered", "delivered_per_s",
-            "rss_start_kib", "rss_max_kib", "rss_after_kib", "rss_after_vs_quiet", "attacker_ended",
-            "attack_tries", "errors", "goals_met", "bound"]  # fmt: skip
+    keys = ["latency_p50_ms", "latency_p99_ms", "p99_over_quiet_ms", "loop_lag_over_2ms", "loop_lag_over_5ms",
+            "fraction_delivered", "delivered_per_s", "rss_start_kib", "rss_max_kib", "rss_after_kib",
+            "rss_after_vs_quiet", "attacker_ended", "attack_tries", "errors", "goals_met", "bound"]  # fmt: skip
     print()
     print_table(["window", *keys], [[r["window"], *(r.get(k, "") for k in keys)] for r in results])
 

@@ -68,6 +68,7 @@ async def running_node(redis_url: str, **overrides: Any) -> AsyncIterator[Runnin
         # Every test client comes from 127.0.0.1: the per-address handshake
         # limit is tested on its own (tests/hostile), not by every test.
         "handshake_burst_per_ip": 100_000,
+        "accept_burst_per_ip": 100_000,
     }
     settings.update(overrides)
     config = GatewayConfig(**settings)

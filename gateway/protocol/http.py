@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import h11
 
+from gateway.limits import KeyedBuckets, address_key
 from gateway.protocol import websocket
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,15 @@ REQUEST_TIMEOUT_S: Final = 10.0
 # Requests whose parsing starts in one turn of the event loop; see RequestIntake.
 REQUESTS_PER_TURN: Final = 8
 SERVER_HEADER: Final = (b"server", b"fanout-gateway")
+# Sent, prebuilt, to a connection over its address's accept rate, before any of its bytes is read.
+_TOO_MANY_MESSAGE: Final = b"Too many connections from this address; retry later"
+TOO_MANY_CONNECTIONS: Final = (
+    b"HTTP/1.1 429 Too Many Requests\r\nserver: fanout-gateway\r\ncontent-type: text/plain; charset=UTF-8\r\n"
+    b"content-length: %d\r\nretry-after: 1\r\nconnection: close\r\n\r\n%s" % (len(_TOO_MANY_MESSAGE), _TOO_MANY_MESSAGE)
+)
+# A refused connection is read (and discarded) this long after the answer, so that closing it with the
+# client's request unread does not reset the connection before the client has read the 429.
+REFUSED_LINGER_S: Final = 1.0
 
 
 @dataclass(slots=True)
@@ -112,6 +122,44 @@ class RequestIntake:
             self._schedule_turn()
 
 
+@dataclass(slots=True)
+class AcceptLimit:
+    """TCP connections per address (an IPv6 /64), checked when a connection is accepted.
+
+    Why here and not only per Engine.IO handshake: a flood of connections
+    from one address costs a parse, a response and a task each before the
+    handshake limit can refuse it; refused here, one costs a prebuilt write.
+    """
+
+    buckets: KeyedBuckets
+    on_refused: Callable[[], None]
+
+    def admits(self, address: str) -> bool:
+        if self.buckets.take(address_key(address)):
+            return True
+        self.on_refused()
+        return False
+
+
+class RefusedConnection(asyncio.Protocol):
+    """A connection answered 429 at once: what it sends is discarded until it closes, or REFUSED_LINGER_S."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        transport.write(TOO_MANY_CONNECTIONS)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(REFUSED_LINGER_S, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
+
+
 class HttpProtocol(asyncio.Protocol):
     """One client connection, until it closes or becomes a WebSocket."""
 
@@ -123,8 +171,10 @@ class HttpProtocol(asyncio.Protocol):
         intake: RequestIntake,
         *,
         trust_forwarded_for: bool,
+        accept_limit: AcceptLimit | None = None,
     ) -> None:
         self._handler = handler
+        self._accept_limit = accept_limit
         self._max_body = max_body_bytes
         self._connections = connections
         self._intake = intake
@@ -143,6 +193,10 @@ class HttpProtocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._remote = str(peer[0]) if peer else ""
+        if self._accept_limit is not None and not self._accept_limit.admits(self._remote):
+            self._transport = None
+            transport.set_protocol(RefusedConnection(cast(asyncio.Transport, transport)))
+            return
         self._connections.add(self)
         self._arm_timeout()
 
@@ -352,10 +406,18 @@ def websocket_handshake_error(request: Request) -> str | None:
 class HttpServer:
     """Listens on one address; `close` stops listening and closes idle connections."""
 
-    def __init__(self, handler: Handler, *, max_body_bytes: int, trust_forwarded_for: bool = False) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_body_bytes: int,
+        trust_forwarded_for: bool = False,
+        accept_limit: AcceptLimit | None = None,
+    ) -> None:
         self._handler = handler
         self._max_body = max_body_bytes
         self._trust_forwarded_for = trust_forwarded_for
+        self._accept_limit = accept_limit
         self._connections: set[HttpProtocol] = set()
         self._intake = RequestIntake()
         self._server: asyncio.Server | None = None
@@ -370,6 +432,7 @@ class HttpServer:
                 self._connections,
                 self._intake,
                 trust_forwarded_for=self._trust_forwarded_for,
+                accept_limit=self._accept_limit,
             ),
             host,
             port,

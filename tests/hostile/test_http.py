@@ -71,3 +71,39 @@ async def test_a_burst_of_connections_is_answered_every_one(redis_url: str) -> N
         assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers)
         for _, writer in streams:
             writer.close()
+
+
+async def test_connections_over_an_address_accept_rate_are_answered_429_before_a_byte_is_read(
+    redis_url: str,
+) -> None:
+    """Attack bench finding: each refused handshake cost a parse, a task and a response; past the accept
+    rate a connection costs one prebuilt write, and the client still reads a clear 429 (no reset)."""
+    async with running_node(redis_url, accept_rate_per_ip=0.01, accept_burst_per_ip=3) as node:
+        port = int(node.url.rsplit(":", 1)[1])
+
+        async def healthz() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            response = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return response
+
+        answers = [await healthz() for _ in range(5)]
+        assert [answer.split(b" ", 2)[1] for answer in answers] == [b"200", b"200", b"200", b"429", b"429"]
+        assert answers[-1].endswith(b"Too many connections from this address; retry later")
+        assert b"connection: close" in answers[-1] and b"retry-after: 1" in answers[-1]
+        assert node.node.metrics.accepts_refused._value.get() == 2
+        assert not node.node.http._connections  # nothing of a refused connection is kept
+
+
+async def test_behind_a_trusted_proxy_accepts_are_not_limited_by_the_peer_address(redis_url: str) -> None:
+    """Every connection comes from the proxy: limiting its address would refuse everyone."""
+    settings = {"accept_rate_per_ip": 0.01, "accept_burst_per_ip": 1, "trust_forwarded_for": True}
+    async with running_node(redis_url, **settings) as node:
+        port = int(node.url.rsplit(":", 1)[1])
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200 ")
+            writer.close()
+        assert node.node.metrics.accepts_refused._value.get() == 0

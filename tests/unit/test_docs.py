@@ -10,6 +10,7 @@ import pytest
 from collectors.config import CollectorConfig
 from collectors.simulator.config import SimulatorConfig
 from gateway.config import GatewayConfig
+from gateway.metrics import GatewayMetrics
 from shared.config import markdown_table
 from shared.events import ExecutionUpdate, Notification
 from shared.publisher import EXECUTION_SCRIPT, NOTIFICATION_SCRIPT
@@ -39,3 +40,10 @@ def test_the_published_scripts_are_the_ones_the_library_runs(name: str, script: 
 @pytest.mark.parametrize("record", [Notification, ExecutionUpdate])
 def test_protocol_doc_lists_every_record_limit(record: type[msgspec.Struct]) -> None:
     assert limits_table(record) in PROTOCOL.read_text(), f"regenerate the {record.__name__} limits in {PROTOCOL}"
+
+
+def test_operations_doc_lists_every_gateway_metric() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    names = {metric.name for metric in GatewayMetrics().registry.collect()}
+    missing = sorted(name for name in names if f"`{name}" not in doc)
+    assert not missing, f"document these metrics in docs/operations.md: {missing}"
