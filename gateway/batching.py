@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Final, Generic, TypeVar
 
 Item = TypeVar("Item")
@@ -58,9 +59,12 @@ class Batcher(Generic[Item, Result]):
             return
         queued, self._queued = self._queued[: self._max_items], self._queued[self._max_items :]
         self._call = asyncio.get_running_loop().create_task(self._serve(queued))
-        self._call.add_done_callback(self._ended)
+        self._call.add_done_callback(partial(self._ended, queued))
 
-    def _ended(self, _: asyncio.Task[None]) -> None:
+    def _ended(self, queued: list[tuple[Item, asyncio.Future[Result]]], call: asyncio.Task[None]) -> None:
+        for _, answer in queued:  # a call cancelled (`close`), even before it started, answered nobody
+            if not answer.done():
+                answer.cancel()
         self._call = None
         self._start()  # what was asked meanwhile
 
@@ -72,10 +76,6 @@ class Batcher(Generic[Item, Result]):
                 if not answer.done():
                     answer.set_exception(exc)
             return
-        except asyncio.CancelledError:
-            for _, answer in queued:
-                answer.cancel()
-            raise
         for (_, answer), outcome in zip(queued, outcomes, strict=True):
             if answer.done():  # its caller was cancelled meanwhile
                 continue
