@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.auth import Identity, TokenVerifier
+from gateway.batching import Batcher
 from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError
 from gateway.limits import KeyedBuckets, address_key
 from gateway.presence import Presence
 from gateway.protocol.http import Request
 from shared import names
-from shared.redis_target import REDIS_ERRORS, AsyncClient, get_many
+from shared.redis_target import REDIS_ERRORS, AsyncClient
 
 
 def bearer_token(handshake: Request) -> str | None:
     header = handshake.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def revocation(identity: Identity, user_mark: Any, token_mark: Any) -> Exception | None:
+    """Why a verified token is refused, given its user's and its own revocation keys; None if it is not.
+
+    A Redis error reading either key is returned as it is (the caller answers `unavailable`).
+    """
+    for reply in (user_mark, token_mark):
+        if isinstance(reply, Exception):
+            return reply
+    issued_at = identity.claims.get("iat")
+    issued_ms = float(issued_at) * 1000 if isinstance(issued_at, int | float) else 0.0
+    if user_mark is not None and issued_ms <= float(user_mark):
+        return AuthError(AuthCode.TOKEN_REVOKED, "this user's tokens issued before the revocation are refused")
+    if token_mark is not None:
+        return AuthError(AuthCode.TOKEN_REVOKED, "this token was revoked")
+    return None
 
 
 class Admission:
@@ -30,6 +50,10 @@ class Admission:
         self._redis = client
         self._presence = presence
         self._connect_buckets = KeyedBuckets(config.connect_rate_per_ip, config.connect_burst_per_ip)
+        self._revocations: Batcher[Identity, None] = Batcher(self._check_revocations)
+
+    async def close(self) -> None:
+        await self._revocations.close()
 
     async def admit(self, sid: str, handshake: Request, auth: object, *, accepting: bool) -> Identity:
         if not accepting:
@@ -50,20 +74,25 @@ class Admission:
     async def verify(self, token: object) -> Identity:
         """A valid token that was not revoked."""
         identity = await self._verifier.verify(token)
-        keys = [names.revoked_user(identity.user_id)]
-        if identity.token_id is not None:
-            keys.append(names.revoked_token(identity.token_id))
         try:
-            values = await get_many(self._redis, keys)
+            await self._revocations.submit(identity)
+        except AuthError:  # a PermissionError, so an OSError too: not one of Redis's
+            raise
         except REDIS_ERRORS as exc:
             raise AuthError(AuthCode.UNAVAILABLE, "cannot check revocations; retry") from exc
-        issued_at = identity.claims.get("iat")
-        issued_ms = float(issued_at) * 1000 if isinstance(issued_at, int | float) else 0.0
-        if values[0] is not None and issued_ms <= float(values[0]):
-            raise AuthError(AuthCode.TOKEN_REVOKED, "this user's tokens issued before the revocation are refused")
-        if len(values) > 1 and values[1] is not None:
-            raise AuthError(AuthCode.TOKEN_REVOKED, "this token was revoked")
         return identity
+
+    async def _check_revocations(self, identities: list[Identity]) -> list[Exception | None]:
+        """The revocation keys of the tokens verified since the last read, in one pipeline."""
+        pipe = self._redis.pipeline(transaction=False)
+        for identity in identities:
+            pipe.get(names.revoked_user(identity.user_id))
+            if identity.token_id is not None:
+                pipe.get(names.revoked_token(identity.token_id))
+        replies = iter(await pipe.execute(raise_on_error=False))
+        return [
+            revocation(identity, next(replies), next(replies) if identity.token_id else None) for identity in identities
+        ]
 
     def left(self, sid: str) -> None:
         """Give back the connection `admit` claimed: the socket closed, or never opened."""

@@ -95,11 +95,7 @@ class TokenVerifier:
 
     async def _decode(self, token: str) -> Identity:
         """Check the signature and the claims (PyJWT), and read the identity."""
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
-            raise AuthError(AuthCode.TOKEN_MALFORMED, "the token is not a JWT") from None
-        key = await self._key_for(header)
+        key = await self._key_for(token)
         try:
             claims = jwt.decode(
                 token,
@@ -118,11 +114,15 @@ class TokenVerifier:
             raise AuthError(AuthCode.TOKEN_INVALID, f"the token's algorithm does not fit the key: {exc}") from None
         return self._identity(claims)
 
-    async def _key_for(self, header: Mapping[str, Any]) -> Any:
-        if self._jwks is not None:
-            kid = header.get("kid")
-            return await self._jwks.key(kid if isinstance(kid, str) else None)
-        return self._secret or self._public_key
+    async def _key_for(self, token: str) -> Any:
+        if self._jwks is None:  # one key: the header is read once, by the decode that checks it
+            return self._secret or self._public_key
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise AuthError(AuthCode.TOKEN_MALFORMED, "the token is not a JWT") from None
+        kid = header.get("kid")
+        return await self._jwks.key(kid if isinstance(kid, str) else None)
 
     def _identity(self, claims: dict[str, Any]) -> Identity:
         user_id = claims["sub"]

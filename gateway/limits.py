@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections import OrderedDict
@@ -17,6 +18,12 @@ MAX_TRACKED_KEYS: Final = 100_000
 IPV6_PREFIX: Final = 64
 
 
+# Addresses whose key is remembered: every accept and every CONNECT asks, and parsing an address costs
+# more than the rest of a rate check. Bounded (a few MB) against a flood of distinct addresses.
+ADDRESS_KEYS_CACHED: Final = 10_000
+
+
+@functools.lru_cache(maxsize=ADDRESS_KEYS_CACHED)
 def address_key(address: str) -> str:
     """The key a per-address limit counts under: an IPv4 address, or an IPv6 address's /64."""
     try:

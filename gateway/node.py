@@ -51,7 +51,10 @@ SOCKETIO_PATH: Final = "/socket.io"
 CANDLES_PATH: Final = "/candles"
 REDIS_POOL_SIZE: Final = 16
 DEMAND_FIRST_READ_S: Final = 5.0
-MAX_CONCURRENT_CONNECTS: Final = 8
+# Connects (and catch-ups) at a time. Their Redis work is served per turn of the loop in one pipeline
+# (`batching`), so this also bounds a batch: more share a round trip, but each adds its token check
+# (tens of us) to the turn that live messages wait behind.
+MAX_CONCURRENT_CONNECTS: Final = 64
 
 
 class GatewayNode:
@@ -224,6 +227,8 @@ class GatewayNode:
             await asyncio.gather(*pending, return_exceptions=True)
         self._stopped = True
         await self.recovery.close()
+        await self.admission.close()
+        await self.history.close()
         # Not cancelled: `run` ends between Redis calls; then every socket's claim is given back at once.
         await self.presence.close()
         if self._presence_task is not None:

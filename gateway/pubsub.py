@@ -145,6 +145,7 @@ class PubSubConnection:
         self._subscribe, self._unsubscribe = ("SSUBSCRIBE", "SUNSUBSCRIBE") if sharded else ("SUBSCRIBE", "UNSUBSCRIBE")
         self._transport: asyncio.BaseTransport | None = None
         self._auth_waiter: asyncio.Future[None] | None = None
+        self._outgoing: list[bytes] = []  # commands written at the end of this turn
         self.closed: asyncio.Future[PubSubError] = asyncio.get_running_loop().create_future()
 
     async def connect(self, target: RedisTarget, address: Endpoint) -> None:
@@ -177,11 +178,19 @@ class PubSubConnection:
             self._write(encode_command(name, *names))
 
     def _write(self, data: bytes) -> None:
-        assert self._transport is not None
-        self._transport.write(data)  # type: ignore[attr-defined]
+        # Commands of one turn go in one write: a connect storm subscribes a channel per connect.
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append(data)
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if outgoing and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(outgoing))  # type: ignore[attr-defined]
 
     def close(self) -> None:
         if self._transport is not None:
+            self._flush()
             self._transport.close()
 
     def fail(self, error: PubSubError) -> None:

@@ -358,7 +358,8 @@ class Relay:
         if count == 0:
             self._place([channel])
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), SUBSCRIBE_TIMEOUT_S)
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):  # the waiter is this call's own: cancelled with it
+                await waiter
         except TimeoutError:
             self.release(channel)
             raise

@@ -284,17 +284,23 @@ class SocketIOClient(asyncio.Protocol):
 async def open_client(spec: ClientSpec, host: str, port: int, stats: _Stats) -> SocketIOClient:
     """Connect from `spec.source` and return once subscribed (or connected, without a topic)."""
     loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        if spec.stalled:
+
+    def protocol() -> SocketIOClient:
+        return SocketIOClient(spec, f"{host}:{port}", stats)
+
+    if spec.stalled:  # its small receive buffer must be set before the SYN announces the window
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALLED_RCVBUF)
-        sock.bind((spec.source, 0))
-        await loop.sock_connect(sock, (host, port))
-    except BaseException:
-        sock.close()
-        raise
-    _, client = await loop.create_connection(lambda: SocketIOClient(spec, f"{host}:{port}", stats), sock=sock)
+            sock.bind((spec.source, 0))
+            await loop.sock_connect(sock, (host, port))
+        except BaseException:
+            sock.close()
+            raise
+        _, client = await loop.create_connection(protocol, sock=sock)
+    else:  # one call: libuv binds and connects, no readiness round through Python
+        _, client = await loop.create_connection(protocol, host, port, local_addr=(spec.source, 0))
     try:
         await client.ready
     except BaseException:
@@ -313,24 +319,51 @@ class _Worker:
     async def connect(
         self, host: str, port: int, specs: list[ClientSpec], deadline_s: float, in_flight: int
     ) -> ConnectReport:
+        """Open `specs` with at most `in_flight` attempts at a time.
+
+        A window of attempts, each started from the completion callback of one before it: no task
+        per client waiting on a semaphore from the start, nor a wrapper coroutine per attempt.
+        """
         if not specs:
             return ConnectReport(0, {})
+        loop = asyncio.get_running_loop()
         errors: Counter[str] = Counter()
-        gate = asyncio.Semaphore(in_flight)
+        pending = iter(specs)
+        attempts: set[asyncio.Future[SocketIOClient]] = set()
+        finished = loop.create_future()
 
-        async def one(spec: ClientSpec) -> None:
-            async with gate:
-                try:
-                    self.clients.append(await open_client(spec, host, port, self.stats))
-                except (ClientError, OSError) as exc:
-                    errors[str(exc) if isinstance(exc, ClientError) else type(exc).__name__] += 1
+        def start() -> None:
+            spec = next(pending, None)
+            if spec is None:
+                if not attempts and not finished.done():
+                    finished.set_result(None)
+                return
+            attempt = asyncio.ensure_future(open_client(spec, host, port, self.stats))
+            attempts.add(attempt)
+            attempt.add_done_callback(done)
 
-        tasks = [asyncio.create_task(one(spec)) for spec in specs]
-        _, pending = await asyncio.wait(tasks, timeout=deadline_s)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        errors["timeout"] += len(pending)
+        def done(attempt: asyncio.Future[SocketIOClient]) -> None:
+            attempts.discard(attempt)
+            if attempt.cancelled():
+                return
+            exc = attempt.exception()
+            if exc is None:
+                self.clients.append(attempt.result())
+            elif isinstance(exc, ClientError | OSError):
+                errors[str(exc) if isinstance(exc, ClientError) else type(exc).__name__] += 1
+            else:
+                errors[type(exc).__name__] += 1
+            start()
+
+        for _ in range(in_flight):
+            start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(finished), deadline_s)
+        left = sum(1 for _ in pending) + len(attempts)
+        for attempt in list(attempts):
+            attempt.cancel()
+        await asyncio.gather(*attempts, return_exceptions=True)
+        errors["timeout"] += left
         return ConnectReport(len(specs) - sum(errors.values()), dict(+errors))
 
     def tally(self, with_samples: bool) -> Tally:

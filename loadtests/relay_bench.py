@@ -83,7 +83,13 @@ OTHER_LOAD: Final = 0.25  # cores used outside the run past which the verdict sa
 DELIVERED_OK: Final = 0.99
 MISSED_STEPS_TO_STOP: Final = 2
 TCP_ESTABLISHED: Final = 1
-RATIO_KEYS: Final = ("deliveries_per_cpu_s", "max_delivered_per_s", "kib_per_connection")
+RATIO_KEYS: Final = (
+    "deliveries_per_cpu_s",
+    "max_delivered_per_s",
+    "kib_per_connection",
+    "connections_per_s",
+    "connections_per_cpu_s",
+)
 
 
 class BenchError(RuntimeError):
@@ -658,10 +664,12 @@ async def idle(setup: Setup, options: Options) -> list[dict[str, Any]]:
     async with deploy(setup, count) as deployment, ClientPool(processes) as pool:
         roles = deployment.roles(pool.pids)
         rss_before = rss_kib(roles["server"])
+        specs = client_specs(count, None)  # signing the tokens is not part of the storm
         before = Usage.now(roles)
-        report = await pool.connect(HOST, deployment.port, client_specs(count, None), CONNECT_DEADLINE_S)
+        report = await pool.connect(HOST, deployment.port, specs, CONNECT_DEADLINE_S)
         connected = Usage.now(roles)
         storm_s = connected.at - before.at
+        server_cpu_s = connected.cpu_seconds("server", before)
         await asyncio.sleep(IDLE_SETTLE_S)
         rss_after = rss_kib(deployment.server_pids())
         result = {
@@ -674,7 +682,9 @@ async def idle(setup: Setup, options: Options) -> list[dict[str, Any]]:
             **spread(deployment),
             "connect_storm_s": storm_s,
             "connections_per_s": report.connected / storm_s,
-            "server_cpu_s": connected.cpu_seconds("server", before),
+            "server_cpu_s": server_cpu_s,
+            "connections_per_cpu_s": report.connected / server_cpu_s if server_cpu_s else float("nan"),
+            **connected.load(before),
             "rss_before_kib": rss_before,
             "rss_after_kib": rss_after,
             "kib_per_connection": (rss_after - rss_before) / report.connected if report.connected else float("nan"),

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from gateway.limits import KeyedBuckets, address_key
+from gateway.protocol import websocket
 from gateway.protocol.http import Request, Response, Upgrade, websocket_handshake_error
 from gateway.protocol.session import OPEN, Session, WebSocketConnection
 
@@ -271,7 +272,8 @@ class Engine:
         if sid is None:
             fresh = self._new_session(request)
             fresh.ws = WebSocketConnection(self, fresh)
-            return Upgrade(fresh.ws)
+            # A direct WebSocket's handshake goes over it, with the 101.
+            return Upgrade(fresh.ws, websocket.text_frame(self.open_packet(fresh, upgrades=False).encode()))
         session = self.sessions.get(sid)
         if session is None or session.ws is not None or session.upgrading is not None:
             return _error(400, 1, "Session ID unknown", cors)

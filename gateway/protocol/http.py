@@ -34,6 +34,10 @@ REQUEST_TIMEOUT_S: Final = 10.0
 # Requests whose parsing starts in one turn of the event loop; see RequestIntake.
 REQUESTS_PER_TURN: Final = 8
 SERVER_HEADER: Final = (b"server", b"fanout-gateway")
+# A WebSocket handshake's answer up to its Sec-WebSocket-Accept value (RFC 6455 4.2.2).
+SWITCHING_PROTOCOLS: Final = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
+)
 # Sent, prebuilt, to a connection over its address's accept rate, before any of its bytes is read.
 _TOO_MANY_MESSAGE: Final = b"Too many connections from this address; retry later"
 TOO_MANY_CONNECTIONS: Final = (
@@ -69,9 +73,13 @@ class Response:
 
 @dataclass(slots=True)
 class Upgrade:
-    """Accept a WebSocket handshake and give the connection to `protocol`."""
+    """Accept a WebSocket handshake and give the connection to `protocol`.
+
+    `greeting` (frames the protocol sends first) goes in the same write as the 101: one send, not two.
+    """
 
     protocol: asyncio.Protocol
+    greeting: bytes = b""
 
 
 Handler = Callable[[Request], Awaitable[Response | Upgrade]]
@@ -322,7 +330,7 @@ class HttpProtocol(asyncio.Protocol):
         if transport is None:
             return
         if isinstance(outcome, Upgrade):
-            self._upgrade(request, outcome.protocol)
+            self._upgrade(request, outcome)
             return
         try:
             self._send(outcome, body=request.method != "HEAD")
@@ -353,26 +361,17 @@ class HttpProtocol(asyncio.Protocol):
             data += self._conn.send(h11.Data(data=response.body))
         self._transport.write(data + self._conn.send(h11.EndOfMessage()))
 
-    def _upgrade(self, request: Request, protocol: asyncio.Protocol) -> None:
-        """Answer 101 and hand the transport (and any bytes already read) to `protocol`."""
+    def _upgrade(self, request: Request, upgrade: Upgrade) -> None:
+        """Answer 101 and hand the transport (and any bytes already read) to `upgrade.protocol`."""
         transport = self._transport
         assert transport is not None
-        key = request.headers["sec-websocket-key"]
-        transport.write(
-            self._conn.send(
-                h11.InformationalResponse(
-                    status_code=101,
-                    headers=[
-                        (b"upgrade", b"websocket"),
-                        (b"connection", b"Upgrade"),
-                        (b"sec-websocket-accept", websocket.accept_key(key).encode()),
-                    ],
-                )
-            )
-        )
+        accept = websocket.accept_key(request.headers["sec-websocket-key"]).encode()
+        # Written as bytes, not through h11: the connection leaves HTTP here, and this is every connect's cost.
+        transport.write(SWITCHING_PROTOCOLS + accept + b"\r\n\r\n" + upgrade.greeting)
         leftover, _ = self._conn.trailing_data
         self._connections.discard(self)
         self._transport = None
+        protocol = upgrade.protocol
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         if leftover:

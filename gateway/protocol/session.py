@@ -339,8 +339,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         settings = self.engine.settings
         transport.set_write_buffer_limits(high=settings.conflate_above, low=settings.conflate_above // 4)
-        if self.session.ws is self:  # a direct WebSocket: its handshake goes over it
-            transport.write(websocket.text_frame(self.engine.open_packet(self.session, upgrades=False).encode()))
+        if self.session.ws is self:  # a direct WebSocket: its open packet went with the 101 (the engine's Upgrade)
             self.engine.handler.opened(self.session)
 
     def data_received(self, data: bytes) -> None:

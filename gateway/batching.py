@@ -1,0 +1,95 @@
+"""Requests of many coroutines served together: one Redis round trip for many connects.
+
+A connect storm brings hundreds of CONNECTs a second. Each asks Redis the same
+kinds of question (revoked? under the cap? where does my stream end?); asked
+one by one, each costs redis-py's per-command machinery and a round trip, which
+dominated a connect's CPU. A `Batcher` keeps at most one call of its kind out at
+a time: what is asked while it is out waits and goes in the next call, together
+(group commit). A lone request goes at once; under a storm the calls grow with
+the load instead of their number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Final, Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+# Requests one call serves at most; the rest go in the next call.
+MAX_BATCH: Final = 256
+
+
+class Batcher(Generic[Item, Result]):
+    """Serves submitted items with calls of `run`, one call out at a time, each taking all that waits.
+
+    `run(items)` returns one outcome per item, in order: its result, or an exception raised
+    to that item's caller alone. An exception `run` itself raises (Redis unreachable) is raised
+    to every caller of that call. The running call is a task held here (`close` ends it).
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[Item]], Awaitable[Sequence[Result | Exception]]],
+        *,
+        max_items: int = MAX_BATCH,
+    ) -> None:
+        self._run = run
+        self._max_items = max_items
+        self._queued: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._call: asyncio.Task[None] | None = None
+        self._scheduled = False
+
+    async def submit(self, item: Item) -> Result:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Result] = loop.create_future()
+        self._queued.append((item, answer))
+        if self._call is None and not self._scheduled:
+            # After the callbacks already queued in this turn: their requests join this call.
+            self._scheduled = True
+            loop.call_soon(self._start)
+        return await answer
+
+    def _start(self) -> None:
+        self._scheduled = False
+        if self._call is not None or not self._queued:
+            return
+        queued, self._queued = self._queued[: self._max_items], self._queued[self._max_items :]
+        self._call = asyncio.get_running_loop().create_task(self._serve(queued))
+        self._call.add_done_callback(partial(self._ended, queued))
+
+    def _ended(self, queued: list[tuple[Item, asyncio.Future[Result]]], call: asyncio.Task[None]) -> None:
+        for _, answer in queued:  # a call cancelled (`close`), even before it started, answered nobody
+            if not answer.done():
+                answer.cancel()
+        self._call = None
+        self._start()  # what was asked meanwhile
+
+    async def _serve(self, queued: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        try:
+            outcomes = await self._run([item for item, _ in queued])
+        except Exception as exc:  # noqa: BLE001 - not handled here: raised to each caller
+            for _, answer in queued:
+                if not answer.done():
+                    answer.set_exception(exc)
+            return
+        for (_, answer), outcome in zip(queued, outcomes, strict=True):
+            if answer.done():  # its caller was cancelled meanwhile
+                continue
+            if isinstance(outcome, Exception):
+                answer.set_exception(outcome)
+            else:
+                answer.set_result(outcome)
+
+    async def close(self) -> None:
+        """End the running call and refuse what waits (their callers see CancelledError)."""
+        queued, self._queued = self._queued, []
+        for _, answer in queued:
+            answer.cancel()
+        call = self._call
+        if call is not None:
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)

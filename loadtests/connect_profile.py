@@ -1,0 +1,118 @@
+"""Where the CPU of one connect goes: a connect storm against the gateway, sampled by py-spy.
+
+    python -m loadtests.connect_profile --clients 5000            # storm, profile, breakdown table
+    python -m loadtests.connect_profile --raw storm.txt           # the table of an existing py-spy raw file
+
+Starts Redis and one gateway as `relay_bench --idle` does, attaches `py-spy record --native -r 200
+-f raw` to the gateway, connects the clients (the same load client and tokens), then sorts every
+sampled stack into the first step of a connect it belongs to (the STEPS below, matched on the
+stack's frames) and prints each step's share of the gateway's busy samples. py-spy pauses the
+process for every sample, so the storm runs several times slower than unprofiled; shares, not
+times, are what it measures. Multiply them by `server_cpu_s / connected` of an unprofiled
+`relay_bench --idle` run for microseconds per connect. Needs py-spy (`pip install py-spy`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import subprocess
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from loadtests.load_client import ClientPool
+from loadtests.relay_bench import CONNECT_DEADLINE_S, HOST, Setup, Usage, client_specs, deploy
+
+# Each step of a connect and the frames that mark its samples; a sample counts for the first step
+# one of whose markers is in its stack (most specific first: the JWT check runs inside admission).
+STEPS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
+    ("JWT verify (PyJWT, HS256)", ("TokenVerifier.verify",)),
+    ("Redis admission: revocations, cap claim, fresh-start position (batched pipelines)", ("Batcher._serve",)),
+    ("Redis: subscribe the user's channel (pub/sub)", ("Relay.acquire", "Subscriptions.acquire_all")),
+    ("catch-up task and the `sync` event", ("GatewayNode._sync",)),
+    ("admission and session bookkeeping (rate bucket, claims handed over, timers)", ("GatewayNode._on_connect",)),
+    ("Socket.IO CONNECT answer", ("SocketIOServer._connect",)),
+    ("Socket.IO packet read (header, JSON) and its handler task", ("SocketIOServer.message", "SocketIOServer._work")),
+    ("WebSocket frames and Engine.IO session open", ("WebSocketConnection", "Engine.", "Session.")),
+    ("TCP accept, HTTP request (h11) and the 101 answer", ("HttpProtocol", "HttpServer", "RequestIntake")),
+    ("presence heartbeat (renews every held claim each 5 s; not per connect)", ("Presence.run",)),
+    ("kernel: socket writes", ("write (libc", "writev (libc")),
+    ("kernel: socket reads and accepts", ("uv__read", "uv__server_io", "accept4", "read (libc")),
+    ("garbage collector", ("gc_collect",)),
+    ("redis-py, other (pool, connection upkeep)", ("redis/",)),
+)
+OTHER: Final = "event loop and the rest"
+IDLE: Final = ("epoll_pwait",)
+
+
+def breakdown(raw: str) -> list[tuple[str, float]]:
+    """Each step's share of the busy samples in a py-spy raw (collapsed stacks) text, in STEPS order."""
+    counts: Counter[str] = Counter()
+    for line in raw.splitlines():
+        stack, _, number = line.rpartition(" ")
+        if not stack or not number.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        if any(marker in leaf for marker in IDLE):
+            continue
+        step = next((name for name, markers in STEPS if any(m in stack for m in markers)), OTHER)
+        counts[step] += int(number)
+    busy = sum(counts.values()) or 1
+    return [(name, counts[name] / busy) for name, _ in (*STEPS, (OTHER, ()))]
+
+
+def print_breakdown(shares: list[tuple[str, float]], us_per_connect: float | None) -> None:
+    width = max(len(name) for name, _ in shares)
+    unit = "   us/connect" if us_per_connect else ""
+    print(f"{'step':<{width}}  share{unit}")
+    for name, share in shares:
+        micros = f"  {share * us_per_connect:11.0f}" if us_per_connect else ""
+        print(f"{name:<{width}}  {share * 100:4.1f}%{micros}")
+
+
+async def storm(clients: int, output: Path) -> float:
+    """Profile a storm of `clients` connects into `output`; returns the gateway's CPU per connect (us), profiled."""
+    async with deploy(Setup("gateway", None), clients) as deployment, ClientPool(2) as pool:
+        server = deployment.servers[0].pid
+        specs = client_specs(clients, None)
+        spy = await asyncio.create_subprocess_exec(
+            *("py-spy", "record", "--native", "-r", "200", "-f", "raw", "-o", str(output), "--pid", str(server)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            await asyncio.sleep(1.0)  # py-spy attached
+            roles = deployment.roles(pool.pids)
+            before = Usage.now(roles)
+            report = await pool.connect(HOST, deployment.port, specs, CONNECT_DEADLINE_S)
+            after = Usage.now(roles)
+        finally:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            await spy.wait()
+        cpu = after.cpu_seconds("server", before)
+        print(f"{report.connected} connected ({report.errors or 'no errors'}), profiled: {cpu:.2f} s gateway CPU")
+        return cpu / max(report.connected, 1) * 1e6
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--clients", type=int, default=5000, help="connects in the profiled storm")
+    parser.add_argument("--raw", type=Path, help="only print the breakdown of this py-spy raw file")
+    parser.add_argument("--us-per-connect", type=float, help="gateway CPU per connect, unprofiled (adds a us column)")
+    args = parser.parse_args(argv)
+    if args.raw is None:
+        with tempfile.TemporaryDirectory(prefix="connect-profile-") as workdir:
+            raw = Path(workdir) / "storm.txt"
+            asyncio.run(storm(args.clients, raw))
+            text = raw.read_text()
+    else:
+        text = args.raw.read_text()
+    print_breakdown(breakdown(text), args.us_per_connect)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""CONNECTs that reach the node together share Redis round trips, yet each gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import redis.asyncio
+
+from shared.embedded_redis import EmbeddedRedis
+from shared.publisher import AsyncPublisher
+from tests.harness import RawWebSocket, make_token, raw_websocket, running_node, ws_frame
+from tests.hostile.edge import next_text
+
+
+async def connect_together(url: str, tokens: list[str]) -> list[str]:
+    """Open a socket per token, put every CONNECT on the wire before any is answered; each one's reply code."""
+    sockets: list[RawWebSocket] = [await raw_websocket(url) for _ in tokens]
+    try:
+        for ws in sockets:
+            await ws.receive_text()  # the Engine.IO open packet
+        for ws, token in zip(sockets, tokens, strict=True):
+            ws.writer.write(ws_frame("40" + json.dumps({"token": token})))
+        replies = await asyncio.gather(*(next_text(ws, "4") for ws in sockets))
+    finally:
+        for ws in sockets:
+            ws.close()
+    return ["ok" if reply.startswith("40") else json.loads(reply[2:])["data"]["code"] for reply in replies]
+
+
+async def test_each_connect_of_a_batch_gets_its_own_answer(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
+    publisher = AsyncPublisher(redis_client)
+    await publisher.revoke(user_id="vic")
+    await publisher.revoke(token_id="stolen")
+    tokens = {
+        "uma 1": make_token(sub="uma"),
+        "revoked user": make_token(sub="vic"),
+        "uma 2": make_token(sub="uma"),
+        "revoked token": make_token(sub="wes", jti="stolen"),
+        "expired": make_token(sub="xia", exp_in=-10),
+        "uma 3": make_token(sub="uma"),
+        "other token of wes": make_token(sub="wes", jti="kept"),
+        "bad signature": make_token(sub="yan", secret="not-the-secret" * 3),
+    }
+    async with running_node(redis_url, max_connections_per_user=2, connect_burst_per_ip=1000) as node:
+        answers = dict(zip(tokens, await connect_together(node.url, list(tokens.values())), strict=True))
+    assert answers == {
+        "uma 1": "ok",
+        "revoked user": "token_revoked",
+        "uma 2": "ok",
+        "revoked token": "token_revoked",
+        "expired": "token_expired",
+        "uma 3": "too_many_connections",
+        "other token of wes": "ok",
+        "bad signature": "token_invalid",
+    }
+
+
+async def test_redis_down_refuses_every_connect_of_a_batch_as_unavailable() -> None:
+    server = EmbeddedRedis().start()
+    try:
+        async with running_node(server.url, connect_burst_per_ip=1000) as node:
+            sockets = [await raw_websocket(node.url) for _ in range(20)]
+            for ws in sockets:
+                await ws.receive_text()
+            server.stop()
+            for index, ws in enumerate(sockets):
+                ws.writer.write(ws_frame("40" + json.dumps({"token": make_token(sub=f"user{index}")})))
+            replies = await asyncio.gather(*(next_text(ws, "4", timeout=15) for ws in sockets))
+            for ws in sockets:
+                ws.close()
+            assert [json.loads(reply[2:])["data"]["code"] for reply in replies] == ["unavailable"] * 20
+            # Redis back: the next connects are admitted (a failed batch leaves nothing stuck).
+            server = EmbeddedRedis(port=server.port).start()
+            assert await connect_together(node.url, [make_token(sub="zoe"), make_token(sub="zed")]) == ["ok", "ok"]
+    finally:
+        server.stop()
