@@ -49,8 +49,13 @@ Script = Callable[[Peer], Awaitable[None]]
 async def ws_server(script: Script, tls: ssl.SSLContext | None = None) -> AsyncIterator[str]:
     """A WebSocket server that accepts the upgrade, then runs `script` on each connection."""
 
+    writers: set[asyncio.StreamWriter] = set()
+
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.add(writer)
         try:
+            if tls is not None:  # here rather than in start_server, so a failed handshake's socket is closed too
+                await writer.start_tls(tls)
             request = await reader.readuntil(b"\r\n\r\n")
             key = next(
                 line.split(b":", 1)[1].strip().decode()
@@ -64,17 +69,21 @@ async def ws_server(script: Script, tls: ssl.SSLContext | None = None) -> AsyncI
             await script(Peer(reader, writer))
             await writer.drain()
             await reader.read()  # until the client goes
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         finally:
             writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         yield f"{'wss' if tls else 'ws'}://{'localhost' if tls else '127.0.0.1'}:{port}/stream"
     finally:
         server.close()
+        for writer in writers:  # a connection still open (its handler waits for the client): close it too
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
         await server.wait_closed()
 
 
@@ -211,7 +220,8 @@ async def run_binance(url: str, timeout_s: float = 5.0) -> tuple[Recorder, Conne
     """A Binance connection to `url` subscribed to BTC/USDT trades, run until a trade arrives (or `timeout_s`)."""
     host = Recorder()
     adapter = Binance(host=host, urls={"ws": url})
-    conn = Connection("ws-1", "ws", adapter=adapter, settings=LinkSettings(backoff_initial_s=0.05, backoff_max_s=0.1))
+    # One attempt in the window: a refused connection then waits out its backoff when the test ends it.
+    conn = Connection("ws-1", "ws", adapter=adapter, settings=LinkSettings(backoff_initial_s=10, backoff_max_s=10))
     conn.add({adapter.want(Topic.parse("binance:trades:BTC/USDT"))})
     task = asyncio.create_task(conn.run())
     try:
