@@ -23,11 +23,10 @@ from collectors.exchanges import ADAPTERS
 from collectors.feed.collector import Collector
 from collectors.feed.rest import RestBudget
 from collectors.metrics import CollectorMetrics
-from collectors.sink import Sink, redis_client
+from collectors.sink import Sink, market_publisher, redis_client
 from collectors.status import StatusPublisher
 from collectors.storage import CandleStorage
 from shared.events import AnyMarketEvent
-from shared.publisher import AsyncPublisher
 from shared.status import SinkStatus
 from shared.topics import Exchange
 
@@ -68,8 +67,7 @@ class CollectorService:
                 raise ConfigError(f"{exchange} has no {endpoint} endpoint: drop --{name.replace('_', '-')}")
         self.config = config
         self.redis = redis_client(config.redis_url)
-        self.publish_redis = redis_client(config.redis_url, reply_timeout=False)  # the sink bounds its batches
-        publisher = AsyncPublisher(self.publish_redis, latest_ttl_s=config.latest_ttl_s)
+        publisher, self._close_publisher = market_publisher(config.redis_url, latest_ttl_s=config.latest_ttl_s)
         self.sink = Sink(
             publisher,
             max_queue=config.queue_size,
@@ -150,7 +148,7 @@ class CollectorService:
         finally:
             await admin.cleanup()
             await self.redis.aclose()
-            await self.publish_redis.aclose()
+            await self._close_publisher()
         logger.info("collector finished", extra={"collector": config.name, "dropped": self.sink.dropped})
 
 

@@ -1,7 +1,7 @@
 """Bounded publishing of market events to Redis.
 
 The read loops never wait for Redis: they append to a bounded queue and go
-on. One task drains the queue in pipelined batches (`AsyncPublisher.
+on. One task drains the queue in pipelined batches (`MarketPublisher.
 publish_market`). While Redis is slow or down the queue fills, and then
 the oldest events are dropped and counted: for market data the newest
 matter most, and memory stays bounded. A failed batch goes back to the head
@@ -21,7 +21,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Final, Protocol
 
 import redis.asyncio
 import redis.exceptions
@@ -30,7 +31,7 @@ from redis.backoff import ExponentialBackoff
 
 from collectors.feed.backoff import Backoff
 from shared.events import AnyMarketEvent
-from shared.publisher import AsyncPublisher
+from shared.publisher import AsyncPublisher, RespPublisher
 from shared.redis_target import REDIS_ERRORS, AsyncClient, RedisTarget
 from shared.status import SinkStatus
 
@@ -40,12 +41,18 @@ logger = logging.getLogger(__name__)
 ERROR_LOG_INTERVAL_S: Final = 30.0
 
 
+class MarketPublisher(Protocol):
+    """`shared.publisher.RespPublisher` on a single Redis, `AsyncPublisher` on a cluster."""
+
+    async def publish_market(self, events: list[AnyMarketEvent]) -> None: ...
+
+
 class Sink:
     """A bounded queue of events and the task that publishes them."""
 
     def __init__(
         self,
-        publisher: AsyncPublisher,
+        publisher: MarketPublisher,
         *,
         max_queue: int = 10_000,
         batch_size: int = 500,
@@ -181,6 +188,24 @@ def honour_cancellation() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def market_publisher(url: str, *, latest_ttl_s: int) -> tuple[MarketPublisher, Callable[[], Awaitable[None]]]:
+    """The sink's publisher for `url` and what closes it.
+
+    A single Redis gets `RespPublisher` (pipelines built as bytes, on a connection of its own);
+    a cluster redis-py's cluster pipeline, which routes each command to its slot's node.
+    """
+    target = RedisTarget.parse(url)
+    if not target.cluster:
+        lean = RespPublisher(target, latest_ttl_s=latest_ttl_s)
+
+        async def close() -> None:
+            lean.close()
+
+        return lean, close
+    client = redis_client(url, reply_timeout=False)  # the sink bounds its batches
+    return AsyncPublisher(client, latest_ttl_s=latest_ttl_s), client.aclose
 
 
 def redis_client(url: str, *, timeout_s: float = 5.0, reply_timeout: bool = True) -> AsyncClient:

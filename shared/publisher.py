@@ -24,12 +24,12 @@ import redis.exceptions
 from redis.asyncio.cluster import ClusterPipeline as AsyncClusterPipeline
 from redis.cluster import ClusterPipeline
 
-from shared import codec, names
+from shared import codec, names, resp
 from shared.codec import Revocation
 from shared.errors import PayloadError
 from shared.events import FINAL_STATUSES, AnyMarketEvent, Candle, ExecutionUpdate, Notification
 from shared.record_checks import PRELUDE, record_check
-from shared.redis_target import AsyncClient, SyncClient, publish_command
+from shared.redis_target import AsyncClient, RedisTarget, SyncClient, publish_command
 from shared.topics import Exchange, Kind, Timeframe, Topic
 
 # The next entry id of a stream: "<ms>-<n>", where n counts the stream's
@@ -173,18 +173,43 @@ def _validated(record: msgspec.Struct) -> bytes:
 AnyPipeline = redis.client.Pipeline | redis.asyncio.client.Pipeline | ClusterPipeline | AsyncClusterPipeline
 
 
-def _market_names(event: AnyMarketEvent) -> tuple[str, str | None]:
-    """The channel of an event's topic and, for snapshot topics, its latest-value key."""
-    timeframe = event.timeframe if isinstance(event, Candle) else None
-    return _topic_names(event.exchange, event.KIND, event.symbol, timeframe)
+# A market topic as the publishers look it up: exchange, kind, symbol, candle timeframe.
+TopicKey = tuple[Exchange, Kind, str, Timeframe | None]
+
+
+def _market_key(event: AnyMarketEvent) -> TopicKey:
+    return event.exchange, event.KIND, event.symbol, event.timeframe if isinstance(event, Candle) else None
 
 
 # Built once per topic rather than per event: a collector publishes tens of thousands of events
 # a second over a few hundred topics. Bounded, for a service that publishes to ever new ones.
 @functools.lru_cache(maxsize=4096)
 def _topic_names(exchange: Exchange, kind: Kind, symbol: str, timeframe: Timeframe | None) -> tuple[str, str | None]:
+    """The channel of a topic and, for snapshot topics, its latest-value key."""
     topic = Topic.of(exchange, kind, symbol, timeframe)
     return names.market_channel(topic), names.latest_key(topic) if topic.has_snapshot else None
+
+
+def _staged(events: list[AnyMarketEvent]) -> Iterator[tuple[TopicKey, bool, bytes]]:
+    """(topic, whether to SET its latest value, payload) of each event of a batch.
+
+    A latest-value key is SET once per batch, with the newest event of its topic, right
+    after that event's announcement: the SETs of older events would be overwritten within
+    the same pipeline. A busy book publishes hundreds of views a second, so this halves the
+    commands of a batch.
+    """
+    staged = [(_market_key(event), codec.encode(event)) for event in events]
+    newest = {topic: index for index, (topic, _) in enumerate(staged)}
+    for index, (topic, data) in enumerate(staged):
+        yield topic, newest[topic] == index, data
+
+
+@functools.lru_cache(maxsize=4096)
+def _resp_heads(publish: str, topic: TopicKey) -> tuple[bytes, bytes | None]:
+    """A topic's RESP command heads, up to the payload: PUBLISH (or SPUBLISH) and, for snapshot topics, SET."""
+    channel, key = _topic_names(*topic)
+    publish_head = b"*3\r\n" + resp.bulk(publish) + resp.bulk(channel)
+    return publish_head, b"*5\r\n" + resp.bulk("SET") + resp.bulk(key) if key is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,20 +224,28 @@ class _Commands:
     publish: str
 
     def market(self, pipe: AnyPipeline, events: list[AnyMarketEvent]) -> None:
-        """Queue each event's announcement (and latest-value SET for snapshot topics) on `pipe`.
-
-        A latest-value key is SET once per batch, with the newest event of its topic, right
-        after that event's announcement: the SETs of older events would be overwritten within
-        the same pipeline. A busy book publishes hundreds of views a second, so this halves the
-        commands of a batch.
-        """
-        encode, publish = codec.encode, self.publish
-        staged = [(*_market_names(event), encode(event)) for event in events]
-        newest = {key: index for index, (_, key, _) in enumerate(staged) if key is not None}
-        for index, (channel, key, data) in enumerate(staged):
+        """Queue each event's announcement (and latest-value SET for snapshot topics) on `pipe`."""
+        publish = self.publish
+        for topic, latest, data in _staged(events):
+            channel, key = _topic_names(*topic)
             pipe.execute_command(publish, channel, data)
-            if key is not None and newest[key] == index:
+            if latest and key is not None:
                 pipe.execute_command("SET", key, data, "EX", self.latest_ttl_s)  # set()'s argument checks cost more
+
+    def market_resp(self, events: list[AnyMarketEvent]) -> tuple[bytes, int]:
+        """The same commands as `market` as one RESP payload, and how many commands it holds."""
+        parts: list[bytes] = []
+        ttl = b"\r\n" + resp.bulk("EX") + resp.bulk(str(self.latest_ttl_s))
+        commands = 0
+        for topic, latest, data in _staged(events):
+            publish_head, set_head = _resp_heads(self.publish, topic)
+            length = b"$%d\r\n" % len(data)
+            parts += (publish_head, length, data, b"\r\n")
+            commands += 1
+            if latest and set_head is not None:
+                parts += (set_head, length, data, ttl)
+                commands += 1
+        return b"".join(parts), commands
 
     def revocation(self, pipe: AnyPipeline, revocation: Revocation, ttl_s: int) -> tuple[str, bytes]:
         """Queue the revocation's keys on `pipe`; returns the announcement, to send once they are stored.
@@ -317,6 +350,40 @@ class AsyncPublisher:
         channel, announcement = self._commands.revocation(pipe, revocation, ttl_s)
         await pipe.execute()
         await self._redis.execute_command(self._commands.publish, channel, announcement)
+
+
+class RespPublisher:
+    """Publishes market events on a lean connection of its own (`shared.resp`): a single Redis only.
+
+    The same commands as `AsyncPublisher.publish_market`, with each pipeline built as bytes at
+    once; a collector's sink publishes through it. A lost connection is opened again by the
+    next publish. A batch that raised may be sent again whole: its subscribers may then see
+    some events twice, and tell by their ``seq``.
+    """
+
+    def __init__(
+        self, target: RedisTarget, *, latest_ttl_s: int = DEFAULT_LATEST_TTL_S, timeout_s: float = 5.0
+    ) -> None:
+        if target.cluster:
+            raise ValueError("RespPublisher publishes to a single Redis; use AsyncPublisher for a cluster")
+        self._target = target
+        self._timeout = timeout_s
+        self._commands = _Commands(Retention(), latest_ttl_s, "PUBLISH")
+        self._conn: resp.RespConnection | None = None
+
+    async def publish_market(self, events: list[AnyMarketEvent]) -> None:
+        """Publish a batch in one round trip; raises ResponseError if Redis refused any of its commands."""
+        payload, count = self._commands.market_resp(events)
+        if self._conn is None or not self._conn.is_open:
+            self._conn = await resp.RespConnection.open(self._target, timeout_s=self._timeout)
+        for reply in await self._conn.execute(payload, count):
+            if isinstance(reply, redis.exceptions.ResponseError):
+                raise reply
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class SyncPublisher:

@@ -209,7 +209,7 @@ class RawWebSocket:
         await self.writer.drain()
 
     async def receive(self, timeout: float = 5.0) -> tuple[int, bytes]:
-        """The next frame (opcode, payload); opcode 8 is a close frame."""
+        """The next frame (opcode, payload), unmasked if a client sent it; opcode 8 is a close frame."""
         async with asyncio.timeout(timeout):
             first, second = await self.reader.readexactly(2)
             length = second & 0x7F
@@ -217,7 +217,9 @@ class RawWebSocket:
                 (length,) = struct.unpack("!H", await self.reader.readexactly(2))
             elif length == 127:
                 (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
-            return first & 0x0F, await self.reader.readexactly(length)
+            mask = await self.reader.readexactly(4) if second & 0x80 else b"\0\0\0\0"
+            data = await self.reader.readexactly(length)
+            return first & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(data)) if second & 0x80 else data
 
     async def receive_text(self, timeout: float = 5.0) -> str:
         opcode, payload = await self.receive(timeout)

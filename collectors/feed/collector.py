@@ -239,7 +239,7 @@ class Collector:
 
     def _start(self, conn: Connection) -> None:
         if self._tg is not None and self._session is not None and conn not in self._conn_tasks:
-            task = self._tg.create_task(conn.run(self._session), name=f"{self.id}-{conn.id}")
+            task = self._tg.create_task(conn.run(), name=f"{self.id}-{conn.id}")
             self._conn_tasks[conn] = task
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:

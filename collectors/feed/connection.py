@@ -1,12 +1,14 @@
 """One WebSocket to an exchange and the streams it carries, kept alive until stopped.
 
-Per socket three tasks run side by side: the reader (hands each frame to the
-adapter), the writer (brings the exchange's subscriptions in line with the
-wanted streams, paced to the exchange's request rate), and the watchdog
-(pings when idle, declares the connection dead after a silence, retires it
-before the exchange's lifetime limit). Whichever ends first ends the socket;
-the run loop then backs off (no wait after a planned retirement) and
-connects again, and the writer resubscribes every wanted stream exactly once.
+The socket is picows's (a WebSocket client in Cython): each message reaches the
+adapter straight from the transport's ``data_received`` (`collectors.feed.
+receiver`), with no task woken per message. Beside it two tasks run per socket:
+the writer (brings the exchange's subscriptions in line with the wanted
+streams, paced to the exchange's request rate) and the watchdog (pings when
+idle, declares the connection dead after a silence, retires it before the
+exchange's lifetime limit). Whichever ends first, or the socket closing, ends
+the socket; the run loop then backs off (no wait after a planned retirement)
+and connects again, and the writer resubscribes every wanted stream exactly once.
 """
 
 from __future__ import annotations
@@ -16,30 +18,25 @@ import contextlib
 import logging
 import math
 import random
+import ssl
 import time
 from collections.abc import Callable, Set
 from dataclasses import dataclass
 from typing import Any, Final
 
-import aiohttp
+import picows
 
-from collectors.book import CollectorError
 from collectors.feed.adapter import Adapter, Op, Stream
 from collectors.feed.backoff import Backoff
+from collectors.feed.receiver import MAX_MESSAGE_BYTES, ConnectionLost, Receiver
 from shared.status import ConnectionState, ConnectionStatus
 
 logger = logging.getLogger(__name__)
 
-# Books of a thousand levels a side run to a few hundred kB; anything far larger is not a market frame.
-MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 # A parser failing on every frame must not flood the log: one traceback per connection per interval.
 PARSE_ERROR_LOG_INTERVAL_S: Final = 10.0
 # Spread planned reconnects of connections opened together over the last 5% of their lifetime.
 RETIRE_JITTER: Final = 0.05
-
-
-class ConnectionLost(CollectorError, ConnectionError):
-    """The socket closed, failed, or went silent; the run loop reconnects."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,7 +134,7 @@ class Connection:
 
     # -- the life loop ----------------------------------------------------------------------
 
-    async def run(self, session: aiohttp.ClientSession) -> None:
+    async def run(self) -> None:
         """Connect, serve, reconnect; until cancelled."""
         try:
             while True:
@@ -145,8 +142,8 @@ class Connection:
                 self._set_state(ConnectionState.CONNECTING if first else ConnectionState.RECONNECTING)
                 self._was_open = planned = False
                 try:
-                    planned = await self._serve(session)
-                except (ConnectionLost, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    planned = await self._serve()
+                except (ConnectionLost, picows.WSError, OSError, TimeoutError) as exc:
                     self._failed(exc, traceback=False)
                 except Exception as exc:  # noqa: BLE001 - a bug must not end the collector: log it, back off
                     self._failed(exc, traceback=True)
@@ -157,25 +154,28 @@ class Connection:
         finally:
             self._set_state(ConnectionState.TERMINATED)
 
-    async def _serve(self, session: aiohttp.ClientSession) -> bool:
+    async def _serve(self) -> bool:
         """One socket from connect to close; True when it was retired as planned."""
+        receiver = Receiver(self)
         async with asyncio.timeout(self._settings.connect_timeout_s):
-            ws = await session.ws_connect(
+            ws, _ = await picows.ws_connect(
+                lambda: receiver,
                 self.url,
-                autoping=True,
-                max_msg_size=MAX_FRAME_BYTES,
-                timeout=aiohttp.ClientWSTimeout(ws_close=self._settings.close_timeout_s),
+                # Built per connect, so that the certificate store in force (SSL_CERT_FILE) is the one used.
+                ssl_context=ssl.create_default_context() if self.url.startswith("wss:") else None,
+                websocket_handshake_timeout=None,  # within the connect timeout above
+                max_frame_size=MAX_MESSAGE_BYTES,
+                logger_name=f"collector.{self.id}",
             )
         opened = time.monotonic()
         try:
             self._opened()
             tasks = {
-                asyncio.create_task(self._read(ws), name=f"{self.id}-read"),
                 asyncio.create_task(self._write(ws), name=f"{self.id}-write"),
                 asyncio.create_task(self._watch(ws, opened), name=f"{self.id}-watch"),
             }
             try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({*tasks, receiver.ended}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for task in tasks:
                     task.cancel()
@@ -183,8 +183,7 @@ class Connection:
             return any(task.result() for task in done)  # re-raises the reason the socket ended
         finally:
             self._closed(time.monotonic() - opened)
-            with contextlib.suppress(Exception):
-                await ws.close()
+            await receiver.close(ws, self._settings.close_timeout_s)
 
     def _opened(self) -> None:
         self._active.clear()
@@ -225,23 +224,19 @@ class Connection:
 
     # -- the three tasks of a socket --------------------------------------------------------
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
-        """Hand every frame to the adapter; ends only by raising, when the socket closes."""
-        on_message = self._adapter.on_message
-        monotonic, wall = time.monotonic, time.time
-        async for msg in ws:
-            if msg.type is aiohttp.WSMsgType.ERROR:
-                raise ConnectionLost(f"websocket error: {ws.exception()}")
-            if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                continue
-            self._last_rx = monotonic()
-            self.last_message = recv_ts = wall() * 1000
-            self.messages += 1
-            try:
-                on_message(self, msg.data, recv_ts)
-            except Exception:  # noqa: BLE001 - one bad frame must not end the connection
-                self._parse_error()
-        raise ConnectionLost(f"closed by the exchange (code {ws.close_code})")
+    def received(self, data: str | bytes) -> None:
+        """One message from the socket (called by the receiver, inside the transport's data_received)."""
+        self._last_rx = time.monotonic()
+        self.last_message = recv_ts = time.time() * 1000
+        self.messages += 1
+        try:
+            self._adapter.on_message(self, data, recv_ts)
+        except Exception:  # noqa: BLE001 - one bad frame must not end the connection
+            self._parse_error()
+
+    def alive(self) -> None:
+        """A pong or other control frame: the peer is there, though it carried no data."""
+        self._last_rx = time.monotonic()
 
     def _parse_error(self) -> None:
         self.parse_errors += 1
@@ -250,7 +245,7 @@ class Connection:
             self._parse_error_logged = now
             logger.exception("cannot parse a frame", extra={"connection": self.id, "parse_errors": self.parse_errors})
 
-    async def _write(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+    async def _write(self, ws: picows.WSTransport) -> bool:
         """Bring the socket's subscriptions in line with the wanted streams, whenever woken."""
         adapter = self._adapter
         for text in adapter.open_messages():
@@ -272,7 +267,7 @@ class Connection:
                 self.subscribed_at[stream] = now
             self._active |= add
 
-    async def _watch(self, ws: aiohttp.ClientWebSocketResponse, opened: float) -> bool:
+    async def _watch(self, ws: picows.WSTransport, opened: float) -> bool:
         """Ping when idle (or always, if the exchange wants it); end the socket when silent or due to retire."""
         interval, timeout = self._settings.ping_interval_s, self._settings.pong_timeout_s
         adapter = self._adapter
@@ -293,11 +288,11 @@ class Connection:
                 last_ping = now
                 ping = adapter.ping_message()  # a new request id each time
                 if ping is None:
-                    await ws.ping()
+                    ws.send_ping()
                 else:
                     await self._send(ws, ping)
 
-    async def _send(self, ws: aiohttp.ClientWebSocketResponse, text: str) -> None:
+    async def _send(self, ws: picows.WSTransport, text: str) -> None:
         """Send one request within the exchange's rate (pings count too).
 
         A token bucket in its GCRA form: a burst of one second's worth, then one request
@@ -312,5 +307,5 @@ class Connection:
         self._due = due + interval
         if slot > now:
             await asyncio.sleep(slot - now)
-        await ws.send_str(text)
+        ws.send(picows.WSMsgType.TEXT, text.encode())
         self.sent += 1

@@ -25,6 +25,20 @@ T0 = 1_700_000_040_000 - 1_700_000_040_000 % MINUTE
 def test_iso_times_are_cut_to_milliseconds() -> None:
     assert iso_ms("2026-09-07T23:37:22.675755362Z") == 1788824242675
     assert iso_ms("1970-01-01T00:00:00Z") == 0
+    # The fast path (one parse per second) agrees with the full parser, short fractions included.
+    assert iso_ms("2026-09-07T23:37:22.6Z") == 1788824242600
+    assert iso_ms("2026-09-07T23:37:22.67Z") == 1788824242670
+    assert iso_ms("2026-09-07T23:37:22.675+00:00") == iso_ms("2026-09-07T23:37:22.675Z") == 1788824242675
+    assert iso_ms("2026-09-07T23:37:22.675+01:00") == 1788824242675 - 3_600_000
+    assert iso_ms("2026-09-07 23:37:22.675Z") == 1788824242675
+
+
+@pytest.mark.parametrize(
+    "text", ["2026-09-07T23:37:2x.675Z", "2026-09-07T23:37:22.6٣Z", "2026-13-07T23:37:22.675Z", ""]
+)
+def test_a_bad_time_is_a_value_error(text: str) -> None:
+    with pytest.raises(ValueError):
+        iso_ms(text)
 
 
 def test_streams_native_candles_and_trade_built_ones() -> None:
