@@ -23,8 +23,9 @@ from urllib.parse import urlsplit
 import msgspec
 
 from gateway.limits import KeyedBuckets, address_key
+from gateway.protocol.batch import WriteBatch
 from gateway.protocol.http import Request, Response, Upgrade, websocket_handshake_error
-from gateway.protocol.session import OPEN, Session, WebSocketConnection
+from gateway.protocol.session import OPEN, Packet, Session, WebSocketConnection
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ class EngineSettings:
     max_payload: int  # largest message a client may send (a POST body, a WebSocket message)
     conflate_above: int  # unsent bytes past which a session is lagging
     max_buffered: int  # unsent bytes past which a session is dropped
-    coalesce_s: float
     handshake_rate: float  # new sessions per second per client address
     handshake_burst: int
 
@@ -93,9 +93,7 @@ class Engine:
         self._closing: dict[str, Session] = {}
         self._handshakes = KeyedBuckets(settings.handshake_rate, settings.handshake_burst)
         self._logged_origins: set[str] = set()
-        self.corked = False
-        self.dirty: list[Session] = []
-        self._flush_timer: asyncio.TimerHandle | None = None
+        self.batch: WriteBatch | None = None  # the sends of the batch being collected, if one is open
         self._heartbeat: asyncio.TimerHandle | None = None
         self._beats = 0
 
@@ -105,9 +103,8 @@ class Engine:
         self._heartbeat = asyncio.get_running_loop().call_later(self.settings.ping_interval_s, self._beat)
 
     def stop(self) -> None:
-        for timer in (self._flush_timer, self._heartbeat):
-            if timer is not None:
-                timer.cancel()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         self._heartbeat = None
 
     def _beat(self) -> None:
@@ -140,28 +137,26 @@ class Engine:
 
     @contextmanager
     def corked_writes(self) -> Iterator[None]:
-        """Collect the frames sent to each WebSocket in this block into one write per session.
+        """Collect the sends made in this block (one Redis read's messages) into a `WriteBatch`, written at its end.
 
-        With `coalesce_s`, the writes wait that long for later batches to
-        join them: fewer send() calls per delivery, for a little latency.
-        Anything sent to a session meanwhile queues behind, so order holds.
+        Nothing waits on a timer: a batch holds several messages only when they
+        arrived together, i.e. under load, and then each client gets them in one write.
         """
-        self.corked = True
+        if self.batch is not None:  # inside another batch: that one writes
+            yield
+            return
+        self.batch = WriteBatch(self.settings.conflate_above)
         try:
             yield
         finally:
-            self.corked = False
-            if not self.settings.coalesce_s:
-                self.flush()
-            elif self._flush_timer is None and self.dirty:
-                self._flush_timer = asyncio.get_running_loop().call_later(self.settings.coalesce_s, self.flush)
+            batch, self.batch = self.batch, None
+            batch.write()
 
-    def flush(self) -> None:
-        """Write what corked batches collected for each session."""
-        self._flush_timer = None
-        dirty, self.dirty = self.dirty, []
-        for session in dirty:
-            session.flush_chunks()
+    def broadcast(self, sessions: tuple[Session, ...], packet: Packet, conflate_key: str | None = None) -> None:
+        """Send one packet to every session of `sessions` (in a batch: the open one)."""
+        with self.corked_writes():
+            assert self.batch is not None
+            self.batch.add(sessions, packet, conflate_key)
 
     def overflow(self, session: Session) -> None:
         self.observer.overflowed()
