@@ -1,17 +1,21 @@
-"""The sends of one batch (one Redis read), written to each WebSocket client in as few writes as it can.
+"""One loop turn's fan-out, written to each WebSocket client in as few writes as it can.
 
-Fan-out is as cheap as the write per recipient, so the common case is kept
-to just that: when every send of a batch goes to one audience (one room: a
+`Engine.broadcast` opens a batch on a turn's first fan-out and writes it when
+the turn ends (a `call_soon`), so whatever the turn sends joins it: every
+message of a Redis read, of other reads in the same turn (a cluster node's
+several pub/sub connections), and replies sent meanwhile, in order. At low
+rates a turn carries one message and the batch is written at once; under
+load a read carries several and each client gets them in one write. Nothing
+is held on a timer.
+
+Fan-out costs about one write per recipient, so the common case is kept to
+just that: when every send of a batch goes to one audience (one room: a
 node serving one topic, or any batch of a single message), the batch's
 frames are joined once and the same bytes are written to every client that
-keeps up; nothing is allocated or looked up per recipient. Under load, a
-Redis read carries several messages and each client gets them in one write,
-which is how the gateway ends up writing less than once per delivery without
-holding anything on a timer.
-
-A batch with several audiences (several topics, a notification beside market
-data) collects each client's frames on its session instead and writes them
-once at the end, in the order they were sent.
+keeps up; nothing is allocated or looked up per recipient. A batch with
+several audiences (several topics, a notification beside market data)
+collects each client's frames on its session instead and writes them once,
+in the order they were sent.
 
 Either way a client that does not keep up (its transport paused writing) is
 not written to in bulk: its packets go one by one through `Session.deliver`,
@@ -31,7 +35,7 @@ Send = tuple[tuple["Session", ...], "Packet", "str | None"]  # (recipients, pack
 
 
 class WriteBatch:
-    """Sends queued in order while a batch is open; `write` delivers them all."""
+    """A loop turn's sends, queued in order; `write` delivers them all."""
 
     __slots__ = ("_conflate_above", "_sends")
 

@@ -3,7 +3,7 @@
 Each session does its own transport work (see `session`); the engine routes
 requests to it, opens new ones (at most `handshake_rate` per second per
 client address, IPv6 by /64), pings every session from one timer, and
-collects the writes of a Redis batch into one write per WebSocket client.
+collects the fan-out of each loop turn into one write per WebSocket client (see `batch`).
 Knows nothing of Socket.IO: messages go to the layer above through
 `EngineHandler`.
 """
@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, Protocol
@@ -93,7 +91,7 @@ class Engine:
         self._closing: dict[str, Session] = {}
         self._handshakes = KeyedBuckets(settings.handshake_rate, settings.handshake_burst)
         self._logged_origins: set[str] = set()
-        self.batch: WriteBatch | None = None  # the sends of the batch being collected, if one is open
+        self.batch: WriteBatch | None = None  # this loop turn's sends, written at its end
         self._heartbeat: asyncio.TimerHandle | None = None
         self._beats = 0
 
@@ -135,28 +133,22 @@ class Engine:
 
     # Writes
 
-    @contextmanager
-    def corked_writes(self) -> Iterator[None]:
-        """Collect the sends made in this block (one Redis read's messages) into a `WriteBatch`, written at its end.
-
-        Nothing waits on a timer: a batch holds several messages only when they
-        arrived together, i.e. under load, and then each client gets them in one write.
-        """
-        if self.batch is not None:  # inside another batch: that one writes
-            yield
-            return
-        self.batch = WriteBatch(self.settings.conflate_above)
-        try:
-            yield
-        finally:
-            batch, self.batch = self.batch, None
-            batch.write()
-
     def broadcast(self, sessions: tuple[Session, ...], packet: Packet, conflate_key: str | None = None) -> None:
-        """Send one packet to every session of `sessions` (in a batch: the open one)."""
-        with self.corked_writes():
-            assert self.batch is not None
-            self.batch.add(sessions, packet, conflate_key)
+        """Send one packet to every session of `sessions`, at the end of this loop turn."""
+        batch = self.batch
+        if batch is None:
+            # The first fan-out of a loop turn opens its batch. Everything sent until the turn
+            # ends (the rest of this Redis read, other reads of the same turn, replies) joins it,
+            # so under load a client gets several messages per write; nothing waits on a timer.
+            batch = self.batch = WriteBatch(self.settings.conflate_above)
+            asyncio.get_running_loop().call_soon(self.flush)
+        batch.add(sessions, packet, conflate_key)
+
+    def flush(self) -> None:
+        """Write this turn's batch: at the end of the turn, or earlier for a session about to close."""
+        batch, self.batch = self.batch, None
+        if batch is not None:
+            batch.write()
 
     def overflow(self, session: Session) -> None:
         self.observer.overflowed()

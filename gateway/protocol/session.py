@@ -7,8 +7,8 @@ The `Engine` owns the handshake, CORS, the heartbeat and the set of sessions.
 
 Built for fan-out: an outgoing message is a `Packet` encoded once (text for
 long-polling, WebSocket frame bytes for everyone else) and sending it to a
-WebSocket client is one `transport.write` of those bytes (inside a batch,
-the batch's frames go out together: see `batch`). A connected WebSocket client costs no queue, task or timer of
+WebSocket client is one `transport.write` of those bytes (a loop turn's
+fan-out goes out together at its end: see `batch`). A connected WebSocket client costs no queue, task or timer of
 its own: the transport's pause/resume-writing signal says when it lags.
 
 A client that falls behind is `lagging`: packets sent with a conflation key
@@ -114,7 +114,7 @@ class Session:
     def send(self, packet: Packet, conflate_key: str | None = None) -> bool:
         """Send (or conflate) `packet`; False if the session is closed or was just dropped for lagging.
 
-        Inside a batch (`Engine.corked_writes`) it queues behind the batch's other sends.
+        While this loop turn's fan-out is pending (`Engine.broadcast`), it queues behind it.
         """
         batch = self.engine.batch
         if batch is None:
@@ -322,12 +322,12 @@ class Session:
         """
         if self.closed:
             return
+        if not abort and self.engine.batch is not None:
+            self.engine.flush()  # what this loop turn sent it (a reason, a DISCONNECT) goes out first
         self.closed = True
         self.close_reason = reason
         self.slots = None
-        chunks, self.chunks = self.chunks, None
-        if chunks and not abort and self.ws is not None:
-            self.ws.transport.write(b"".join(chunks))  # sent in a corked batch: still delivered
+        self.chunks = None
         for ws in (self.ws, self.upgrading):
             if ws is None:
                 continue

@@ -24,7 +24,6 @@ import re
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final, Protocol
@@ -233,10 +232,6 @@ class SocketIOServer:
         if recipients:
             self.engine.broadcast(recipients, packet, conflate_key)
         return len(recipients)
-
-    def batch(self) -> AbstractContextManager[None]:
-        """Sends in this block reach each WebSocket client as one write."""
-        return self.engine.corked_writes()
 
     # Rooms (synchronous: no await, so nothing slips in between a snapshot and a join)
 

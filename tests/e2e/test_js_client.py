@@ -181,11 +181,12 @@ async def test_official_client_survives_its_node_going_away_with_a_request_unans
 
 
 async def test_official_client_reads_each_frame_of_a_batch_as_its_own_event(redis_url: str) -> None:
-    """One Redis read's messages reach a client in one write; the official client parses every frame of it.
+    """A loop turn's messages reach a client in one write; the official client parses every frame of it.
 
-    The batch is handed to the node's fan-out as one Redis read would hand it (a read's length is up to
-    the kernel): first one audience (both clients, one topic: the frames joined once, the same bytes to
-    both), then two (the second topic has one subscriber: each client's frames collected and written once).
+    The messages are handed to the node's fan-out as Redis reads would hand them (how much one read
+    carries is up to the kernel), in two turns: first one audience (both clients, one topic: the frames
+    joined once, the same bytes to both), then two (the second topic has one subscriber: each client's
+    frames collected and written once).
     """
     other = "coinbase:ticker:BTC/USD"
 
@@ -201,6 +202,7 @@ async def test_official_client_reads_each_frame_of_a_batch_as_its_own_event(redi
     ):
         assert (await both.next("subscribed"))["reply"]["ok"] and (await one.next("subscribed"))["reply"]["ok"]
         node.node.fanout.on_messages([message(TOPIC, seq) for seq in range(1, 51)])
+        await asyncio.sleep(0)  # the turn ends: its batch is written
         node.node.fanout.on_messages([message(topic, seq) for seq in range(51, 101) for topic in (TOPIC, other)])
         for client, topics in ((both, (TOPIC, other)), (one, (TOPIC,))):
             seen: dict[str, list[int]] = {topic: [] for topic in topics}
