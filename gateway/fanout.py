@@ -3,11 +3,11 @@
 Each message is decoded (validated) once and encoded once per node: the
 packet text embeds the publisher's JSON verbatim, and the same packet (one
 WebSocket frame) goes to every recipient; what a loop turn sends reaches
-each client as one write (`protocol.batch`). Market events go straight to their topic's room;
-notifications and execution updates go through `Recovery`, which knows what
-each room has already been sent. A message that fails validation is dropped,
-logged and counted; it never reaches a client, and never costs the others
-of its batch anything.
+each client as one write (`protocol.batch`). Market events go straight to
+their topic's room; notifications and execution updates go through
+`Recovery`, which knows what each room has already been sent. A message that
+fails validation is dropped, logged and counted; it never reaches a client,
+and never costs the others of its batch anything.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ The `Engine` owns the handshake, CORS, the heartbeat and the set of sessions.
 Built for fan-out: an outgoing message is a `Packet` encoded once (text for
 long-polling, WebSocket frame bytes for everyone else) and sending it to a
 WebSocket client is one `transport.write` of those bytes (a loop turn's
-fan-out goes out together at its end: see `batch`). A connected WebSocket client costs no queue, task or timer of
-its own: the transport's pause/resume-writing signal says when it lags.
+fan-out goes out together at the turn's end: see `batch`). A connected
+WebSocket client costs no queue, task or timer of its own: the transport's
+pause/resume-writing signal says when it lags.
 
 A client that falls behind is `lagging`: packets sent with a conflation key
 (market data) then wait in one slot per key, the newest replacing an unsent
