@@ -111,12 +111,6 @@ class GatewayConfig:
         "GATEWAY_MAX_BUFFERED_BYTES",
         "Unsent bytes past which a socket that must not lose a message is disconnected (it recovers on reconnect).",
     )
-    coalesce_ms: float = setting(
-        0.0,
-        "GATEWAY_COALESCE_MS",
-        "Hold each client's market writes up to this long so several messages share one send() "
-        "(more deliveries per CPU, a little more latency); 0 writes at once.",
-    )
     accept_rate_per_ip: float = setting(
         100.0,
         "GATEWAY_ACCEPT_RATE_PER_IP",
@@ -208,8 +202,6 @@ class GatewayConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if not 0 <= self.coalesce_ms <= 100:
-            raise ValueError("GATEWAY_COALESCE_MS must be between 0 and 100")
         if self.max_buffered_bytes <= self.conflate_above_bytes:
             raise ValueError("GATEWAY_MAX_BUFFERED_BYTES must be larger than GATEWAY_CONFLATE_ABOVE_BYTES")
 

@@ -2,12 +2,12 @@
 
 Each message is decoded (validated) once and encoded once per node: the
 packet text embeds the publisher's JSON verbatim, and the same packet (one
-WebSocket frame) goes to every recipient; a batch of Redis messages reaches
-each client as one write. Market events go straight to their topic's room;
-notifications and execution updates go through `Recovery`, which knows what
-each room has already been sent. A message that fails validation is dropped,
-logged and counted; it never reaches a client, and never costs the others
-of its batch anything.
+WebSocket frame) goes to every recipient; what a loop turn sends reaches
+each client as one write (`protocol.batch`). Market events go straight to
+their topic's room; notifications and execution updates go through
+`Recovery`, which knows what each room has already been sent. A message that
+fails validation is dropped, logged and counted; it never reaches a client,
+and never costs the others of its batch anything.
 """
 
 from __future__ import annotations
@@ -55,9 +55,8 @@ class Fanout:
         self._latest: dict[str, Packet] = {}
 
     def on_messages(self, messages: list[Message]) -> None:
-        with self._server.batch():
-            for channel, payload in messages:
-                self._on_message(channel, payload)
+        for channel, payload in messages:
+            self._on_message(channel, payload)
 
     def _on_message(self, channel: bytes, payload: bytes) -> None:
         try:

@@ -89,7 +89,6 @@ class GatewayNode:
                     max_payload=config.max_packet_bytes,
                     conflate_above=config.conflate_above_bytes,
                     max_buffered=config.max_buffered_bytes,
-                    coalesce_s=config.coalesce_ms / 1000,
                     handshake_rate=config.handshake_rate_per_ip,
                     handshake_burst=config.handshake_burst_per_ip,
                 ),

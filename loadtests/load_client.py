@@ -18,6 +18,9 @@ reads behind each other, which shows up as latency: p99 7-13 ms with one worker,
 two, for the same deliveries. Two workers let the kernel run the client on whichever core the
 server leaves free; more only add scheduling on two cores. Large idle runs use more workers,
 each under the 20,000-descriptor limit.
+
+`ClientPool(kind=ClientKind.PICOWS)` runs `picows_client.PicowsClient` in the same workers
+instead: a client of another make under the same counters, so that no figure rests on one client.
 """
 
 from __future__ import annotations
@@ -36,11 +39,16 @@ import socket
 import time
 from array import array
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from multiprocessing.connection import Connection
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import uvloop
+
+if TYPE_CHECKING:
+    from loadtests.picows_client import PicowsClient
 
 MARKET: Final = b'42["market",'
 RECV_TS: Final = b'"recv_ts":'
@@ -56,6 +64,13 @@ CONNECTS_IN_FLIGHT: Final = 100
 # What a stalled client asks the kernel for (it grants at least about 2 KiB): the server's
 # writes back up into its own buffers within a few messages.
 STALLED_RCVBUF: Final = 4096
+
+
+class ClientKind(StrEnum):
+    """Which make of client the workers run: this module's raw protocol, or picows (`picows_client`)."""
+
+    RAW = "raw"
+    PICOWS = "picows"
 
 
 class ClientError(Exception):
@@ -94,7 +109,7 @@ class ConnectReport:
     errors: dict[str, int]
 
 
-class _Stats:
+class Stats:
     """Counters shared by all connections of one worker; `countdown` spreads samples over connections."""
 
     __slots__ = ("countdown", "every", "lost", "received", "samples", "stamp")
@@ -135,10 +150,66 @@ def frame(payload: bytes, head: int = 0x81) -> bytes:
     return header + key + masked
 
 
-class SocketIOClient(asyncio.Protocol):
+class SocketIOConversation:
+    """What both makes of client say, past the WebSocket: OPEN -> CONNECT -> subscribe, pings, refusals.
+
+    A client sets `_spec`, `_stats`, `_closing` and `ready` and supplies `_send` (one text message),
+    `_stall` and `close`.
+    """
+
+    _spec: ClientSpec
+    _stats: Stats
+    _closing: bool
+    ready: asyncio.Future[None]
+
+    def _send(self, text: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _fail(self, reason: str) -> None:
+        """Fail the connection attempt, or count a ready connection as lost."""
+        if not self.ready.done():
+            self.ready.set_exception(ClientError(reason))
+        elif not self._closing:
+            self._stats.lost += 1
+        self.close()
+
+    def _stall(self) -> None:
+        """Stop reading for good (a stalled client, once subscribed)."""
+        raise NotImplementedError
+
+    def _packet(self, payload: bytes) -> None:
+        """One Engine.IO packet other than a market event."""
+        if payload == b"2":
+            self._send("3")
+        elif payload.startswith(b"0"):  # Engine.IO OPEN
+            self._send("40" + json.dumps({"token": self._spec.token}))
+        elif payload.startswith(b"40"):  # Socket.IO CONNECT accepted
+            if self._spec.topic is None:
+                self.ready.set_result(None)
+            else:
+                self._send('420["subscribe",' + json.dumps([self._spec.topic]) + "]")
+        elif payload.startswith(b"44"):  # CONNECT refused: the gateway's message is the error code
+            self._fail(f"connect refused: {json.loads(payload[2:]).get('message')}")
+        elif payload.startswith(b"430") and not self.ready.done():
+            answer = json.loads(payload[3:])[0]
+            if not (answer.get("ok") and all(result.get("ok") for result in answer.get("results", []))):
+                self._fail("subscribe refused")
+                return
+            self.ready.set_result(None)
+            if self._spec.stalled:
+                self._stall()
+
+
+_Client = TypeVar("_Client", bound=SocketIOConversation)
+
+
+class SocketIOClient(SocketIOConversation, asyncio.Protocol):
     """One WebSocket connection: upgrade, CONNECT with the token, subscribe, then count market events."""
 
-    def __init__(self, spec: ClientSpec, host: str, stats: _Stats) -> None:
+    def __init__(self, spec: ClientSpec, host: str, stats: Stats) -> None:
         self._spec = spec
         self._host = host
         self._stats = stats
@@ -167,17 +238,13 @@ class SocketIOClient(asyncio.Protocol):
         if not self._closing:
             self._fail("closed before ready")
 
-    def _fail(self, reason: str) -> None:
-        """Fail the connection attempt, or count a ready connection as lost."""
-        if not self.ready.done():
-            self.ready.set_exception(ClientError(reason))
-        elif not self._closing:
-            self._stats.lost += 1
-        self.close()
-
     def _send(self, text: str) -> None:
         assert self._transport is not None
         self._transport.write(frame(text.encode()))
+
+    def _stall(self) -> None:
+        assert self._transport is not None
+        self._transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         """Walk every complete frame in place; the hot path is a market event's header and prefix."""
@@ -259,48 +326,25 @@ class SocketIOClient(asyncio.Protocol):
         elif head != 0x8A:
             self._fail(f"unsupported frame 0x{head:02x}")  # binary or fragmented: the servers send neither
 
-    def _packet(self, payload: bytes) -> None:
-        if payload == b"2":
-            self._send("3")
-        elif payload.startswith(b"0"):  # Engine.IO OPEN
-            self._send("40" + json.dumps({"token": self._spec.token}))
-        elif payload.startswith(b"40"):  # Socket.IO CONNECT accepted
-            if self._spec.topic is None:
-                self.ready.set_result(None)
-            else:
-                self._send('420["subscribe",' + json.dumps([self._spec.topic]) + "]")
-        elif payload.startswith(b"44"):  # CONNECT refused: the gateway's message is the error code
-            self._fail(f"connect refused: {json.loads(payload[2:]).get('message')}")
-        elif payload.startswith(b"430") and not self.ready.done():
-            answer = json.loads(payload[3:])[0]
-            if not (answer.get("ok") and all(result.get("ok") for result in answer.get("results", []))):
-                self._fail("subscribe refused")
-                return
-            self.ready.set_result(None)
-            if self._spec.stalled and self._transport is not None:
-                self._transport.pause_reading()
 
-
-async def open_client(spec: ClientSpec, host: str, port: int, stats: _Stats) -> SocketIOClient:
-    """Connect from `spec.source` and return once subscribed (or connected, without a topic)."""
+async def client_socket(spec: ClientSpec, host: str, port: int) -> socket.socket:
+    """A socket bound to `spec.source` (a stalled one with a tiny receive buffer), connected to the server."""
     loop = asyncio.get_running_loop()
-
-    def protocol() -> SocketIOClient:
-        return SocketIOClient(spec, f"{host}:{port}", stats)
-
-    if spec.stalled:  # its small receive buffer must be set before the SYN announces the window
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        if spec.stalled:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALLED_RCVBUF)
-            sock.bind((spec.source, 0))
-            await loop.sock_connect(sock, (host, port))
-        except BaseException:
-            sock.close()
-            raise
-        _, client = await loop.create_connection(protocol, sock=sock)
-    else:  # one call: libuv binds and connects, no readiness round through Python
-        _, client = await loop.create_connection(protocol, host, port, local_addr=(spec.source, 0))
+        sock.bind((spec.source, 0))
+        await loop.sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def until_ready(client: _Client) -> _Client:
+    """`client` once subscribed (or connected, without a topic); closed if that fails."""
     try:
         await client.ready
     except BaseException:
@@ -309,15 +353,29 @@ async def open_client(spec: ClientSpec, host: str, port: int, stats: _Stats) -> 
     return client
 
 
+async def open_client(spec: ClientSpec, host: str, port: int, stats: Stats) -> SocketIOClient:
+    """Connect from `spec.source` and return once subscribed (or connected, without a topic)."""
+    loop = asyncio.get_running_loop()
+
+    def protocol() -> SocketIOClient:
+        return SocketIOClient(spec, f"{host}:{port}", stats)
+
+    if spec.stalled:  # its small receive buffer must be set before the SYN announces the window
+        _, client = await loop.create_connection(protocol, sock=await client_socket(spec, host, port))
+    else:  # one call: libuv binds and connects, no readiness round through Python
+        _, client = await loop.create_connection(protocol, host, port, local_addr=(spec.source, 0))
+    return await until_ready(client)
+
+
 class _Worker:
     """The clients of one worker process."""
 
     def __init__(self) -> None:
-        self.stats = _Stats()
-        self.clients: list[SocketIOClient] = []
+        self.stats = Stats()
+        self.clients: list[SocketIOClient | PicowsClient] = []
 
     async def connect(
-        self, host: str, port: int, specs: list[ClientSpec], deadline_s: float, in_flight: int
+        self, host: str, port: int, specs: list[ClientSpec], deadline_s: float, in_flight: int, kind: ClientKind
     ) -> ConnectReport:
         """Open `specs` with at most `in_flight` attempts at a time.
 
@@ -326,10 +384,15 @@ class _Worker:
         """
         if not specs:
             return ConnectReport(0, {})
+        opener: Callable[[ClientSpec, str, int, Stats], Awaitable[SocketIOClient | PicowsClient]] = open_client
+        if kind is ClientKind.PICOWS:
+            from loadtests import picows_client  # noqa: PLC0415 - picows is a bench extra, and it imports this module
+
+            opener = picows_client.open_client
         loop = asyncio.get_running_loop()
         errors: Counter[str] = Counter()
         pending = iter(specs)
-        attempts: set[asyncio.Future[SocketIOClient]] = set()
+        attempts: set[asyncio.Future[SocketIOClient | PicowsClient]] = set()
         finished = loop.create_future()
 
         def start() -> None:
@@ -338,11 +401,11 @@ class _Worker:
                 if not attempts and not finished.done():
                     finished.set_result(None)
                 return
-            attempt = asyncio.ensure_future(open_client(spec, host, port, self.stats))
+            attempt = asyncio.ensure_future(opener(spec, host, port, self.stats))
             attempts.add(attempt)
             attempt.add_done_callback(done)
 
-        def done(attempt: asyncio.Future[SocketIOClient]) -> None:
+        def done(attempt: asyncio.Future[SocketIOClient | PicowsClient]) -> None:
             attempts.discard(attempt)
             if attempt.cancelled():
                 return
@@ -409,7 +472,8 @@ def _worker_main(pipe: Connection) -> None:
 class ClientPool:
     """Load clients spread over `processes` worker processes, driven from the parent's event loop."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, kind: ClientKind = ClientKind.RAW) -> None:
+        self._kind = kind
         context = multiprocessing.get_context("spawn")  # no fork of a process that runs an event loop
         self._pipes: list[Connection] = []
         self._processes: list[multiprocessing.process.BaseProcess] = []
@@ -435,7 +499,7 @@ class ClientPool:
         count = len(self._pipes)
         in_flight = max(1, CONNECTS_IN_FLIGHT // count)
         reports = await self._ask(
-            [("connect", (host, port, specs[i::count], deadline_s, in_flight)) for i in range(count)]
+            [("connect", (host, port, specs[i::count], deadline_s, in_flight, self._kind)) for i in range(count)]
         )
         errors: Counter[str] = Counter()
         for report in reports:

@@ -41,7 +41,7 @@ import jwt
 import redis.asyncio
 import uvloop
 
-from loadtests.load_client import ClientPool, ClientSpec, raise_fd_limit
+from loadtests.load_client import ClientKind, ClientPool, ClientSpec, raise_fd_limit
 from shared import names
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.events import Side, Trade
@@ -258,6 +258,7 @@ class Options:
     steps: list[int]
     scenario: str  # load, saturate, stalled or idle
     idle: int
+    client: ClientKind = ClientKind.RAW
 
 
 @dataclass(frozen=True, slots=True)
@@ -567,7 +568,7 @@ async def loaded(
     specs = client_specs(options.clients, topics)
     async with (
         deploy(setup, options.clients, overrides=overrides, log=log) as deployment,
-        ClientPool(options.client_processes) as pool,
+        ClientPool(options.client_processes, options.client) as pool,
     ):
         report = await pool.connect(HOST, deployment.port, specs, CONNECT_DEADLINE_S)
         if report.connected < len(specs):
@@ -581,7 +582,7 @@ def identity(setup: Setup, scenario: str, label: str = "") -> dict[str, Any]:
 
 
 def shape(options: Options) -> dict[str, Any]:
-    return {"clients": options.clients, "topics": options.topics}
+    return {"clients": options.clients, "topics": options.topics, "load_client": str(options.client)}
 
 
 def spread(deployment: Deployment) -> dict[str, Any]:
@@ -661,7 +662,7 @@ async def idle(setup: Setup, options: Options) -> list[dict[str, Any]]:
     """RSS per idle connection, and how fast a storm of `options.idle` clients gets connected."""
     count = options.idle
     processes = max(options.client_processes, -(-count // MAX_CLIENTS_PER_PROCESS))
-    async with deploy(setup, count) as deployment, ClientPool(processes) as pool:
+    async with deploy(setup, count) as deployment, ClientPool(processes, options.client) as pool:
         roles = deployment.roles(pool.pids)
         rss_before = rss_kib(roles["server"])
         specs = client_specs(count, None)  # signing the tokens is not part of the storm
@@ -760,6 +761,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, list[Setup], str | 
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured window (default 10)")
     parser.add_argument("--client-processes", type=int, default=2, help="worker processes of the load clients")
+    parser.add_argument(
+        "--client",
+        type=ClientKind,
+        choices=list(ClientKind),
+        default=ClientKind.RAW,
+        help="make of load client: raw (load_client.py, the default) or picows (picows_client.py)",
+    )
     scenario = parser.add_mutually_exclusive_group()
     scenario.add_argument("--saturate", action="store_true", help="ramp the offered deliveries/s over --steps")
     scenario.add_argument("--stalled", action="store_true", help="add a subscriber that never reads")
@@ -792,6 +800,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, list[Setup], str | 
         rate=args.rate,
         seconds=args.seconds,
         client_processes=args.client_processes,
+        client=args.client,
         steps=[int(step) for step in args.steps.split(",")],
         scenario="saturate" if args.saturate else "stalled" if args.stalled else "idle" if args.idle else "load",
         idle=args.idle,

@@ -3,7 +3,7 @@
 Each session does its own transport work (see `session`); the engine routes
 requests to it, opens new ones (at most `handshake_rate` per second per
 client address, IPv6 by /64), pings every session from one timer, and
-collects the writes of a Redis batch into one write per WebSocket client.
+collects the fan-out of each loop turn into one write per WebSocket client (see `batch`).
 Knows nothing of Socket.IO: messages go to the layer above through
 `EngineHandler`.
 """
@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, Protocol
@@ -24,8 +22,9 @@ import msgspec
 
 from gateway.limits import KeyedBuckets, address_key
 from gateway.protocol import websocket
+from gateway.protocol.batch import WriteBatch
 from gateway.protocol.http import Request, Response, Upgrade, websocket_handshake_error
-from gateway.protocol.session import OPEN, Session, WebSocketConnection
+from gateway.protocol.session import OPEN, Packet, Session, WebSocketConnection
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +49,6 @@ class EngineSettings:
     max_payload: int  # largest message a client may send (a POST body, a WebSocket message)
     conflate_above: int  # unsent bytes past which a session is lagging
     max_buffered: int  # unsent bytes past which a session is dropped
-    coalesce_s: float
     handshake_rate: float  # new sessions per second per client address
     handshake_burst: int
 
@@ -94,9 +92,7 @@ class Engine:
         self._closing: dict[str, Session] = {}
         self._handshakes = KeyedBuckets(settings.handshake_rate, settings.handshake_burst)
         self._logged_origins: set[str] = set()
-        self.corked = False
-        self.dirty: list[Session] = []
-        self._flush_timer: asyncio.TimerHandle | None = None
+        self.batch: WriteBatch | None = None  # this loop turn's sends, written at its end
         self._heartbeat: asyncio.TimerHandle | None = None
         self._beats = 0
 
@@ -106,9 +102,8 @@ class Engine:
         self._heartbeat = asyncio.get_running_loop().call_later(self.settings.ping_interval_s, self._beat)
 
     def stop(self) -> None:
-        for timer in (self._flush_timer, self._heartbeat):
-            if timer is not None:
-                timer.cancel()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         self._heartbeat = None
 
     def _beat(self) -> None:
@@ -139,30 +134,22 @@ class Engine:
 
     # Writes
 
-    @contextmanager
-    def corked_writes(self) -> Iterator[None]:
-        """Collect the frames sent to each WebSocket in this block into one write per session.
-
-        With `coalesce_s`, the writes wait that long for later batches to
-        join them: fewer send() calls per delivery, for a little latency.
-        Anything sent to a session meanwhile queues behind, so order holds.
-        """
-        self.corked = True
-        try:
-            yield
-        finally:
-            self.corked = False
-            if not self.settings.coalesce_s:
-                self.flush()
-            elif self._flush_timer is None and self.dirty:
-                self._flush_timer = asyncio.get_running_loop().call_later(self.settings.coalesce_s, self.flush)
+    def broadcast(self, sessions: tuple[Session, ...], packet: Packet, conflate_key: str | None = None) -> None:
+        """Send one packet to every session of `sessions`, at the end of this loop turn."""
+        batch = self.batch
+        if batch is None:
+            # The first fan-out of a loop turn opens its batch. Everything sent until the turn
+            # ends (the rest of this Redis read, other reads of the same turn, replies) joins it,
+            # so under load a client gets several messages per write; nothing waits on a timer.
+            batch = self.batch = WriteBatch(self.settings.conflate_above)
+            asyncio.get_running_loop().call_soon(self.flush)
+        batch.add(sessions, packet, conflate_key)
 
     def flush(self) -> None:
-        """Write what corked batches collected for each session."""
-        self._flush_timer = None
-        dirty, self.dirty = self.dirty, []
-        for session in dirty:
-            session.flush_chunks()
+        """Write this turn's batch: at the end of the turn, or earlier for a session about to close."""
+        batch, self.batch = self.batch, None
+        if batch is not None:
+            batch.write()
 
     def overflow(self, session: Session) -> None:
         self.observer.overflowed()

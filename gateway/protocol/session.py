@@ -7,9 +7,10 @@ The `Engine` owns the handshake, CORS, the heartbeat and the set of sessions.
 
 Built for fan-out: an outgoing message is a `Packet` encoded once (text for
 long-polling, WebSocket frame bytes for everyone else) and sending it to a
-WebSocket client is one `transport.write` (or one list append while a batch
-is corked). A connected WebSocket client costs no queue, task or timer of
-its own: the transport's pause/resume-writing signal says when it lags.
+WebSocket client is one `transport.write` of those bytes (a loop turn's
+fan-out goes out together at the turn's end: see `batch`). A connected
+WebSocket client costs no queue, task or timer of its own: the transport's
+pause/resume-writing signal says when it lags.
 
 A client that falls behind is `lagging`: packets sent with a conflation key
 (market data) then wait in one slot per key, the newest replacing an unsent
@@ -32,6 +33,7 @@ from gateway.protocol.http import Request
 from gateway.protocol.websocket import CloseCode, Opcode, WebSocketError
 
 if TYPE_CHECKING:
+    from gateway.protocol.batch import Send
     from gateway.protocol.engineio import Engine
 
 logger = logging.getLogger(__name__)
@@ -111,7 +113,20 @@ class Session:
         return self.queued_bytes > self.engine.settings.conflate_above
 
     def send(self, packet: Packet, conflate_key: str | None = None) -> bool:
-        """Send (or conflate) `packet`; False if the session is closed or was just dropped for lagging."""
+        """Send (or conflate) `packet`; False if the session is closed or was just dropped for lagging.
+
+        While this loop turn's fan-out is pending (`Engine.broadcast`), it queues behind it.
+        """
+        batch = self.engine.batch
+        if batch is None:
+            return self.deliver(packet, conflate_key)
+        if self.closed:
+            return False
+        batch.add((self,), packet, conflate_key)
+        return True
+
+    def deliver(self, packet: Packet, conflate_key: str | None = None) -> bool:
+        """Write (or conflate, or queue for long-polling) `packet` now; False if closed or just dropped."""
         if self.closed:
             return False
         ws = self.ws
@@ -124,23 +139,34 @@ class Session:
             if ws.unsent + len(packet.frame) > self.engine.settings.max_buffered:
                 self.engine.overflow(self)
                 return False
+        ws.transport.write(packet.frame)
+        return True
+
+    def deliver_all(self, sends: list[Send], start: int) -> None:
+        """A batch's packets from `start` on, one by one (this session does not keep up, or is not a WebSocket)."""
+        for _, packet, conflate_key in sends[start:]:
+            self.deliver(packet, conflate_key)
+
+    def collect(self, packet: Packet, conflate_key: str | None) -> bool:
+        """Add `packet` to this session's write at the end of the batch; True if that write was not pending yet."""
+        ws = self.ws
+        if ws is None or ws.paused or self.closed:
+            self.deliver(packet, conflate_key)
+            return False
         chunks = self.chunks
-        if chunks is not None:
-            chunks.append(packet.frame)
-            self.chunks_bytes += len(packet.frame)
-            if self.chunks_bytes > self.engine.settings.conflate_above:
-                # A big batch goes out early, so that a slow client is seen
-                # lagging (paused) before the batch ends, not a batch later.
-                ws.transport.write(b"".join(chunks))
-                self.chunks = []
-                self.chunks_bytes = 0
-        elif self.engine.corked:
+        if chunks is None:
             self.chunks = [packet.frame]
             self.chunks_bytes = len(packet.frame)
-            self.engine.dirty.append(self)
-        else:
-            ws.transport.write(packet.frame)
-        return True
+            return True
+        chunks.append(packet.frame)
+        self.chunks_bytes += len(packet.frame)
+        if self.chunks_bytes > self.engine.settings.conflate_above:
+            # A big batch goes out early, so that a slow client is seen
+            # lagging (paused) before the batch ends, not a batch later.
+            ws.transport.write(b"".join(chunks))
+            self.chunks = []
+            self.chunks_bytes = 0
+        return False
 
     def _conflate(self, packet: Packet, key: str) -> None:
         slots = self.slots
@@ -190,8 +216,8 @@ class Session:
             for key, packet in slots.items():
                 self.send(packet, key)  # lagging again midway: the rest wait in their slots
 
-    def flush_chunks(self) -> None:
-        """Write what a corked batch collected for this session."""
+    def flush_collected(self) -> None:
+        """Write what `collect` gathered for this session in a batch."""
         chunks, self.chunks = self.chunks, None
         if chunks and self.ws is not None and not self.closed:
             self.ws.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
@@ -297,12 +323,12 @@ class Session:
         """
         if self.closed:
             return
+        if not abort and self.engine.batch is not None:
+            self.engine.flush()  # what this loop turn sent it (a reason, a DISCONNECT) goes out first
         self.closed = True
         self.close_reason = reason
         self.slots = None
-        chunks, self.chunks = self.chunks, None
-        if chunks and not abort and self.ws is not None:
-            self.ws.transport.write(b"".join(chunks))  # sent in a corked batch: still delivered
+        self.chunks = None
         for ws in (self.ws, self.upgrading):
             if ws is None:
                 continue

@@ -24,7 +24,6 @@ import re
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final, Protocol
@@ -221,25 +220,18 @@ class SocketIOServer:
     def send_to_room(
         self, room: str, packet: Packet, conflate_key: str | None = None, *, skip: Collection[str] = ()
     ) -> int:
-        """Send one packet to every socket in `room` but those (sids) in `skip`; returns how many took it."""
+        """Send one packet to every socket in `room` but those (sids) in `skip`; returns how many it went to."""
         members = self._rooms.get(room)
         if not members:
             return 0
-        sent = 0
         if skip:
             skipped = {socket.session for socket in map(self.sockets.get, skip) if socket is not None}
-            for session in members:
-                if session not in skipped and session.send(packet, conflate_key):
-                    sent += 1
-            return sent
-        for session in members:
-            if session.send(packet, conflate_key):
-                sent += 1
-        return sent
-
-    def batch(self) -> AbstractContextManager[None]:
-        """Sends in this block reach each WebSocket client as one write."""
-        return self.engine.corked_writes()
+            recipients = tuple(session for session in members if session not in skipped)
+        else:
+            recipients = tuple(members)
+        if recipients:
+            self.engine.broadcast(recipients, packet, conflate_key)
+        return len(recipients)
 
     # Rooms (synchronous: no await, so nothing slips in between a snapshot and a join)
 

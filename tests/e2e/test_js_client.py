@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from shared import codec, names
 from shared.embedded_redis import free_port
 from shared.events import Notification, Ticker
 from shared.publisher import AsyncPublisher
@@ -177,3 +178,37 @@ async def test_official_client_survives_its_node_going_away_with_a_request_unans
         assert failed["message"] == "socket has been disconnected"
         async with running_node(redis_url, port=port):
             assert (await js.next("sync", timeout=15))["status"]["complete"] is True
+
+
+async def test_official_client_reads_each_frame_of_a_batch_as_its_own_event(redis_url: str) -> None:
+    """A loop turn's messages reach a client in one write; the official client parses every frame of it.
+
+    The messages are handed to the node's fan-out as Redis reads would hand them (how much one read
+    carries is up to the kernel), in two turns: first one audience (both clients, one topic: the frames
+    joined once, the same bytes to both), then two (the second topic has one subscriber: each client's
+    frames collected and written once).
+    """
+    other = "coinbase:ticker:BTC/USD"
+
+    def message(topic: str, seq: int) -> tuple[bytes, bytes]:
+        symbol = topic.split(":")[2]
+        event = Ticker(exchange="coinbase", symbol=symbol, ts=1, recv_ts=time.time() * 1000, seq=seq, bid="1.5")
+        return names.market_channel(topic).encode(), codec.encode(event)
+
+    async with (
+        running_node(redis_url) as node,
+        js_client(node.url, make_token(sub="both"), "websocket", TOPIC, other) as both,
+        js_client(node.url, make_token(sub="one"), "websocket", TOPIC) as one,
+    ):
+        assert (await both.next("subscribed"))["reply"]["ok"] and (await one.next("subscribed"))["reply"]["ok"]
+        node.node.fanout.on_messages([message(TOPIC, seq) for seq in range(1, 51)])
+        await asyncio.sleep(0)  # the turn ends: its batch is written
+        node.node.fanout.on_messages([message(topic, seq) for seq in range(51, 101) for topic in (TOPIC, other)])
+        for client, topics in ((both, (TOPIC, other)), (one, (TOPIC,))):
+            seen: dict[str, list[int]] = {topic: [] for topic in topics}
+            for _ in range(50 + 50 * len(topics)):
+                record = await client.next("market")
+                seen[record["topic"]].append(record["data"]["seq"])
+            assert seen[TOPIC] == list(range(1, 101))
+            if other in seen:
+                assert seen[other] == list(range(51, 101))

@@ -136,7 +136,6 @@ SETTINGS: Final = EngineSettings(
     max_payload=MAX_SIZE,
     conflate_above=1024,
     max_buffered=8192,
-    coalesce_s=0,
     handshake_rate=1e9,
     handshake_burst=10**9,
 )

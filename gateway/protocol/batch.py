@@ -1,0 +1,104 @@
+"""One loop turn's fan-out, written to each WebSocket client in as few writes as it can.
+
+`Engine.broadcast` opens a batch on a turn's first fan-out and writes it when
+the turn ends (a `call_soon`), so whatever the turn sends joins it: every
+message of a Redis read, of other reads in the same turn (a cluster node's
+several pub/sub connections), and replies sent meanwhile, in order. At low
+rates a turn carries one message and the batch is written at once; under
+load a read carries several and each client gets them in one write. Nothing
+is held on a timer.
+
+Fan-out costs about one write per recipient, so the common case is kept to
+just that: when every send of a batch goes to one audience (one room: a
+node serving one topic, or any batch of a single message), the batch's
+frames are joined once and the same bytes are written to every client that
+keeps up; nothing is allocated or looked up per recipient. A batch with
+several audiences (several topics, a notification beside market data)
+collects each client's frames on its session instead and writes them once,
+in the order they were sent.
+
+Either way a client that does not keep up (its transport paused writing) is
+not written to in bulk: its packets go one by one through `Session.deliver`,
+which conflates market data and bounds the rest. Frames are written in
+pieces of about `conflate_above` bytes, so a client that lags in the middle
+of a large batch is seen lagging before the rest of the batch reaches it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.protocol.session import Packet, Session
+
+Send = tuple[tuple["Session", ...], "Packet", "str | None"]  # (recipients, packet, conflation key)
+
+
+class WriteBatch:
+    """A loop turn's sends, queued in order; `write` delivers them all."""
+
+    __slots__ = ("_conflate_above", "_sends")
+
+    def __init__(self, conflate_above: int) -> None:
+        self._conflate_above = conflate_above
+        self._sends: list[Send] = []
+
+    def add(self, recipients: tuple[Session, ...], packet: Packet, conflate_key: str | None) -> None:
+        self._sends.append((recipients, packet, conflate_key))
+
+    def write(self) -> None:
+        sends = self._sends
+        if not sends:
+            return
+        audience = sends[0][0]
+        if all(recipients is audience or recipients == audience for recipients, _, _ in sends):
+            self._write_shared(audience, sends)
+        else:
+            self._write_each(sends)
+
+    def _pieces(self, sends: list[Send]) -> list[tuple[bytes, int]]:
+        """The batch's frames joined into pieces of about `conflate_above` bytes: (bytes, index of the next send)."""
+        pieces: list[tuple[bytes, int]] = []
+        frames: list[bytes] = []
+        size = 0
+        for index, (_, packet, _) in enumerate(sends, 1):
+            frames.append(packet.frame)
+            size += len(packet.frame)
+            if size > self._conflate_above or index == len(sends):
+                pieces.append((frames[0] if len(frames) == 1 else b"".join(frames), index))
+                frames, size = [], 0
+        return pieces
+
+    def _write_shared(self, audience: tuple[Session, ...], sends: list[Send]) -> None:
+        """One audience: the same bytes to every client that keeps up."""
+        pieces = self._pieces(sends)
+        if len(pieces) == 1:
+            data = pieces[0][0]
+            for session in audience:
+                ws = session.ws
+                if ws is None or ws.paused or session.closed:
+                    session.deliver_all(sends, 0)
+                else:
+                    ws.transport.write(data)
+            return
+        for session in audience:
+            ws = session.ws
+            if ws is None or ws.paused or session.closed:
+                session.deliver_all(sends, 0)
+                continue
+            for data, after in pieces:
+                ws.transport.write(data)
+                if ws.paused:  # lagging from here on: the rest is conflated or bounded packet by packet
+                    session.deliver_all(sends, after)
+                    break
+
+    @staticmethod
+    def _write_each(sends: list[Send]) -> None:
+        """Several audiences: each client's frames collected on its session, then one write each."""
+        collecting: list[Session] = []
+        for recipients, packet, conflate_key in sends:
+            for session in recipients:
+                if session.collect(packet, conflate_key):
+                    collecting.append(session)
+        for session in collecting:
+            session.flush_collected()

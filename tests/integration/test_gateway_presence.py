@@ -1,0 +1,35 @@
+"""The node's connection claims in Redis: renewed in pipelines of a bounded size, each one."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio
+
+from gateway.policy import TopicPolicy
+from gateway.presence import HEARTBEAT_BATCH, Presence
+from shared import names
+from shared.redis_target import RedisTarget
+
+
+async def test_a_heartbeat_renews_every_claim_over_several_pipelines_and_none_given_back(
+    redis_client: redis.asyncio.Redis, redis_url: str
+) -> None:
+    client = RedisTarget.parse(redis_url).async_client()
+    presence = Presence(client, node="n1", topics=dict, teams=dict, policy=TopicPolicy(["*"], ""), max_items=10)
+    try:
+        count = 2 * HEARTBEAT_BATCH + 7
+        for i in range(count):
+            assert await presence.claim(f"s{i}", f"u{i}", 5)
+        claimed = {i: await redis_client.zscore(names.connection_set(f"u{i}"), f"n1 s{i}") for i in range(count)}
+        presence.release("s3")
+        await asyncio.sleep(0.01)  # the expiry scores are milliseconds: a renewal moves them on
+        await presence.heartbeat()
+        for i in range(count):
+            score = await redis_client.zscore(names.connection_set(f"u{i}"), f"n1 s{i}")
+            if i == 3:
+                assert score == claimed[i]  # given back: not renewed (the flush removes it)
+            else:
+                assert score is not None and score > claimed[i], i
+    finally:
+        await client.aclose()
