@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -23,6 +24,11 @@ async def serve(config: GatewayConfig, redis_url: str, *, ready: asyncio.Event |
     """Serve until a stop signal, then drain clients within the shutdown deadline."""
     node = GatewayNode(config, redis_url=redis_url)
     await node.start()
+    # What start-up built (modules, settings, pools: most of a node's objects) lives as long as the
+    # process: out of the garbage collector's reach, a full collection walks only the connections'
+    # objects. Unfrozen, each took 30-50 ms with 200 clients, and every delivery waited behind it.
+    gc.collect()
+    gc.freeze()
     logger.info("gateway listening", extra={"node": config.name, "host": config.host, "port": config.port})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
