@@ -21,6 +21,7 @@ from urllib.parse import quote, unquote
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.connection
 import redis.asyncio.retry
 import redis.cluster
 import redis.exceptions
@@ -115,7 +116,7 @@ class RedisTarget:
         """A client for keys and scripts: RedisCluster (MOVED/ASK followed) or a pooled Redis."""
         if self.cluster:
             seed = self.seeds[0]
-            return redis.asyncio.cluster.RedisCluster(
+            return ClusterClient(
                 host=seed.host,
                 port=seed.port,
                 startup_nodes=[redis.asyncio.cluster.ClusterNode(s.host, s.port) for s in self.seeds],
@@ -149,6 +150,33 @@ class RedisTarget:
                 **options,
             )
         return redis.Redis.from_url(self.node_url(self.seeds[0]), **options)
+
+
+class ClusterClient(redis.asyncio.cluster.RedisCluster):
+    """redis-py's async RedisCluster, whose commands fail with a ConnectionError when their connection is
+    closed under them.
+
+    On CLUSTERDOWN (a cluster restarting) redis-py closes every connection of the client, including
+    those other commands are using at that moment; such a command then fails inside redis-py's
+    connection code with AttributeError (its stream already None), which no caller catching
+    REDIS_ERRORS retries: a publisher's retry loop died of it, and so would the gateway's catch-up.
+    """
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except AttributeError as exc:
+            if not _raised_in(exc, redis.asyncio.connection.__file__):
+                raise  # a bug elsewhere, not a connection closed under the command
+            raise redis.exceptions.ConnectionError(f"connection closed while in use: {exc}") from exc
+
+
+def _raised_in(exc: BaseException, filename: str) -> bool:
+    """Whether `exc` was raised by code of the module file `filename`."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename == filename
 
 
 def _endpoint(text: str) -> Endpoint:
