@@ -386,7 +386,7 @@ class _Worker:
             return ConnectReport(0, {})
         opener: Callable[[ClientSpec, str, int, Stats], Awaitable[SocketIOClient | PicowsClient]] = open_client
         if kind is ClientKind.PICOWS:
-            from loadtests import picows_client  # noqa: PLC0415 - picows is a bench extra, and it imports this module
+            from loadtests import picows_client  # noqa: PLC0415 - picows_client imports this module
 
             opener = picows_client.open_client
         loop = asyncio.get_running_loop()
