@@ -114,8 +114,8 @@ class GatewayConfig:
     accept_rate_per_ip: float = setting(
         100.0,
         "GATEWAY_ACCEPT_RATE_PER_IP",
-        "TCP connections per second one address (an IPv6 /64) may open; past it HTTP 429 before the request is "
-        "read. Not applied with GATEWAY_TRUST_FORWARDED_FOR (the peer is the proxy: limit there).",
+        "TCP connections per second one address (an IPv6 /64) may open; past it the connection is reset "
+        "before a byte of it is read. Not applied with GATEWAY_TRUST_FORWARDED_FOR (the peer is the proxy: limit there).",
     )
     accept_burst_per_ip: int = setting(
         200, "GATEWAY_ACCEPT_BURST_PER_IP", "TCP connections one address may open at once before the rate applies."
