@@ -115,7 +115,8 @@ class GatewayConfig:
         100.0,
         "GATEWAY_ACCEPT_RATE_PER_IP",
         "TCP connections per second one address (an IPv6 /64) may open; past it the connection is reset "
-        "before a byte of it is read. Not applied with GATEWAY_TRUST_FORWARDED_FOR (the peer is the proxy: limit there).",
+        "before a byte of it is read. Not applied with GATEWAY_TRUST_FORWARDED_FOR (the peer is the proxy: "
+        "limit there).",
     )
     accept_burst_per_ip: int = setting(
         200, "GATEWAY_ACCEPT_BURST_PER_IP", "TCP connections one address may open at once before the rate applies."
@@ -170,6 +171,13 @@ class GatewayConfig:
     )
     candles_timeout_s: float = setting(
         5.0, "GATEWAY_CANDLES_TIMEOUT_S", "Deadline of one candle history query, in seconds."
+    )
+    gc_full_interval_s: float = setting(
+        3600.0,
+        "GATEWAY_GC_FULL_INTERVAL_S",
+        "How often the served process collects all its garbage, reclaiming any leaked cycle; in between, what "
+        "lives is frozen out of the collector's reach each second. A full collection pauses the node: 240 ms "
+        "with 10,000 clients measured (gateway/garbage.py).",
     )
     shutdown_timeout_s: float = setting(
         10.0, "GATEWAY_SHUTDOWN_TIMEOUT_S", "Deadline for a graceful shutdown on SIGTERM, in seconds."

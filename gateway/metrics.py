@@ -82,6 +82,19 @@ class GatewayMetrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "gateway_gc_pause_seconds",
+            "Pauses of the cyclic garbage collector, by generation (2: a full collection).",
+            ["generation"],
+            buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.gc_collected = Counter(
+            "gateway_gc_collected_objects",
+            "Objects in cycles the garbage collector freed, by generation (2: a full collection).",
+            ["generation"],
+            registry=r,
+        )
 
 
 def total(counter: Counter) -> int:

@@ -437,3 +437,4 @@ class WebSocketConnection(asyncio.Protocol):
             session.upgrading = None  # a failed upgrade: the session stays on long-polling
         elif self is session.ws:
             session.close("transport_close", abort=True)
+            session.ws = None  # no cycle left for the garbage collector (see Engine.forget)

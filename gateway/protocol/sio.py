@@ -302,6 +302,7 @@ class SocketIOServer:
         if socket.deadline is not None:
             socket.deadline.cancel()
         socket.reassembly = None
+        session.owner = None  # no cycle left for the garbage collector (see Engine.forget)
         # A running handler is left to finish (it sees the socket closed):
         # cancelling it midway could leave its Redis subscriptions counted.
         self._disconnected(socket, reason)
