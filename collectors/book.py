@@ -88,7 +88,7 @@ class _Ladder:
     negated so that both sides sort ascending, best first.
     """
 
-    __slots__ = ("_keys", "_levels", "_negate", "_reach", "_tops")
+    __slots__ = ("_deepest", "_keys", "_levels", "_negate", "_reach", "_tops")
 
     def __init__(self, *, negate: bool) -> None:
         self._negate = negate
@@ -98,6 +98,8 @@ class _Ladder:
         # delta below the published depth (most of a deep book's) costs no new view.
         self._tops: dict[int | None, list[Level]] = {}
         self._reach = 0  # the deepest cached view's depth (a huge number for the whole side)
+        # The deepest depth asked for so far: shallower views are cut from it, one build per change.
+        self._deepest = 0
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -146,10 +148,15 @@ class _Ladder:
         """The best `n` levels (all if None); the list is shared with later calls: do not change it."""
         view = self._tops.get(n)
         if view is None:
-            if not self._tops:
+            tops = self._tops
+            if not tops:
                 self._reach = 0
-            view = self._tops[n] = list(map(self._levels.__getitem__, self._keys[:n]))
-            self._reach = max(self._reach, _ALL if n is None else n)
+            if n is not None and n < self._deepest:
+                view = tops[n] = self.top(self._deepest)[:n]  # a Kraken message wants its 10 and then its 20
+            else:
+                view = tops[n] = list(map(self._levels.__getitem__, self._keys[:n]))
+                self._reach = max(self._reach, _ALL if n is None else n)
+                self._deepest = max(self._deepest, 0 if n is None else n)
         return view
 
     def best(self) -> Level | None:

@@ -101,7 +101,9 @@ class CollectorConfig:
     )
     business_url: str = setting("", "COLLECTOR_BUSINESS_URL", "OKX only: override the /ws/v5/business URL (candles).")
     book_depth: int = setting(20, "COLLECTOR_BOOK_DEPTH", "Levels per side in published books.")
-    book_rate: float = setting(10.0, "COLLECTOR_BOOK_RATE", "Most book views per second per symbol; 0: every change.")
+    book_rate: float = setting(
+        10.0, "COLLECTOR_BOOK_RATE", "Most book views per second per symbol; 0: each change of the top N."
+    )
     admin_host: str = setting("127.0.0.1", "COLLECTOR_ADMIN_HOST", "Address of the admin HTTP API.")
     admin_port: int = setting(9300, "COLLECTOR_ADMIN_PORT", "Port of the admin HTTP API; 0 picks a free one.")
     admin_token: str = setting(

@@ -67,9 +67,12 @@ class CollectorService:
                 raise ConfigError(f"{exchange} has no {endpoint} endpoint: drop --{name.replace('_', '-')}")
         self.config = config
         self.redis = redis_client(config.redis_url)
-        publisher, self._close_publisher = market_publisher(config.redis_url, latest_ttl_s=config.latest_ttl_s)
+        publisher, in_flight, self._close_publisher = market_publisher(
+            config.redis_url, latest_ttl_s=config.latest_ttl_s
+        )
         self.sink = Sink(
             publisher,
+            max_in_flight=in_flight,
             max_queue=config.queue_size,
             batch_size=config.batch_size,
             backoff_initial_s=REDIS_RETRY_INITIAL_S,

@@ -8,6 +8,7 @@ documented in docs/protocol.md ("Redis contract").
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Callable, Iterator
@@ -356,9 +357,9 @@ class RespPublisher:
     """Publishes market events on a lean connection of its own (`shared.resp`): a single Redis only.
 
     The same commands as `AsyncPublisher.publish_market`, with each pipeline built as bytes at
-    once; a collector's sink publishes through it. A lost connection is opened again by the
-    next publish. A batch that raised may be sent again whole: its subscribers may then see
-    some events twice, and tell by their ``seq``.
+    once; a collector's sink publishes through it, with `send_market`, keeping a few pipelines
+    in flight. A lost connection is opened again by `connect`. A batch that failed may be sent
+    again whole: its subscribers may then see some events twice, and tell by their ``seq``.
     """
 
     def __init__(
@@ -371,12 +372,30 @@ class RespPublisher:
         self._commands = _Commands(Retention(), latest_ttl_s, "PUBLISH")
         self._conn: resp.RespConnection | None = None
 
-    async def publish_market(self, events: list[AnyMarketEvent]) -> None:
-        """Publish a batch in one round trip; raises ResponseError if Redis refused any of its commands."""
-        payload, count = self._commands.market_resp(events)
-        if self._conn is None or not self._conn.is_open:
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._conn.is_open
+
+    async def connect(self) -> None:
+        """Open the connection unless it is open; raises ConnectionError (AuthenticationError) within the timeout."""
+        if not self.connected:
             self._conn = await resp.RespConnection.open(self._target, timeout_s=self._timeout)
-        for reply in await self._conn.execute(payload, count):
+
+    def send_market(self, events: list[AnyMarketEvent]) -> asyncio.Future[list[object]]:
+        """Write a batch's pipeline now; the future gets its replies (a `ResponseError` among them: refused).
+
+        It fails with ConnectionError when the connection is lost or Redis does not answer
+        within the timeout. Raises ConnectionError at once unless connected.
+        """
+        if self._conn is None:
+            raise redis.exceptions.ConnectionError("not connected: connect() first")
+        payload, count = self._commands.market_resp(events)
+        return self._conn.send(payload, count)
+
+    async def publish_market(self, events: list[AnyMarketEvent]) -> None:
+        """Publish a batch and wait for its replies; raises ResponseError if Redis refused any of its commands."""
+        await self.connect()
+        for reply in await self.send_market(events):
             if isinstance(reply, redis.exceptions.ResponseError):
                 raise reply
 

@@ -10,14 +10,18 @@ Failures are redis-py's exceptions, so callers catch them as they catch redis-py
 lost or unusable connection is `ConnectionError` (every request still waiting fails
 with it, and the connection is closed for good), a refused AUTH `AuthenticationError`.
 Error replies are returned in place, as `ResponseError` instances, for the caller to judge.
-A caller awaits a pipeline's replies before writing the next, so the send buffer holds
-at most one pipeline: no other flow control is needed.
+
+`send` writes a pipeline and hands back the future of its replies without waiting for
+them, so the next pipeline can go before the last one's replies are read: one wake-up
+per pipeline fewer. Callers bound how many they keep in flight (`pending`); a request
+left unanswered for `reply_timeout_s` fails the connection, and with it every request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from typing import Final, cast
 
@@ -44,26 +48,33 @@ def command(*args: bytes | str | int) -> bytes:
 class _Pending:
     """One request's awaited replies."""
 
-    __slots__ = ("future", "remaining", "replies")
+    __slots__ = ("future", "remaining", "replies", "sent")
 
     def __init__(self, future: asyncio.Future[list[object]], count: int) -> None:
         self.future = future
         self.remaining = count
         self.replies: list[object] = []
+        self.sent = time.monotonic()
 
 
 class RespConnection(asyncio.Protocol):
     """One connection to one Redis; requests are answered in the order they were written."""
 
-    def __init__(self) -> None:
+    def __init__(self, reply_timeout_s: float) -> None:
         self._reader = hiredis.Reader(replyError=redis.exceptions.ResponseError)
         self._pending: deque[_Pending] = deque()
         self._transport: asyncio.Transport | None = None
         self._error: redis.exceptions.ConnectionError | None = None
+        self._reply_timeout = reply_timeout_s
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()  # made by the running loop's create_connection
 
     @classmethod
     async def open(cls, target: RedisTarget, *, timeout_s: float) -> RespConnection:
-        """Connect to a single Redis, authenticate and select its database; raises ConnectionError."""
+        """Connect to a single Redis, authenticate and select its database; raises ConnectionError.
+
+        `timeout_s` bounds the connect and, from then on, the wait for each request's replies.
+        """
         if target.cluster:
             raise ValueError("RespConnection serves a single Redis, not a cluster")
         seed = target.seeds[0]
@@ -71,7 +82,7 @@ class RespConnection(asyncio.Protocol):
         context = ssl.create_default_context() if target.tls else None
         try:
             async with asyncio.timeout(timeout_s):
-                _, conn = await loop.create_connection(cls, seed.host, seed.port, ssl=context)
+                _, conn = await loop.create_connection(lambda: cls(timeout_s), seed.host, seed.port, ssl=context)
                 setup = []
                 if target.password is not None:
                     auth = (target.username, target.password) if target.username else (target.password,)
@@ -91,18 +102,34 @@ class RespConnection(asyncio.Protocol):
     def is_open(self) -> bool:
         return self._transport is not None and self._error is None
 
+    @property
+    def pending(self) -> int:
+        """Requests written whose replies have not all arrived."""
+        return len(self._pending)
+
+    def send(self, payload: bytes, count: int) -> asyncio.Future[list[object]]:
+        """Write `payload` (`count` commands); the future gets their replies, error replies included.
+
+        It fails with ConnectionError if the connection is lost or no reply came within the
+        reply timeout. Raises ConnectionError at once on a connection that failed before.
+        """
+        if self._error is not None:
+            raise self._error
+        assert self._transport is not None, "send() on a connection that is not open"
+        future: asyncio.Future[list[object]] = self._loop.create_future()
+        self._pending.append(_Pending(future, count))
+        self._transport.write(payload)
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(self._reply_timeout, self._watch)
+        return future
+
     async def execute(self, payload: bytes, count: int) -> list[object]:
-        """Write `payload` (`count` commands) and return their replies, error replies included.
+        """`send`, then wait for the replies.
 
         Cancelled (or timed out) while waiting, the connection is closed: the replies still
         on their way could not be told from those of the next request.
         """
-        if self._error is not None:
-            raise self._error
-        assert self._transport is not None, "execute() on a connection that is not open"
-        future: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(future, count))
-        self._transport.write(payload)
+        future = self.send(payload, count)
         try:
             return await future
         except asyncio.CancelledError:
@@ -111,6 +138,17 @@ class RespConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self._fail(redis.exceptions.ConnectionError("connection closed"))
+
+    def _watch(self) -> None:
+        """Fail the connection if its oldest request waited too long; look again when the next one is due."""
+        self._watchdog = None
+        if not self._pending or self._error is not None:
+            return
+        overdue = time.monotonic() - self._pending[0].sent - self._reply_timeout
+        if overdue >= 0:
+            self._fail(redis.exceptions.ConnectionError(f"no reply from Redis within {self._reply_timeout} s"))
+            return
+        self._watchdog = self._loop.call_later(-overdue, self._watch)
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -143,6 +181,9 @@ class RespConnection(asyncio.Protocol):
     def _fail(self, error: redis.exceptions.ConnectionError) -> None:
         if self._error is None:
             self._error = error
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         while self._pending:
             future = self._pending.popleft().future
             if not future.done():

@@ -12,12 +12,14 @@ is answered by a pong.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+import functools
+import itertools
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Any, ClassVar, Final
 
 import msgspec
 
-from collectors.book import Action, DataError, SnapshotGate
+from collectors.book import Action, DataError, Level, SnapshotGate
 from collectors.checksums import verify_kraken
 from collectors.feed.adapter import Adapter, Bar, Link, Op, Stream, iso_ms, to_json
 from shared.events import Side
@@ -79,7 +81,8 @@ class Kraken(Adapter[SnapshotGate]):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # Most decimals seen per symbol in prices and sizes: the instrument's precision, for a
-        # checksum over text that lost its trailing zeros (`verify_kraken`).
+        # checksum over text that lost its trailing zeros (`verify_kraken`). Only counted when
+        # a message's text fails its checksum: an exact feed never needs it.
         self._precision: dict[str, tuple[int, int]] = {}
 
     def market(self, symbol: str) -> str:
@@ -160,13 +163,15 @@ class Kraken(Adapter[SnapshotGate]):
                 bids, asks = list(_levels(item["bids"])), list(_levels(item["asks"]))
                 feed.apply(action, bids, asks)
                 feed.book.truncate(self.subscribe_depth)  # Kraken sends no delete for levels pushed out
-                verify_kraken(feed.book, int(item["checksum"]), self._seen_precision(feed.symbol, bids + asks))
+                precision = functools.partial(self._seen_precision, feed.symbol, bids, asks)  # asked on a mismatch
+                verify_kraken(feed.book, int(item["checksum"]), precision)
                 timestamp = item.get("timestamp")
                 feed.changed(iso_ms(timestamp) if timestamp else int(recv_ts), recv_ts)
 
-    def _seen_precision(self, symbol: str, levels: list[tuple[str, str]]) -> tuple[int, int]:
+    def _seen_precision(self, symbol: str, *levels: Iterable[Level]) -> tuple[int, int]:
+        """The most decimals seen in `symbol`'s levels: those of each message whose text failed, and of its top 10."""
         price_decimals, size_decimals = self._precision.get(symbol, (0, 0))
-        for price, size in levels:
+        for price, size in itertools.chain(*levels):
             price_decimals = max(price_decimals, len(price.partition(".")[2]))
             size_decimals = max(size_decimals, len(size.partition(".")[2]))
         self._precision[symbol] = precision = (min(price_decimals, 18), min(size_decimals, 18))

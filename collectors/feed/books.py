@@ -37,6 +37,7 @@ class BookFeed(Generic[S]):
         "_publish",
         "_recv_ts",
         "_resync_next",
+        "_shown",
         "_ts",
         "book",
         "depth",
@@ -64,6 +65,9 @@ class BookFeed(Generic[S]):
         self._interval = interval_s
         self._publish = publish
         self._resync_next = False  # the next view is the first after a rebuild
+        # The sides of the last view published: `OrderBook.top` hands out the same lists until a
+        # change reaches into them, so a change below the published depth shows nothing new.
+        self._shown: tuple[list[Level], list[Level]] | None = None
         self._last_publish = float("-inf")
         self._handle: asyncio.TimerHandle | None = None
         self._ts = 0
@@ -115,7 +119,7 @@ class BookFeed(Generic[S]):
             self._handle = None
 
     def view(self) -> Book:
-        bids, asks = self.book.top(self.depth)
+        bids, asks = self._shown = self.book.top(self.depth)
         return Book(
             exchange=self._exchange,
             symbol=self.symbol,
@@ -130,6 +134,11 @@ class BookFeed(Generic[S]):
         self._handle = None
         if not self.ready:
             return
+        shown = self._shown
+        if shown is not None and not self._resync_next:
+            bids, asks = self.book.top(self.depth)
+            if bids is shown[0] and asks is shown[1]:
+                return  # the published levels did not change (deeper ones did)
         self._last_publish = time.monotonic()
         view = self.view()
         self._resync_next = False

@@ -225,3 +225,43 @@ async def test_nothing_listening_is_a_connection_error() -> None:
         pass  # closed: its port refuses now
     with pytest.raises(redis.exceptions.ConnectionError, match="cannot connect"):
         await RespPublisher(target, timeout_s=1).publish_market([tick(1)])
+
+
+async def test_an_unanswered_pipeline_fails_the_connection_after_the_reply_timeout() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    async with fake_redis(silent) as target:
+        conn = await resp.RespConnection.open(target, timeout_s=0.1)
+        first, second = conn.send(resp.command("PING"), 1), conn.send(resp.command("PING"), 1)
+        assert conn.pending == 2  # the second went without waiting for the first's reply
+        with pytest.raises(redis.exceptions.ConnectionError, match="no reply"):
+            await asyncio.wait_for(first, 5)
+        with pytest.raises(redis.exceptions.ConnectionError, match="no reply"):
+            await second
+        assert not conn.is_open and conn.pending == 0
+
+
+async def test_the_sink_keeps_pipelines_in_flight_and_order(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
+    publisher = RespPublisher(RedisTarget.parse(redis_url))
+    sink = Sink(publisher, max_queue=10_000, batch_size=7, max_in_flight=8)
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(names.market_channel("binance:ticker:BTC/USDT"))
+    await pubsub.get_message(timeout=1)
+    task = asyncio.create_task(sink.run())
+    try:
+        for seq in range(1, 501):
+            sink.put(tick(seq))
+        received: list[int] = []
+        while len(received) < 500:
+            message = await pubsub.get_message(timeout=2)
+            assert message is not None, f"only {len(received)} messages"
+            received.append(codec.decode_market(message["data"]).seq)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await pubsub.aclose()
+        publisher.close()
+    assert received == list(range(1, 501)) and sink.published == 500 and sink.errors == 0

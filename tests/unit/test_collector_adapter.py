@@ -161,8 +161,35 @@ def test_a_reset_book_waits_for_a_snapshot_and_then_says_resync() -> None:
     assert len(book.book) == 0 and len(published) == 1
     book.apply(Action.REPLACE, [("10", "2")], [("11", "2")])
     book.changed(4, RECV_TS)
+    book.apply(Action.APPLY, [("10", "3")], [])
     book.changed(5, RECV_TS)
     assert [(view.ts, view.resync) for view in published] == [(2, False), (4, True), (5, False)]
+
+
+def test_a_change_below_the_published_depth_publishes_nothing() -> None:
+    published: list[Book] = []
+    book = feed(0.0, published)  # the top 2 per side
+    book.apply(Action.REPLACE, [("10", "1"), ("9", "1"), ("8", "1")], [("11", "1"), ("12", "1")])
+    book.changed(1, RECV_TS)
+    for ts, (bids, asks) in enumerate(
+        [
+            ([("8", "5")], []),  # third bid: not shown
+            ([], [("13", "1")]),  # a new third ask: not shown
+            ([("7", "1"), ("8", "0")], []),  # still below the top 2
+            ([("9", "2")], []),  # the second bid: shown
+            ([("9.5", "1")], []),  # a new second bid, pushing 9 out: shown
+            ([], [("12", "0")]),  # an ask removed from the top 2 (13 moves up): shown
+        ],
+        start=2,
+    ):
+        book.apply(Action.APPLY, bids, asks)
+        book.changed(ts, RECV_TS)
+    assert [(view.ts, view.bids, view.asks) for view in published] == [
+        (1, [("10", "1"), ("9", "1")], [("11", "1"), ("12", "1")]),
+        (5, [("10", "1"), ("9", "2")], [("11", "1"), ("12", "1")]),
+        (6, [("10", "1"), ("9.5", "1")], [("11", "1"), ("12", "1")]),
+        (7, [("10", "1"), ("9.5", "1")], [("11", "1"), ("13", "1")]),
+    ]
 
 
 def test_adapter_checks_its_settings() -> None:

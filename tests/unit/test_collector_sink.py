@@ -1,4 +1,4 @@
-"""The bounded sink, with an autospec'd publisher: drops oldest, requeues, resumes, drains."""
+"""The bounded sink, with an autospec'd publisher behind `SerialPublisher`: drops oldest, requeues, resumes, drains."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import redis
 import redis.client
 import redis.exceptions
 
-from collectors.sink import Sink
+from collectors.sink import SerialPublisher, Sink
 from shared import codec
 from shared.events import Side, Ticker, Trade
 from shared.publisher import AsyncPublisher, SyncPublisher
@@ -25,7 +25,7 @@ def publisher() -> AsyncPublisher:
 
 
 def test_a_full_queue_drops_the_oldest() -> None:
-    sink = Sink(publisher(), max_queue=3)
+    sink = Sink(SerialPublisher(publisher()), max_queue=3)
     for seq in range(1, 6):
         sink.put(tick(seq))
     assert len(sink) == 3 and sink.dropped == 2
@@ -34,7 +34,7 @@ def test_a_full_queue_drops_the_oldest() -> None:
 
 async def test_publishes_in_batches() -> None:
     target = publisher()
-    sink = Sink(target, max_queue=100, batch_size=4)
+    sink = Sink(SerialPublisher(target), max_queue=100, batch_size=4)
     for seq in range(1, 11):
         sink.put(tick(seq))
     task = asyncio.create_task(sink.run())
@@ -58,7 +58,7 @@ async def test_redis_down_keeps_the_bound_then_resumes_in_order() -> None:
             raise failures.pop()
 
     target.publish_market.side_effect = fail_then_ok
-    sink = Sink(target, max_queue=5, batch_size=3, backoff_initial_s=0.001, backoff_max_s=0.002)
+    sink = Sink(SerialPublisher(target), max_queue=5, batch_size=3, backoff_initial_s=0.001, backoff_max_s=0.002)
     for seq in range(1, 5):
         sink.put(tick(seq))
     task = asyncio.create_task(sink.run())
@@ -84,7 +84,7 @@ async def test_redis_down_keeps_the_bound_then_resumes_in_order() -> None:
 async def test_a_batch_redis_refuses_is_dropped_not_retried_forever() -> None:
     target = publisher()
     target.publish_market.side_effect = redis.exceptions.ResponseError("OOM")
-    sink = Sink(target, max_queue=10, batch_size=10)
+    sink = Sink(SerialPublisher(target), max_queue=10, batch_size=10)
     sink.put(tick(1))
     sink.put(tick(2))
     await sink.drain(1.0)
@@ -94,7 +94,8 @@ async def test_a_batch_redis_refuses_is_dropped_not_retried_forever() -> None:
 async def test_drain_gives_up_when_redis_is_away() -> None:
     target = publisher()
     target.publish_market.side_effect = OSError("refused")
-    sink = Sink(target, max_queue=10)
+    serial = SerialPublisher(target)
+    sink = Sink(serial, max_queue=10)
     sink.put(tick(1))
     await sink.drain(1.0)
     assert len(sink) == 1 and not sink.redis_up
@@ -104,18 +105,19 @@ async def test_drain_gives_up_when_redis_is_away() -> None:
 
     target.publish_market.side_effect = slow
     await sink.drain(0.05)
-    assert len(sink) == 1  # the cancelled batch went back to the queue
+    assert len(sink) == 1  # the unanswered batch went back to the queue
+    serial.close()
 
 
 def test_bad_bounds() -> None:
     with pytest.raises(ValueError, match="positive"):
-        Sink(publisher(), max_queue=0)
+        Sink(SerialPublisher(publisher()), max_queue=0)
 
 
 async def test_an_unexpected_error_drops_the_batch_and_backs_off() -> None:
     target = publisher()
     target.publish_market.side_effect = TypeError("a bug")
-    sink = Sink(target, max_queue=10)
+    sink = Sink(SerialPublisher(target), max_queue=10)
     sink.put(tick(1))
     await sink.drain(1.0)
     assert (sink.dropped, sink.errors, len(sink)) == (1, 1, 0)
@@ -147,7 +149,7 @@ def test_a_batch_sets_each_latest_value_once_with_its_newest_event() -> None:
 
 async def test_pipelines_go_at_most_every_interval_and_a_lone_event_at_once() -> None:
     target = publisher()
-    sink = Sink(target, max_queue=100, min_interval_s=0.2)
+    sink = Sink(SerialPublisher(target), max_queue=100, min_interval_s=0.2)
     task = asyncio.create_task(sink.run())
     try:
         sink.put(tick(1))
