@@ -12,6 +12,12 @@ collector's publishing cap (`COLLECTOR_BOOK_RATE`, 10 views a second per symbol 
 can carry an update up to 100 ms old); trades are published as they come. So a figure covers the simulator's send, the
 collector's parse and publish, Redis, the gateway's fan-out and the client's read, all on this one
 machine (one clock). The goal (issue 13): p99 under 10 ms at the default load.
+
+A second window on the same stack and clients samples the age from the event's `recv_ts`
+instead (the collector's clock when the frame arrived: `from_collector_*`), which leaves out
+the simulator's send and the collector's read, and for books still includes the cap (a view is
+stamped with its newest change's arrival). `COLLECTOR_BOOK_RATE=0` in the environment publishes
+every book change at once, which shows the path without the cap.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any, Final
 
 import uvloop
 
-from loadtests.load_client import EXCHANGE_TS, ClientPool, ClientSpec, raise_fd_limit
+from loadtests.load_client import EXCHANGE_TS, RECV_TS, ClientPool, ClientSpec, raise_fd_limit
 from loadtests.relay_bench import percentile, print_table
 from shared.embedded_redis import free_port
 from shared.topics import Exchange
@@ -52,6 +58,14 @@ async def wait_ready(state_dir: Path, stack: asyncio.subprocess.Process, log: Pa
         if time.monotonic() > deadline:
             raise RuntimeError("the stack never became ready")
         await asyncio.sleep(0.2)
+
+
+async def window(pool: ClientPool, stamp: bytes, seconds: float) -> tuple[int, list[float]]:
+    """Events received in `seconds`, and every one's age from its `stamp` field, sorted."""
+    await pool.reset(1, stamp)
+    await asyncio.sleep(seconds)
+    tally = await pool.tally(with_samples=True)
+    return tally.received, sorted(tally.samples)
 
 
 async def measure(rate: float, channel: str, clients: int, seconds: float, workdir: Path) -> dict[str, Any]:
@@ -83,21 +97,21 @@ async def measure(rate: float, channel: str, clients: int, seconds: float, workd
             if report.connected < clients:
                 raise RuntimeError(f"{report.connected}/{clients} clients connected: {report.errors}")
             await asyncio.sleep(3)  # books settle, on-demand trades start
-            await pool.reset(1, EXCHANGE_TS)
-            await asyncio.sleep(seconds)
-            tally = await pool.tally(with_samples=True)
-        ages = sorted(tally.samples)
+            received, ages = await window(pool, EXCHANGE_TS, seconds)
+            _, from_collector = await window(pool, RECV_TS, seconds)
         return {
             "simulator_rate": rate,
             "channel": channel,
             "clients": clients,
             "topics": len(topics),
-            "deliveries_per_s": tally.received / seconds,
+            "deliveries_per_s": received / seconds,
             "latency_p50_ms": percentile(ages, 0.50),
             "latency_p90_ms": percentile(ages, 0.90),
             "latency_p99_ms": percentile(ages, 0.99),
             "latency_max_ms": ages[-1] if ages else float("nan"),
             "samples": len(ages),
+            "from_collector_p50_ms": percentile(from_collector, 0.50),
+            "from_collector_p99_ms": percentile(from_collector, 0.99),
         }
     finally:
         stack.send_signal(signal.SIGTERM)
