@@ -13,9 +13,10 @@ the gateway and of Redis is sampled from /proc. locust is stopped with SIGTERM (
 CSV) and its `market` latency (publish stamp to a user's receive, whole milliseconds),
 `connect` and `subscribe` rows are read from that CSV.
 
-The question is which side limits: locust is one process with one core at most (gevent), so
-`locust_cores` near 1 (`bound` names `locust`) or market latency growing while `server_cores`
-stays low means the load generator, not the gateway, is what is measured.
+The question is which side limits: a locust process uses one core at most (gevent), so one
+of them near a full core (`bound` names `locust`) or market latency growing while `server_cores`
+stays low means the load generator, not the gateway, is what is measured. `--processes N`
+passes locust's own option (N worker processes under a master); `locust_cores` sums them all.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from loadtests.relay_bench import (
     deploy,
     jsonable,
     print_table,
+    process_tree,
     rss_kib,
     tcp_sockets,
 )
@@ -125,7 +127,8 @@ async def measure(users: int, args: argparse.Namespace, workdir: Path) -> dict[s
             "--spawn-rate", str(args.spawn_rate), "--host", f"http://{HOST}:{deployment.port}",
             # A bound should this driver die: spawning, the window and a margin.
             "--run-time", f"{math.ceil(SPAWN_TIMEOUT_S + args.seconds + 60)}s",
-            "--csv", str(prefix), "--reset-stats", "--only-summary", "--loglevel", "WARNING", args.user_class,
+            "--csv", str(prefix), "--reset-stats", "--only-summary", "--loglevel", "WARNING",
+            *(["--processes", str(args.processes)] if args.processes > 1 else []), args.user_class,
         ]  # fmt: skip
         with (workdir / f"{prefix.name}.log").open("w") as log:
             locust = await asyncio.create_subprocess_exec(*argv, env=env, stdout=log, stderr=log)
@@ -138,13 +141,14 @@ async def measure(users: int, args: argparse.Namespace, workdir: Path) -> dict[s
             spawn_s = time.monotonic() - spawn_started
             await asyncio.sleep(1)  # locust resets its statistics once spawned
             connected_start = established(deployment.port)
-            roles = {"locust": [locust.pid], "server": deployment.server_pids(), "redis": [deployment.redis_pid]}
+            locusts = process_tree(locust.pid)
+            roles = {"locust": locusts, "server": deployment.server_pids(), "redis": [deployment.redis_pid]}
             before = Usage.now(roles)
             await asyncio.sleep(args.seconds)
             after = Usage.now(roles)
             connected_end = established(deployment.port)
             rss = rss_kib(deployment.server_pids())
-            locust_rss = rss_kib([locust.pid])
+            locust_rss = rss_kib(locusts)
         finally:
             await stop_locust(locust)
     rows = csv_rows(Path(f"{prefix}_stats.csv"))
@@ -153,6 +157,7 @@ async def measure(users: int, args: argparse.Namespace, workdir: Path) -> dict[s
         "user_class": args.user_class,
         "users": users,
         "publish_rate": args.publish_rate,
+        "locust_processes": args.processes,
         "spawn_s": spawn_s,
         "connected_start": connected_start,
         "connected_end": connected_end,
@@ -198,6 +203,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--locustfile",
         default=str(REPOSITORY / "loadtests" / "locustfile.py"),
         help="the locustfile to run (default loadtests/locustfile.py); it is run with the repository on PYTHONPATH",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="locust processes: 1 runs one; N > 1 passes locust's --processes N (N workers under a master)",
     )
     parser.add_argument("--spawn-rate", type=float, default=100.0, help="users started a second (default 100)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window once spawned (default 20)")
