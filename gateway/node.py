@@ -18,6 +18,7 @@ from typing import Any, Final
 from gateway import ops
 from gateway.admission import Admission
 from gateway.auth import Identity, TokenVerifier
+from gateway.batching import SharedPipeline
 from gateway.candles import CandleHistory
 from gateway.config import GatewayConfig
 from gateway.demand import Demand
@@ -107,7 +108,9 @@ class GatewayNode:
         self.redis = self.target.async_client(
             max_connections=REDIS_POOL_SIZE, socket_timeout=5, socket_connect_timeout=5
         )
-        self.history = History(self.redis, max_age_ms=int(config.history_max_age_s * 1000))
+        # Connects' Redis queries (revocations, cap claims, stream ends) share one pipeline per round trip.
+        self.pipeline = SharedPipeline(self.redis)
+        self.history = History(self.redis, self.pipeline, max_age_ms=int(config.history_max_age_s * 1000))
         # The relay hands messages to the fanout, which hands records to recovery, which reads the relay's state.
         self.relay = Relay(
             self.target,
@@ -123,13 +126,14 @@ class GatewayNode:
         self.executions = ExecutionRequests(self.history, self.metrics)
         self.presence = Presence(
             self.redis,
+            self.pipeline,
             node=config.name,
             topics=lambda: self.server.room_sizes(names.MARKET_PREFIX),
             teams=self._online_teams,
             policy=self.policy,
             max_items=config.max_topics_per_request,
         )
-        self.admission = Admission(config, self.verifier, self.redis, self.presence)
+        self.admission = Admission(config, self.verifier, self.pipeline, self.presence)
         self.demand = Demand(self.redis, self._market_topics, node=config.name, on_demand=config.on_demand)
         self.subscriptions = Subscriptions(
             config,
@@ -226,8 +230,7 @@ class GatewayNode:
             await asyncio.gather(*pending, return_exceptions=True)
         self._stopped = True
         await self.recovery.close()
-        await self.admission.close()
-        await self.history.close()
+        await self.pipeline.close()  # before presence: no claim lands once it gives every claim back
         # Not cancelled: `run` ends between Redis calls; then every socket's claim is given back at once.
         await self.presence.close()
         if self._presence_task is not None:
