@@ -34,7 +34,7 @@ from gateway.pages import Pages
 from gateway.policy import TopicPolicy
 from gateway.presence import Presence
 from gateway.protocol.engineio import EngineSettings
-from gateway.protocol.http import AcceptLimit, HttpServer, Request, Response, Upgrade
+from gateway.protocol.http import AcceptLimit, HttpServer, Outcome, Request
 from gateway.protocol.sio import ConnectionRefused, SocketIOServer, SocketSettings
 from gateway.recovery import Recovery, Resume
 from gateway.relay import Relay
@@ -195,13 +195,13 @@ class GatewayNode:
         self.server.start()
         await self.http.start(self.config.host, self.config.port, reuse_port=self.config.reuse_port)
 
-    async def _route(self, request: Request) -> Response | Upgrade:
+    def _route(self, request: Request) -> Outcome | Awaitable[Outcome]:
         if request.path.rstrip("/") == SOCKETIO_PATH:
-            return await self.server.handle(request)
+            return self.server.handle(request)
         if request.path == CANDLES_PATH:
-            return await self.candles.http(request)
+            return self.candles.http(request)
         if self.pages.serves(request.path):
-            return await self.pages.respond(request)
+            return self.pages.respond(request)
         return ops.respond(request, self)
 
     def _own_status(self) -> GatewayStatus:

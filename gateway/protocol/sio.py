@@ -32,7 +32,7 @@ import msgspec
 
 from gateway.limits import TokenBucket
 from gateway.protocol.engineio import Engine, EngineSettings, Observer
-from gateway.protocol.http import Request, Response, Upgrade
+from gateway.protocol.http import Outcome, Request
 from gateway.protocol.session import Packet, Session
 from shared.nesting import MAX_JSON_DEPTH, deeper_than
 
@@ -205,8 +205,8 @@ class SocketIOServer:
     def on(self, event: str, handler: EventHandler) -> None:
         self._handlers[event] = handler
 
-    async def handle(self, request: Request) -> Response | Upgrade:
-        return await self.engine.handle(request)
+    def handle(self, request: Request) -> Outcome | Awaitable[Outcome]:
+        return self.engine.handle(request)
 
     # Sending
 
