@@ -90,13 +90,13 @@ class HmacTokenCheck:
         issuer: str | None,
         audience: str | None,
     ) -> None:
-        self._secret = secret
-        self._hashes = {alg: _HASHES[alg] for alg in algorithms if alg in _HASHES}
+        # Keyed once per algorithm; each token's MAC starts from a copy (no key setup, no digest lookup).
+        self._macs = {alg: hmac.new(secret, digestmod=_HASHES[alg]) for alg in algorithms if alg in _HASHES}
         self._leeway = leeway
         self._issuer = issuer
         self._audience = audience
         # Header segments of tokens that passed, and their hash: an issuer's header is the same for all its tokens.
-        self._known_headers: dict[bytes, Callable[..., Any]] = {}
+        self._known_headers: dict[bytes, hmac.HMAC] = {}
 
     @classmethod
     def build(
@@ -128,13 +128,14 @@ class HmacTokenCheck:
         if len(parts) != 3:
             return None
         header_segment, payload_segment, signature_segment = parts
-        hash_function = self._known_headers.get(header_segment) or self._hash_for(header_segment)
-        if hash_function is None:
+        keyed = self._known_headers.get(header_segment) or self._mac_for(header_segment)
+        if keyed is None:
             return None
         signature = _segment(signature_segment)
         signing_input = raw[: len(header_segment) + 1 + len(payload_segment)]
-        expected = hmac.digest(self._secret, signing_input, hash_function)
-        if signature is None or not hmac.compare_digest(signature, expected):
+        mac = keyed.copy()
+        mac.update(signing_input)
+        if signature is None or not hmac.compare_digest(signature, mac.digest()):
             return None
         payload = _segment(payload_segment)
         claims = None if payload is None else _object(payload)
@@ -142,11 +143,11 @@ class HmacTokenCheck:
             return None
         if len(self._known_headers) < MAX_KNOWN_HEADERS:
             # Remembered only for a token that passed: whoever fills this holds the secret.
-            self._known_headers[header_segment] = hash_function
+            self._known_headers[header_segment] = keyed
         return claims
 
-    def _hash_for(self, header_segment: bytes) -> Callable[..., Any] | None:
-        """The hash of the header's algorithm if the header has the plain form and an allowed HMAC `alg`."""
+    def _mac_for(self, header_segment: bytes) -> hmac.HMAC | None:
+        """The keyed MAC of the header's algorithm if the header has the plain form and an allowed HMAC `alg`."""
         data = _segment(header_segment)
         header = None if data is None else _object(data)
         if header is None or not header.keys() <= _PLAIN_HEADER:
@@ -154,7 +155,7 @@ class HmacTokenCheck:
         if "kid" in header and not isinstance(header["kid"], str):  # null too: PyJWT refuses it
             return None
         alg = header.get("alg")
-        return self._hashes.get(alg) if isinstance(alg, str) else None
+        return self._macs.get(alg) if isinstance(alg, str) else None
 
     def _valid(self, claims: dict[str, Any]) -> bool:
         """PyJWT's claim rules with the gateway's options (exp and sub required), for the plain forms."""

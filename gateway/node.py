@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Final
 
 from gateway import ops
@@ -164,6 +165,7 @@ class GatewayNode:
             accept_limit=accept_limit,
         )
         self.server.on_connect(self._on_connect)
+        self.server.on_connected(self._connected)
         self.server.on_disconnect(self._on_disconnect)
         self.server.on("subscribe", self._with_session(self.subscriptions.subscribe))
         self.server.on("unsubscribe", self._with_session(self.subscriptions.unsubscribe))
@@ -332,7 +334,7 @@ class GatewayNode:
         self.sessions[sid] = session
         self._schedule_expiry(session)
         topics = auth.get("subscriptions") if isinstance(auth, dict) else None
-        session.sync_task = self._spawn(self._sync(session, resume, resume_valid, fresh_start, topics))
+        session.catch_up = partial(self._start_sync, session, resume, resume_valid, fresh_start, topics)
         self.metrics.connections.inc()
         logger.debug("connected", extra={"sid": sid, "user": identity.user_id})
         return True
@@ -345,6 +347,29 @@ class GatewayNode:
                 revocation.token_id is not None and revocation.token_id == identity.token_id
             ):
                 self._disconnect_with(session.sid, "session_revoked", AuthCode.TOKEN_REVOKED)
+
+    def _connected(self, sid: str) -> None:
+        """The CONNECT answer is queued: start the socket's catch-up (its packets follow the answer)."""
+        session = self.sessions.get(sid)
+        if session is not None and session.catch_up is not None:
+            start, session.catch_up = session.catch_up, None
+            start()
+
+    def _start_sync(
+        self, session: Session, resume: Resume, resume_valid: bool, fresh_start: str | None, topics: object
+    ) -> None:
+        """Send `sync` at once when the catch-up needs no Redis read (the common connect), else start its task."""
+        status = self.recovery.sync_at_once(session, fresh_start) if topics is None else None
+        if status is None:
+            session.sync_task = self._spawn(self._sync(session, resume, resume_valid, fresh_start, topics))
+            return
+        status["complete"] = resume_valid and status["complete"]
+        self._send_sync(session, status)
+
+    def _send_sync(self, session: Session, status: dict[str, Any]) -> None:
+        if not session.closed:
+            self.recovery.reached(session, status)  # no await from here to the packet
+            self.server.emit(session.sid, "sync", status)
 
     async def _sync(
         self,
@@ -380,9 +405,7 @@ class GatewayNode:
                 status["subscriptions"] = await self.subscriptions.subscribe(session, topics)
             except RequestError as exc:
                 status["subscriptions"] = exc.ack()
-        if not session.closed:
-            self.recovery.reached(session, status)  # no await from here to the packet
-            self.server.emit(session.sid, "sync", status)
+        self._send_sync(session, status)
 
     def _on_disconnect(self, sid: str, reason: str) -> None:
         session = self.sessions.pop(sid, None)
