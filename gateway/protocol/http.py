@@ -198,6 +198,7 @@ class HttpProtocol(asyncio.Protocol):
         self._timeout: asyncio.TimerHandle | None = None
         self._head: h11.Request | None = None
         self._body = bytearray()
+        self._end_unread = False  # the current request's EndOfMessage is still in h11's buffer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -287,7 +288,11 @@ class HttpProtocol(asyncio.Protocol):
                 if isinstance(event, h11.Request):
                     self._head = event
                     self._body = bytearray()
-                    self._check_head(event)
+                    if not self._check_head(event):
+                        # No body: the request is whole. h11's EndOfMessage (a quarter of its work on a
+                        # handshake) is read only if the answer goes through h11, never for an upgrade.
+                        self._end_unread = True
+                        break
                 elif isinstance(event, h11.Data):
                     self._body += event.data
                 elif isinstance(event, h11.EndOfMessage):
@@ -306,15 +311,18 @@ class HttpProtocol(asyncio.Protocol):
         self._head, self._body = None, bytearray()
         return request
 
-    def _check_head(self, head: h11.Request) -> None:
+    def _check_head(self, head: h11.Request) -> int:
+        """The length of the request's body, after refusing heads and bodies this server does not take."""
         # h11 bounds only a head still arriving; one read can bring a whole big head.
         if sum(len(name) + len(value) + 4 for name, value in head.headers) + len(head.target) > MAX_HEAD_BYTES:
             raise h11.RemoteProtocolError(f"request heads are limited to {MAX_HEAD_BYTES} bytes", 431)
         headers = dict(head.headers)
         if b"transfer-encoding" in headers:
             raise h11.RemoteProtocolError("chunked request bodies are not accepted", error_status_hint=411)
-        if int(headers.get(b"content-length", b"0")) > self._max_body:
+        length = int(headers.get(b"content-length", b"0"))
+        if length > self._max_body:
             raise h11.RemoteProtocolError(f"bodies are limited to {self._max_body} bytes", error_status_hint=413)
+        return length
 
     def _request(self, head: h11.Request, body: bytes) -> Request:
         """The request as handlers see it; raises ValueError for a target that is not a URL."""
@@ -356,6 +364,7 @@ class HttpProtocol(asyncio.Protocol):
             self._upgrade(request, outcome)
             return False
         try:
+            self._read_end()
             self._send(outcome, body=request.method != "HEAD")
             if self._conn.our_state is h11.MUST_CLOSE or self._conn.their_state is h11.MUST_CLOSE:
                 transport.close()
@@ -368,6 +377,13 @@ class HttpProtocol(asyncio.Protocol):
         transport.resume_reading()
         self._arm_timeout()
         return True
+
+    def _read_end(self) -> None:
+        """Take from h11 the end of a request without body, left unread by `_complete_request`."""
+        if self._end_unread:
+            self._end_unread = False
+            if not isinstance(self._conn.next_event(), h11.EndOfMessage):
+                raise h11.LocalProtocolError("a request without a body did not end at its head")
 
     def _send(self, response: Response, *, body: bool = True) -> None:
         """The response; `body=False` answers a HEAD (same headers, no body)."""
