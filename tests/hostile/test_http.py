@@ -47,7 +47,11 @@ async def test_a_burst_of_connections_is_read_a_few_per_turn_in_order() -> None:
         if intake.take():
             started.append((n, turn))
         else:
-            intake.wait(lambda n=n: started.append((n, turn)))
+
+            def start(n: int = n) -> None:
+                started.append((n, turn))
+
+            intake.wait(start)
     while len(started) < 30 and turn < 50:
         await asyncio.sleep(0)
     assert [n for n, _ in started] == list(range(30))
