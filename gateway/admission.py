@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.auth import Identity, TokenVerifier
-from gateway.batching import Batcher
+from gateway.batching import Query, SharedPipeline
 from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError
 from gateway.limits import KeyedBuckets, address_key
 from gateway.presence import Presence
 from gateway.protocol.http import Request
 from shared import names
-from shared.redis_target import REDIS_ERRORS, AsyncClient
+from shared.redis_target import REDIS_ERRORS
 
 
 def bearer_token(handshake: Request) -> str | None:
@@ -38,22 +38,35 @@ def revocation(identity: Identity, user_mark: Any, token_mark: Any) -> Exception
     return None
 
 
+def revocation_query(identity: Identity) -> Query[None]:
+    """The identity's revocation keys, read beside other connects' queries (`SharedPipeline`)."""
+    token_id = identity.token_id
+
+    def commands(pipe: Any) -> None:
+        pipe.get(names.revoked_user(identity.user_id))
+        if token_id is not None:
+            pipe.get(names.revoked_token(token_id))
+
+    def answer(replies: list[Any]) -> Exception | None:
+        return revocation(identity, replies[0], replies[1] if token_id is not None else None)
+
+    return Query(commands, answer)
+
+
 class Admission:
     """The checks every connection (and every refreshed token) passes; each refusal is a coded AuthError.
 
     `admit` claims one of the user's connections across every node (`Presence.claim`); `left` gives it back.
     """
 
-    def __init__(self, config: GatewayConfig, verifier: TokenVerifier, client: AsyncClient, presence: Presence) -> None:
+    def __init__(
+        self, config: GatewayConfig, verifier: TokenVerifier, pipeline: SharedPipeline, presence: Presence
+    ) -> None:
         self._config = config
         self._verifier = verifier
-        self._redis = client
+        self._pipeline = pipeline
         self._presence = presence
         self._connect_buckets = KeyedBuckets(config.connect_rate_per_ip, config.connect_burst_per_ip)
-        self._revocations: Batcher[Identity, None] = Batcher(self._check_revocations)
-
-    async def close(self) -> None:
-        await self._revocations.close()
 
     async def admit(self, sid: str, handshake: Request, auth: object, *, accepting: bool) -> Identity:
         if not accepting:
@@ -75,24 +88,12 @@ class Admission:
         """A valid token that was not revoked."""
         identity = await self._verifier.verify(token)
         try:
-            await self._revocations.submit(identity)
+            await self._pipeline.ask(revocation_query(identity))
         except AuthError:  # a PermissionError, so an OSError too: not one of Redis's
             raise
         except REDIS_ERRORS as exc:
             raise AuthError(AuthCode.UNAVAILABLE, "cannot check revocations; retry") from exc
         return identity
-
-    async def _check_revocations(self, identities: list[Identity]) -> list[Exception | None]:
-        """The revocation keys of the tokens verified since the last read, in one pipeline."""
-        pipe = self._redis.pipeline(transaction=False)
-        for identity in identities:
-            pipe.get(names.revoked_user(identity.user_id))
-            if identity.token_id is not None:
-                pipe.get(names.revoked_token(identity.token_id))
-        replies = iter(await pipe.execute(raise_on_error=False))
-        return [
-            revocation(identity, next(replies), next(replies) if identity.token_id else None) for identity in identities
-        ]
 
     def left(self, sid: str) -> None:
         """Give back the connection `admit` claimed: the socket closed, or never opened."""

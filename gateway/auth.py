@@ -14,6 +14,7 @@ import jwt
 
 from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError
+from gateway.hmac_tokens import HmacTokenCheck
 from gateway.jwks import JwksCache
 
 MAX_TOKEN_BYTES: Final = 8192
@@ -67,6 +68,14 @@ class TokenVerifier:
         self._audience = config.jwt_audience or None
         self._leeway = config.jwt_leeway_s
         self._teams_claim = config.teams_claim
+        # The common HS256 token without PyJWT's per-call overhead; whatever it does not accept, PyJWT decides.
+        self._hmac = (
+            None
+            if self._jwks is not None
+            else HmacTokenCheck.build(
+                self._secret, self._algorithms, leeway=self._leeway, issuer=self._issuer, audience=self._audience
+            )
+        )
         # Tokens already verified, until they expire: clients reconnecting with the token they had (a node
         # going away sends thousands at once) cost a dict lookup, not a signature check. Revocation is
         # checked on every connect all the same (admission).
@@ -94,7 +103,11 @@ class TokenVerifier:
         return identity
 
     async def _decode(self, token: str) -> Identity:
-        """Check the signature and the claims (PyJWT), and read the identity."""
+        """Check the signature and the claims (the HMAC check, else PyJWT), and read the identity."""
+        if self._hmac is not None:
+            claims = self._hmac.claims(token)
+            if claims is not None:
+                return self._identity(claims)
         key = await self._key_for(token)
         try:
             claims = jwt.decode(

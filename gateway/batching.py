@@ -7,14 +7,23 @@ dominated a connect's CPU. A `Batcher` keeps at most one call of its kind out at
 a time: what is asked while it is out waits and goes in the next call, together
 (group commit). A lone request goes at once; under a storm the calls grow with
 the load instead of their number.
+
+A `SharedPipeline` does the same for Redis queries of every kind: a connect's
+revocation read, its cap claim and its stream position all ride the one
+pipeline out, beside those of other connects. redis-py costs about 110 us of
+CPU per pipeline and 10 per command (measured here): one pipeline a round trip
+instead of one per kind of query.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar, cast
+
+from shared.redis_target import AsyncClient
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -93,3 +102,40 @@ class Batcher(Generic[Item, Result]):
         if call is not None:
             call.cancel()
             await asyncio.gather(call, return_exceptions=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Query(Generic[Result]):
+    """One caller's commands in a shared pipeline, and how their replies become its answer."""
+
+    commands: Callable[[Any], object]  # queues the commands on the pipeline it is given
+    answer: Callable[[list[Any]], Result | Exception]  # their replies, a failed command's as its exception
+
+
+class SharedPipeline:
+    """Queries of every caller and kind, sent to Redis in one pipeline per round trip (one out at a time)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._redis = client
+        self._batcher: Batcher[Query[Any], Any] = Batcher(self._run)
+
+    async def ask(self, query: Query[Result]) -> Result:
+        """The query's answer; raises what `answer` returned as an exception, or the pipeline's own failure."""
+        return cast(Result, await self._batcher.submit(query))
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+    async def _run(self, queries: list[Query[Any]]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        ends = []
+        for query in queries:
+            query.commands(pipe)
+            ends.append(len(pipe))
+        replies = await pipe.execute(raise_on_error=False)
+        outcomes = []
+        start = 0
+        for query, end in zip(queries, ends, strict=True):
+            outcomes.append(query.answer(replies[start:end]))
+            start = end
+        return outcomes

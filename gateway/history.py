@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from gateway.batching import Batcher
+from gateway.batching import Query, SharedPipeline
 from shared import names
 from shared.redis_target import AsyncClient
 
@@ -62,13 +62,10 @@ def _state_entry(value: Any) -> Entry | None:
 class History:
     """Stream reads for one node; each method is one or two round trips (`last_position`: one for many callers)."""
 
-    def __init__(self, client: AsyncClient, *, max_age_ms: int) -> None:
+    def __init__(self, client: AsyncClient, pipeline: SharedPipeline, *, max_age_ms: int) -> None:
         self._redis = client
+        self._pipeline = pipeline  # last positions ride it beside other connects' queries
         self._max_age_ms = max_age_ms
-        self._last_positions: Batcher[str, str] = Batcher(self._read_last_positions)
-
-    async def close(self) -> None:
-        await self._last_positions.close()
 
     async def after(self, stream: str, position: str, count: int) -> list[Entry]:
         """Up to `count` entries after `position`, oldest first."""
@@ -77,17 +74,15 @@ class History:
 
     async def last_position(self, stream: str) -> str:
         """The position of the stream's newest entry (ORIGIN if it has none)."""
-        return await self._last_positions.submit(stream)
 
-    async def _read_last_positions(self, streams: list[str]) -> list[str | Exception]:
-        """The streams asked for since the last read (a connect storm's fresh starts), in one pipeline."""
-        pipe = self._redis.pipeline(transaction=False)
-        for stream in streams:
+        def commands(pipe: Any) -> None:
             pipe.xrevrange(stream, max="+", min="-", count=1)
-        return [
-            rows if isinstance(rows, Exception) else _text(rows[0][0]) if rows else ORIGIN
-            for rows in await pipe.execute(raise_on_error=False)
-        ]
+
+        def answer(replies: list[Any]) -> str | Exception:
+            (rows,) = replies
+            return rows if isinstance(rows, Exception) else _text(rows[0][0]) if rows else ORIGIN
+
+        return await self._pipeline.ask(Query(commands, answer))
 
     async def retained_since(self, stream: str, position: str, now_ms: int) -> bool:
         """Whether every entry after `position` is still stored (none trimmed or expired).

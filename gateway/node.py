@@ -13,11 +13,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Final
 
 from gateway import ops
 from gateway.admission import Admission
 from gateway.auth import Identity, TokenVerifier
+from gateway.batching import SharedPipeline
 from gateway.candles import CandleHistory
 from gateway.config import GatewayConfig
 from gateway.demand import Demand
@@ -33,7 +35,7 @@ from gateway.pages import Pages
 from gateway.policy import TopicPolicy
 from gateway.presence import Presence
 from gateway.protocol.engineio import EngineSettings
-from gateway.protocol.http import AcceptLimit, HttpServer, Request, Response, Upgrade
+from gateway.protocol.http import AcceptLimit, HttpServer, Outcome, Request
 from gateway.protocol.sio import ConnectionRefused, SocketIOServer, SocketSettings
 from gateway.recovery import Recovery, Resume
 from gateway.relay import Relay
@@ -107,7 +109,9 @@ class GatewayNode:
         self.redis = self.target.async_client(
             max_connections=REDIS_POOL_SIZE, socket_timeout=5, socket_connect_timeout=5
         )
-        self.history = History(self.redis, max_age_ms=int(config.history_max_age_s * 1000))
+        # Connects' Redis queries (revocations, cap claims, stream ends) share one pipeline per round trip.
+        self.pipeline = SharedPipeline(self.redis)
+        self.history = History(self.redis, self.pipeline, max_age_ms=int(config.history_max_age_s * 1000))
         # The relay hands messages to the fanout, which hands records to recovery, which reads the relay's state.
         self.relay = Relay(
             self.target,
@@ -123,13 +127,14 @@ class GatewayNode:
         self.executions = ExecutionRequests(self.history, self.metrics)
         self.presence = Presence(
             self.redis,
+            self.pipeline,
             node=config.name,
             topics=lambda: self.server.room_sizes(names.MARKET_PREFIX),
             teams=self._online_teams,
             policy=self.policy,
             max_items=config.max_topics_per_request,
         )
-        self.admission = Admission(config, self.verifier, self.redis, self.presence)
+        self.admission = Admission(config, self.verifier, self.pipeline, self.presence)
         self.demand = Demand(self.redis, self._market_topics, node=config.name, on_demand=config.on_demand)
         self.subscriptions = Subscriptions(
             config,
@@ -160,6 +165,7 @@ class GatewayNode:
             accept_limit=accept_limit,
         )
         self.server.on_connect(self._on_connect)
+        self.server.on_connected(self._connected)
         self.server.on_disconnect(self._on_disconnect)
         self.server.on("subscribe", self._with_session(self.subscriptions.subscribe))
         self.server.on("unsubscribe", self._with_session(self.subscriptions.unsubscribe))
@@ -191,13 +197,13 @@ class GatewayNode:
         self.server.start()
         await self.http.start(self.config.host, self.config.port, reuse_port=self.config.reuse_port)
 
-    async def _route(self, request: Request) -> Response | Upgrade:
+    def _route(self, request: Request) -> Outcome | Awaitable[Outcome]:
         if request.path.rstrip("/") == SOCKETIO_PATH:
-            return await self.server.handle(request)
+            return self.server.handle(request)
         if request.path == CANDLES_PATH:
-            return await self.candles.http(request)
+            return self.candles.http(request)
         if self.pages.serves(request.path):
-            return await self.pages.respond(request)
+            return self.pages.respond(request)
         return ops.respond(request, self)
 
     def _own_status(self) -> GatewayStatus:
@@ -226,8 +232,7 @@ class GatewayNode:
             await asyncio.gather(*pending, return_exceptions=True)
         self._stopped = True
         await self.recovery.close()
-        await self.admission.close()
-        await self.history.close()
+        await self.pipeline.close()  # before presence: no claim lands once it gives every claim back
         # Not cancelled: `run` ends between Redis calls; then every socket's claim is given back at once.
         await self.presence.close()
         if self._presence_task is not None:
@@ -329,7 +334,7 @@ class GatewayNode:
         self.sessions[sid] = session
         self._schedule_expiry(session)
         topics = auth.get("subscriptions") if isinstance(auth, dict) else None
-        session.sync_task = self._spawn(self._sync(session, resume, resume_valid, fresh_start, topics))
+        session.catch_up = partial(self._start_sync, session, resume, resume_valid, fresh_start, topics)
         self.metrics.connections.inc()
         logger.debug("connected", extra={"sid": sid, "user": identity.user_id})
         return True
@@ -342,6 +347,29 @@ class GatewayNode:
                 revocation.token_id is not None and revocation.token_id == identity.token_id
             ):
                 self._disconnect_with(session.sid, "session_revoked", AuthCode.TOKEN_REVOKED)
+
+    def _connected(self, sid: str) -> None:
+        """The CONNECT answer is queued: start the socket's catch-up (its packets follow the answer)."""
+        session = self.sessions.get(sid)
+        if session is not None and session.catch_up is not None:
+            start, session.catch_up = session.catch_up, None
+            start()
+
+    def _start_sync(
+        self, session: Session, resume: Resume, resume_valid: bool, fresh_start: str | None, topics: object
+    ) -> None:
+        """Send `sync` at once when the catch-up needs no Redis read (the common connect), else start its task."""
+        status = self.recovery.sync_at_once(session, fresh_start) if topics is None else None
+        if status is None:
+            session.sync_task = self._spawn(self._sync(session, resume, resume_valid, fresh_start, topics))
+            return
+        status["complete"] = resume_valid and status["complete"]
+        self._send_sync(session, status)
+
+    def _send_sync(self, session: Session, status: dict[str, Any]) -> None:
+        if not session.closed:
+            self.recovery.reached(session, status)  # no await from here to the packet
+            self.server.emit(session.sid, "sync", status)
 
     async def _sync(
         self,
@@ -377,9 +405,7 @@ class GatewayNode:
                 status["subscriptions"] = await self.subscriptions.subscribe(session, topics)
             except RequestError as exc:
                 status["subscriptions"] = exc.ack()
-        if not session.closed:
-            self.recovery.reached(session, status)  # no await from here to the packet
-            self.server.emit(session.sid, "sync", status)
+        self._send_sync(session, status)
 
     def _on_disconnect(self, sid: str, reason: str) -> None:
         session = self.sessions.pop(sid, None)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from gateway.batching import Batcher
+from gateway.batching import Query, SharedPipeline
 from gateway.errors import RequestError
 from gateway.policy import TopicPolicy
 from gateway.sessions import Session
@@ -101,6 +101,7 @@ class Presence:
     def __init__(
         self,
         client: AsyncClient,
+        pipeline: SharedPipeline,
         *,
         node: str,
         topics: Callable[[], dict[str, int]],
@@ -114,7 +115,7 @@ class Presence:
         self._node = node
         self._topics = topics  # market topic -> this node's subscribers
         self._teams = teams  # team -> its users online on this node
-        self._claims: Batcher[tuple[str, str, int], bool] = Batcher(self._claim_many)
+        self._pipeline = pipeline  # claims ride it beside other connects' queries
         self._held: dict[str, str] = {}  # sid -> user of every claimed connection
         self._releasing: dict[str, str] = {}  # sid -> user of connections given back, not yet removed
         self._wake = asyncio.Event()
@@ -126,20 +127,22 @@ class Presence:
 
     async def claim(self, sid: str, user_id: str, cap: int) -> bool:
         """Take one of the user's `cap` connections across all nodes; False when they are all held."""
-        return await self._claims.submit((sid, user_id, cap))
-
-    async def _claim_many(self, claims: list[tuple[str, str, int]]) -> list[bool | Exception]:
-        """Claims made since the last call, in one pipeline: each still one script, atomic in its user's slot."""
         # EVAL, not EVALSHA: no NOSCRIPT round trip after a failover (Redis caches the script by its hash).
-        pipe = self._redis.pipeline(transaction=False)
-        for sid, user_id, cap in claims:
-            pipe.eval(CLAIM_SCRIPT, 1, names.connection_set(user_id), self._member(sid), TTL_MS, cap)
-        outcomes: list[bool | Exception] = []
-        for (sid, user_id, _), held in zip(claims, await pipe.execute(raise_on_error=False), strict=True):
+        key, member = names.connection_set(user_id), self._member(sid)
+
+        def commands(pipe: Any) -> None:
+            pipe.eval(CLAIM_SCRIPT, 1, key, member, TTL_MS, cap)
+
+        def answer(replies: list[Any]) -> bool | Exception:
+            (held,) = replies
             if held == 1:  # recorded here, not by the caller: a claim taken is given back even if it went away
-                self._held[sid] = user_id
-            outcomes.append(held if isinstance(held, Exception) else held == 1)
-        return outcomes
+                if self._closing:
+                    self._releasing[sid] = user_id  # landed after `close` began: given back at once
+                else:
+                    self._held[sid] = user_id
+            return held if isinstance(held, Exception) else held == 1
+
+        return await self._pipeline.ask(Query(commands, answer))
 
     def release(self, sid: str) -> None:
         """Give back a claimed connection: removed in Redis by the next flush, at once (a failure: it lapses)."""
@@ -166,7 +169,6 @@ class Presence:
     async def close(self, timeout_s: float = 2.0) -> None:
         """Stop `run` (between two Redis calls, never inside one) and give back every connection still held."""
         self._closing = True
-        await self._claims.close()
         self._wake.set()
         self._releasing.update(self._held)
         self._held.clear()

@@ -252,6 +252,22 @@ class Recovery:
         complete = all(bool(part["complete"]) for part in (notifications, *executions.values()))
         return {"notifications": notifications, "executions": executions, "complete": complete}
 
+    def sync_at_once(self, session: Session, fresh_start: str | None) -> dict[str, Any] | None:
+        """`sync`'s answer when it needs no read, else None: a fresh client of no team, nothing relayed since.
+
+        The common connect (no positions, no teams): its notifications start where `start_position`
+        read the stream's end, after the channel's subscription was confirmed; unless a newer record
+        was relayed since, there is nothing to read and the socket joins its room at once.
+        """
+        if fresh_start is None or session.identity.teams:
+            return None
+        channel = names.user_channel(session.identity.user_id)
+        if newer(self._live.get(channel), fresh_start):
+            return None
+        self._join(session, channel, fresh_start)
+        notifications = {"position": fresh_start, "recovered": 0, "complete": True}
+        return {"notifications": notifications, "executions": {}, "complete": True}
+
     def reached(self, session: Session, status: dict[str, Any]) -> None:
         """Raise `sync`'s positions to the newest record already sent to the socket; call just before `sync` goes.
 
@@ -317,11 +333,15 @@ class Recovery:
             if len(entries) < READ_BATCH and not newer(self._live.get(channel), position):
                 break
         # No await between the last check above and the join: the seam is exact.
+        self._join(session, channel, position)
+        return {"position": position, "recovered": recovered, "complete": complete}
+
+    def _join(self, session: Session, channel: str, position: str) -> None:
+        """The socket joins the channel's room, standing at `position` (call with no await since it was read)."""
         if not session.closed:
             self._server.join(session.sid, channel)
             if newer(position, self._live.get(channel, ORIGIN)):
                 self._ahead.setdefault(channel, {})[session.sid] = position
-        return {"position": position, "recovered": recovered, "complete": complete}
 
     def _stored_packet(self, channel: str, entry: Entry) -> Packet | None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.auth import Identity
@@ -25,6 +26,7 @@ class Session:
     topics: set[str] = field(default_factory=set)
     pending: set[str] = field(default_factory=set)
     expiry: asyncio.TimerHandle | None = None
+    catch_up: Callable[[], None] | None = None  # starts the catch-up once the CONNECT answer is queued
     sync_task: asyncio.Task[None] | None = None
     closed: bool = False
 

@@ -30,10 +30,10 @@ from loadtests.relay_bench import CONNECT_DEADLINE_S, HOST, Setup, Usage, client
 # Each step of a connect and the frames that mark its samples; a sample counts for the first step
 # one of whose markers is in its stack (most specific first: the JWT check runs inside admission).
 STEPS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
-    ("JWT verify (PyJWT, HS256)", ("TokenVerifier.verify",)),
-    ("Redis admission: revocations, cap claim, fresh-start position (batched pipelines)", ("Batcher._serve",)),
+    ("JWT verify (HS256: the HMAC check; PyJWT for anything else)", ("TokenVerifier.verify",)),
+    ("Redis admission: revocations, cap claim, fresh-start position (one shared pipeline)", ("Batcher._serve",)),
     ("Redis: subscribe the user's channel (pub/sub)", ("Relay.acquire", "Subscriptions.acquire_all")),
-    ("catch-up task and the `sync` event", ("GatewayNode._sync",)),
+    ("catch-up and the `sync` event (at once, or in a task)", ("GatewayNode._connected", "GatewayNode._sync")),
     ("admission and session bookkeeping (rate bucket, claims handed over, timers)", ("GatewayNode._on_connect",)),
     ("Socket.IO CONNECT answer", ("SocketIOServer._connect",)),
     ("Socket.IO packet read (header, JSON) and its handler task", ("SocketIOServer.message", "SocketIOServer._work")),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, Protocol
@@ -23,7 +24,7 @@ import msgspec
 from gateway.limits import KeyedBuckets, address_key
 from gateway.protocol import websocket
 from gateway.protocol.batch import WriteBatch
-from gateway.protocol.http import Request, Response, Upgrade, websocket_handshake_error
+from gateway.protocol.http import Outcome, Request, Response, Upgrade, websocket_handshake_error
 from gateway.protocol.session import OPEN, Packet, Session, WebSocketConnection
 
 logger = logging.getLogger(__name__)
@@ -166,8 +167,8 @@ class Engine:
 
     # HTTP
 
-    async def handle(self, request: Request) -> Response | Upgrade:
-        """Every request under the Engine.IO path."""
+    def handle(self, request: Request) -> Outcome | Awaitable[Response]:
+        """Every request under the Engine.IO path: answered at once, but for long-polling (a coroutine)."""
         cors = self._cors(request)
         if cors is None:
             return _error(403, 4, "Forbidden: origin not allowed")
@@ -180,7 +181,7 @@ class Engine:
         sid = request.query.get("sid")
         if request.query["transport"] == Transport.WEBSOCKET:
             return self._websocket(request, sid, cors)
-        return await self._polling(request, sid, cors)
+        return self._polling(request, sid, cors)
 
     def _refusal(self, request: Request) -> tuple[int, int, str] | None:
         """Why a request is refused before any session sees it: (HTTP status, Engine.IO code, message)."""

@@ -77,7 +77,10 @@ class Upgrade:
     greeting: bytes = b""
 
 
-Handler = Callable[[Request], Awaitable[Response | Upgrade]]
+Outcome = Response | Upgrade
+# A handler answers at once, or with an awaitable when it must wait (a long-poll, a Redis read). A
+# WebSocket handshake is answered at once: no task, no coroutine, on every connect.
+Handler = Callable[[Request], Outcome | Awaitable[Outcome]]
 
 
 class RequestIntake:
@@ -182,6 +185,7 @@ class HttpProtocol(asyncio.Protocol):
         self._timeout: asyncio.TimerHandle | None = None
         self._head: h11.Request | None = None
         self._body = bytearray()
+        self._end_unread = False  # the current request's EndOfMessage is still in h11's buffer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -243,47 +247,70 @@ class HttpProtocol(asyncio.Protocol):
         self._timeout = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT_S, self.close)
 
     def _next_request(self) -> None:
-        """Collect the next complete request from h11's buffer and start its handler."""
+        """Answer the next complete request in h11's buffer, or start its handler's task."""
+        request = self._complete_request()
+        if request is None:
+            return
+        assert self._transport is not None
+        self._transport.pause_reading()
+        try:
+            outcome = self._handler(request)
+        except Exception:  # noqa: BLE001 - logged, with its traceback, by _failed
+            outcome = _failed(request)
+        if isinstance(outcome, Outcome):
+            if self._answer(request, outcome):
+                self._read_or_wait()  # a keep-alive connection's next request waits its turn like any other
+        else:
+            self._task = asyncio.get_running_loop().create_task(self._respond(request, outcome))
+
+    def _complete_request(self) -> Request | None:
+        """The next complete request from h11's buffer; None while incomplete, or after answering a broken one."""
         try:
             while True:
                 event = self._conn.next_event()
                 if event is h11.NEED_DATA or event is h11.PAUSED:
-                    return
+                    return None
                 if isinstance(event, h11.ConnectionClosed):
                     self.close()
-                    return
+                    return None
                 if isinstance(event, h11.Request):
                     self._head = event
                     self._body = bytearray()
-                    self._check_head(event)
+                    if not self._check_head(event):
+                        # No body: the request is whole. h11's EndOfMessage (a quarter of its work on a
+                        # handshake) is read only if the answer goes through h11, never for an upgrade.
+                        self._end_unread = True
+                        break
                 elif isinstance(event, h11.Data):
                     self._body += event.data
                 elif isinstance(event, h11.EndOfMessage):
                     break
         except h11.RemoteProtocolError as exc:
             self._fail(exc.error_status_hint, str(exc))
-            return
+            return None
         if self._timeout is not None:
             self._timeout.cancel()
-        assert self._transport is not None and self._head is not None
+        assert self._head is not None
         try:
             request = self._request(self._head, bytes(self._body))
         except ValueError as exc:  # a target h11 accepts but no URL parser can read, e.g. "http://[::1/x"
             self._fail(400, f"bad request target: {exc}")
-            return
+            return None
         self._head, self._body = None, bytearray()
-        self._transport.pause_reading()
-        self._task = asyncio.get_running_loop().create_task(self._respond(request))
+        return request
 
-    def _check_head(self, head: h11.Request) -> None:
+    def _check_head(self, head: h11.Request) -> int:
+        """The length of the request's body, after refusing heads and bodies this server does not take."""
         # h11 bounds only a head still arriving; one read can bring a whole big head.
         if sum(len(name) + len(value) + 4 for name, value in head.headers) + len(head.target) > MAX_HEAD_BYTES:
             raise h11.RemoteProtocolError(f"request heads are limited to {MAX_HEAD_BYTES} bytes", 431)
         headers = dict(head.headers)
         if b"transfer-encoding" in headers:
             raise h11.RemoteProtocolError("chunked request bodies are not accepted", error_status_hint=411)
-        if int(headers.get(b"content-length", b"0")) > self._max_body:
+        length = int(headers.get(b"content-length", b"0"))
+        if length > self._max_body:
             raise h11.RemoteProtocolError(f"bodies are limited to {self._max_body} bytes", error_status_hint=413)
+        return length
 
     def _request(self, head: h11.Request, body: bytes) -> Request:
         """The request as handlers see it; raises ValueError for a target that is not a URL."""
@@ -306,33 +333,45 @@ class HttpProtocol(asyncio.Protocol):
                 return forwarded
         return self._remote
 
-    async def _respond(self, request: Request) -> None:
+    async def _respond(self, request: Request, pending: Awaitable[Outcome]) -> None:
         try:
-            outcome = await self._handler(request)
-        except Exception:
-            logger.exception("request handler failed", extra={"path": request.path})
-            outcome = Response(500, b"internal error")
+            outcome = await pending
+        except Exception:  # noqa: BLE001 - logged, with its traceback, by _failed
+            outcome = _failed(request)
         finally:
             self._task = None
+        if self._answer(request, outcome):
+            self._next_request()
+
+    def _answer(self, request: Request, outcome: Outcome) -> bool:
+        """Send the outcome; True if the connection stays HTTP, ready for its next request."""
         transport = self._transport
         if transport is None:
-            return
+            return False
         if isinstance(outcome, Upgrade):
             self._upgrade(request, outcome)
-            return
+            return False
         try:
+            self._read_end()
             self._send(outcome, body=request.method != "HEAD")
             if self._conn.our_state is h11.MUST_CLOSE or self._conn.their_state is h11.MUST_CLOSE:
                 transport.close()
-                return
+                return False
             self._conn.start_next_cycle()
         except h11.LocalProtocolError:
             logger.exception("could not answer a request", extra={"path": request.path})
             transport.close()
-            return
+            return False
         transport.resume_reading()
         self._arm_timeout()
-        self._next_request()
+        return True
+
+    def _read_end(self) -> None:
+        """Take from h11 the end of a request without body, left unread by `_complete_request`."""
+        if self._end_unread:
+            self._end_unread = False
+            if not isinstance(self._conn.next_event(), h11.EndOfMessage):
+                raise h11.LocalProtocolError("a request without a body did not end at its head")
 
     def _send(self, response: Response, *, body: bool = True) -> None:
         """The response; `body=False` answers a HEAD (same headers, no body)."""
@@ -375,6 +414,12 @@ class HttpProtocol(asyncio.Protocol):
             with contextlib.suppress(h11.LocalProtocolError):
                 self._send(Response(status, message.encode()))
         transport.close()
+
+
+def _failed(request: Request) -> Response:
+    """The answer of a handler that raised (logged with its traceback)."""
+    logger.exception("request handler failed", extra={"path": request.path})
+    return Response(500, b"internal error")
 
 
 def websocket_handshake_error(request: Request) -> str | None:

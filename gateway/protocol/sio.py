@@ -32,7 +32,7 @@ import msgspec
 
 from gateway.limits import TokenBucket
 from gateway.protocol.engineio import Engine, EngineSettings, Observer
-from gateway.protocol.http import Request, Response, Upgrade
+from gateway.protocol.http import Outcome, Request
 from gateway.protocol.session import Packet, Session
 from shared.nesting import MAX_JSON_DEPTH, deeper_than
 
@@ -51,6 +51,7 @@ MAX_ATTACHMENTS: Final = 10
 
 EventHandler = Callable[[str, Any], Awaitable[Any]]
 ConnectHandler = Callable[[str, Request, object], Awaitable[bool]]
+ConnectedHandler = Callable[[str], None]
 DisconnectHandler = Callable[[str, str], None]
 
 
@@ -183,6 +184,7 @@ class SocketIOServer:
         self._rooms: dict[str, set[Session]] = {}
         self._handlers: dict[str, EventHandler] = {}
         self._on_connect: ConnectHandler | None = None
+        self._on_connected: ConnectedHandler | None = None
         self._on_disconnect: DisconnectHandler | None = None
         self._workers: set[asyncio.Task[None]] = set()
 
@@ -199,14 +201,18 @@ class SocketIOServer:
     def on_connect(self, handler: ConnectHandler) -> None:
         self._on_connect = handler
 
+    def on_connected(self, handler: ConnectedHandler) -> None:
+        """Called once the CONNECT answer is queued; what it sends at once follows it, in the same write."""
+        self._on_connected = handler
+
     def on_disconnect(self, handler: DisconnectHandler) -> None:
         self._on_disconnect = handler
 
     def on(self, event: str, handler: EventHandler) -> None:
         self._handlers[event] = handler
 
-    async def handle(self, request: Request) -> Response | Upgrade:
-        return await self.engine.handle(request)
+    def handle(self, request: Request) -> Outcome | Awaitable[Outcome]:
+        return self.engine.handle(request)
 
     # Sending
 
@@ -470,7 +476,11 @@ class SocketIOServer:
         if socket.deadline is not None:
             socket.deadline.cancel()
             socket.deadline = None
-        session.send(Packet(CONNECT + encode({"sid": socket.sid})))
+        # Through this turn's write batch: what `on_connected` sends now (a `sync`) goes in the same write.
+        # The sid is token_urlsafe's: nothing in it needs JSON escaping.
+        self.engine.broadcast((session,), Packet(f'{CONNECT}{{"sid":"{socket.sid}"}}'))
+        if self._on_connected is not None:
+            self._on_connected(socket.sid)
 
     async def _event(self, socket: Socket, ack_id: str | None, data: list[Any]) -> None:
         name, args = data[0], data[1:]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any, cast
 
 import redis.asyncio
+import redis.exceptions
 
+from gateway.batching import Query, SharedPipeline
 from shared.embedded_redis import EmbeddedRedis
 from shared.publisher import AsyncPublisher
 from tests.harness import RawWebSocket, make_token, raw_websocket, running_node, ws_frame
@@ -75,3 +78,41 @@ async def test_redis_down_refuses_every_connect_of_a_batch_as_unavailable() -> N
             assert await connect_together(node.url, [make_token(sub="zoe"), make_token(sub="zed")]) == ["ok", "ok"]
     finally:
         server.stop()
+
+
+class CountingRedis(redis.asyncio.Redis):
+    """A real client that counts the pipelines it makes."""
+
+    pipelines = 0
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        self.pipelines += 1
+        return super().pipeline(transaction, shard_hint)
+
+
+async def test_queries_of_every_kind_share_one_pipeline_and_each_gets_its_own_reply(
+    redis_client: redis.asyncio.Redis, redis_url: str
+) -> None:
+    await redis_client.set("shared:a", "1")
+    await redis_client.xadd("shared:stream", {"data": "x"}, id="5-1")
+    client = cast(CountingRedis, CountingRedis.from_url(redis_url))
+    pipeline = SharedPipeline(client)
+
+    def reply(replies: list[Any]) -> Any:
+        return replies[0] if len(replies) == 1 else replies
+
+    queries = [
+        Query(lambda pipe: pipe.get("shared:a"), reply),
+        Query(lambda pipe: (pipe.get("shared:missing"), pipe.get("shared:a")), reply),
+        Query(lambda pipe: pipe.eval("return redis.error_reply('refused')", 0), reply),
+        Query(lambda pipe: pipe.xrevrange("shared:stream", count=1), reply),
+    ]
+    try:
+        outcomes = await asyncio.gather(*(pipeline.ask(query) for query in queries), return_exceptions=True)
+    finally:
+        await pipeline.close()
+        await client.aclose()
+    assert client.pipelines == 1
+    assert outcomes[:2] == [b"1", [None, b"1"]]
+    assert isinstance(outcomes[2], redis.exceptions.ResponseError) and "refused" in str(outcomes[2])
+    assert outcomes[3] == [(b"5-1", {b"data": b"x"})]

@@ -6,6 +6,7 @@ import asyncio
 
 import redis.asyncio
 
+from gateway.batching import SharedPipeline
 from gateway.policy import TopicPolicy
 from gateway.presence import HEARTBEAT_BATCH, Presence
 from shared import names
@@ -16,7 +17,10 @@ async def test_a_heartbeat_renews_every_claim_over_several_pipelines_and_none_gi
     redis_client: redis.asyncio.Redis, redis_url: str
 ) -> None:
     client = RedisTarget.parse(redis_url).async_client()
-    presence = Presence(client, node="n1", topics=dict, teams=dict, policy=TopicPolicy(["*"], ""), max_items=10)
+    pipeline = SharedPipeline(client)
+    presence = Presence(
+        client, pipeline, node="n1", topics=dict, teams=dict, policy=TopicPolicy(["*"], ""), max_items=10
+    )
     try:
         count = 2 * HEARTBEAT_BATCH + 7
         for i in range(count):
@@ -30,6 +34,8 @@ async def test_a_heartbeat_renews_every_claim_over_several_pipelines_and_none_gi
             if i == 3:
                 assert score == claimed[i]  # given back: not renewed (the flush removes it)
             else:
-                assert score is not None and score > claimed[i], i
+                before = claimed[i]
+                assert score is not None and before is not None and score > before, i
     finally:
+        await pipeline.close()
         await client.aclose()
