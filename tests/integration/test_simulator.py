@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from collectors.simulator import Mode, Simulator, SimulatorConfig
 from collectors.simulator.faults import DropMode
 from collectors.simulator.market import Market, Side, TradeEvent
+from collectors.simulator.protocols import base as protocols_base
 from collectors.simulator.synthetic import SyntheticSource, make_instrument
 from shared.config import load
 from shared.topics import Exchange
@@ -391,6 +392,42 @@ async def test_kraken_book_checksums_acks_and_ping(sim: Simulator) -> None:
         assert refused["error"] == "Subscription depth not supported"
         heartbeat = await recv_until(ws, lambda m: m.get("channel") == "heartbeat", timeout=3)
         assert heartbeat == {"channel": "heartbeat"}
+
+
+async def test_kraken_texts_stay_exact_while_remembered_texts_are_cleared(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Number and level texts are remembered per protocol and market; with bounds of a few entries
+    (cleared all the time) two books still carry their own exact prices, sizes and checksums."""
+    monkeypatch.setattr(protocols_base, "NUM_TEXTS_MAX", 7)
+    monkeypatch.setattr(protocols_base, "LEVEL_TEXTS_MAX", 5)
+    symbols = ("BTC/USD", "ETH/USD")
+    async with (
+        Simulator(config(exchanges=[Exchange.KRAKEN], rate=400.0)) as simulator,
+        websockets.connect(simulator.url("kraken")) as ws,
+    ):
+        await ws.send(
+            json.dumps({"method": "subscribe", "params": {"channel": "book", "symbol": list(symbols), "depth": 10}})
+        )
+        books = {symbol: LocalBook() for symbol in symbols}
+        mids: dict[str, float] = {}
+        checked = 0
+        while checked < 300:
+            message = raw_tokens(str(await asyncio.wait_for(ws.recv(), 2)))
+            if message.get("channel") != "book":
+                continue
+            data = message["data"][0]
+            book = books[data["symbol"]]
+            for side, levels in (("bid", data["bids"]), ("ask", data["asks"])):
+                for level in levels:
+                    assert len(level["qty"].split(".")[1]) == 8
+                    book.set(side, level["price"], level["qty"])
+            book.truncate(10)
+            assert kraken_crc(book.top("bid"), book.top("ask")) == int(data["checksum"])
+            best_bid, best_ask = float(book.top("bid")[0][0]), float(book.top("ask")[0][0])
+            mid = mids.setdefault(data["symbol"], (best_bid + best_ask) / 2)
+            assert best_bid < best_ask
+            assert all(abs(float(price) / mid - 1) < 0.05 for side in ("bid", "ask") for price, _ in book.top(side))
+            checked += 1
+        assert mids["BTC/USD"] > 10 * mids["ETH/USD"]  # each book kept its own levels
 
 
 async def test_kraken_ticker_trade_and_ohlc(sim: Simulator) -> None:

@@ -13,6 +13,7 @@ carry one sample real frame in a comment.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,11 @@ logger = logging.getLogger(__name__)
 _encoder: Final = msgspec.json.Encoder()
 # Incoming request frames larger than this are answered as invalid, never parsed.
 MAX_REQUEST_BYTES: Final = 64 * 1024
+# Number texts a protocol remembers: a book's frames repeat its prices and sizes, and formatting them
+# was the largest part of rendering a Kraken frame. Cleared whole when full (a few thousand books' worth).
+NUM_TEXTS_MAX: Final = 1 << 16
+# Levels (price, size) whose text one market remembers; cleared whole when full.
+LEVEL_TEXTS_MAX: Final = 1 << 13
 
 
 def dumps(value: object) -> str:
@@ -68,10 +74,16 @@ def now_ms() -> int:
 def iso_time(ns: int, digits: int = 6) -> str:
     """RFC 3339 UTC with `digits` fractional digits: 2026-09-07T23:37:22.278662Z."""
     seconds, rest = divmod(ns, 1_000_000_000)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    stamp = _second_text(seconds)
     if digits == 0:
         return stamp + "Z"
     return f"{stamp}.{rest:09d}"[: len(stamp) + 1 + digits] + "Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second_text(seconds: int) -> str:
+    """``2026-09-07T23:37:22``: every frame of a second shares it (strftime per frame was a visible cost)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 class FeedKind(StrEnum):
@@ -113,6 +125,28 @@ class Feed:
     last_push: float = 0.0
 
 
+class LevelTexts(dict[Level, tuple[str, str]]):
+    """One market's levels as the exchange prints them (price text, size text).
+
+    A book's top levels go out again and again (every Kraken frame's checksum covers the best
+    ten of both sides), so each level is printed once while it lasts.
+    """
+
+    __slots__ = ("_market", "_protocol")
+
+    def __init__(self, protocol: Protocol, market: Market) -> None:
+        super().__init__()
+        self._protocol = protocol
+        self._market = market
+
+    def __missing__(self, level: Level) -> tuple[str, str]:
+        if len(self) >= LEVEL_TEXTS_MAX:
+            self.clear()
+        price, size = level
+        text = self[level] = (self._protocol.px(self._market, price), self._protocol.sz(self._market, size))
+        return text
+
+
 class Protocol:
     """Base of one exchange's protocol; one instance per running exchange server."""
 
@@ -129,6 +163,8 @@ class Protocol:
         self.config = server.config
         self.feeds: dict[str, Feed] = {}
         self.by_market: dict[Market, dict[str, Feed]] = {}
+        self._num_texts: dict[tuple[int, int], str] = {}
+        self._level_texts: dict[Market, LevelTexts] = {}  # at most max_markets
 
     # -- symbols and numbers ------------------------------------------------------------
 
@@ -144,6 +180,16 @@ class Protocol:
         return self.server.market(symbol, *parts)
 
     def num(self, value: int, decimals: int) -> str:
+        """`value` scaled by `decimals`, printed in the exchange's number style (remembered: see NUM_TEXTS_MAX)."""
+        key = (value, decimals)
+        text = self._num_texts.get(key)
+        if text is None:
+            if len(self._num_texts) >= NUM_TEXTS_MAX:
+                self._num_texts.clear()
+            text = self._num_texts[key] = self._num_text(value, decimals)
+        return text
+
+    def _num_text(self, value: int, decimals: int) -> str:
         style = self.number_style
         if style is NumberStyle.TRIMMED:
             return trimmed_text(value, decimals)
@@ -156,6 +202,13 @@ class Protocol:
 
     def sz(self, market: Market, lots: int) -> str:
         return self.num(lots, market.instrument.size_decimals)
+
+    def level_texts(self, market: Market) -> LevelTexts:
+        """`market`'s levels as text, remembered (see `LevelTexts`)."""
+        texts = self._level_texts.get(market)
+        if texts is None:
+            texts = self._level_texts[market] = LevelTexts(self, market)
+        return texts
 
     def quote_volume(self, market: Market, scaled: int) -> str:
         instrument = market.instrument

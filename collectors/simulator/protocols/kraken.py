@@ -266,12 +266,15 @@ class KrakenProtocol(Protocol):
     # -- renderers ------------------------------------------------------------------------
 
     def _levels(self, market: Market, levels: list[tuple[int, int]]) -> list[dict[str, msgspec.Raw]]:
-        return [{"price": _raw(self.px(market, p)), "qty": _raw(self.sz(market, s))} for p, s in levels]
+        texts = self.level_texts(market)
+        return [{"price": _raw(price), "qty": _raw(size)} for price, size in map(texts.__getitem__, levels)]
 
     def _checksum(self, market: Market) -> int:
-        bids = [(self.px(market, p), self.sz(market, s)) for p, s in market.book.bids.top(CHECKSUM_DEPTH)]
-        asks = [(self.px(market, p), self.sz(market, s)) for p, s in market.book.asks.top(CHECKSUM_DEPTH)]
-        value = kraken_checksum(bids, asks)
+        texts, book = self.level_texts(market), market.book
+        value = kraken_checksum(
+            list(map(texts.__getitem__, book.bids.top(CHECKSUM_DEPTH))),
+            list(map(texts.__getitem__, book.asks.top(CHECKSUM_DEPTH))),
+        )
         return value ^ 0x5A5A5A5A if self.take_corrupt(market) else value
 
     def _send_snapshot(self, conn: Connection, feed: Feed, market: Market) -> None:
