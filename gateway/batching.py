@@ -115,8 +115,9 @@ class Query(Generic[Result]):
 class SharedPipeline:
     """Queries of every caller and kind, sent to Redis in one pipeline per round trip (one out at a time)."""
 
-    def __init__(self, client: AsyncClient) -> None:
+    def __init__(self, client: AsyncClient, *, timeout_s: float) -> None:
         self._redis = client
+        self._timeout_s = timeout_s  # a round trip as a whole: `client` need not time each reply
         self._batcher: Batcher[Query[Any], Any] = Batcher(self._run)
 
     async def ask(self, query: Query[Result]) -> Result:
@@ -132,7 +133,8 @@ class SharedPipeline:
         for query in queries:
             query.commands(pipe)
             ends.append(len(pipe))
-        replies = await pipe.execute(raise_on_error=False)
+        async with asyncio.timeout(self._timeout_s):
+            replies = await pipe.execute(raise_on_error=False)
         outcomes = []
         start = 0
         for query, end in zip(queries, ends, strict=True):

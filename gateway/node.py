@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 SOCKETIO_PATH: Final = "/socket.io"
 CANDLES_PATH: Final = "/candles"
 REDIS_POOL_SIZE: Final = 16
+REDIS_TIMEOUT_S: Final = 5.0  # a reply (a round trip, on the shared pipeline) later than this fails
 DEMAND_FIRST_READ_S: Final = 5.0
 # Connects (and catch-ups) at a time. Their Redis work is served per turn of the loop in one pipeline
 # (`batching`), so this also bounds a batch: more share a round trip, but each adds its token check
@@ -107,10 +108,15 @@ class GatewayNode:
         self.target = RedisTarget.parse(redis_url)
         # A bounded pool (per cluster node) that queues bursts (200 sockets subscribing at once).
         self.redis = self.target.async_client(
-            max_connections=REDIS_POOL_SIZE, socket_timeout=5, socket_connect_timeout=5
+            max_connections=REDIS_POOL_SIZE, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=5
         )
-        # Connects' Redis queries (revocations, cap claims, stream ends) share one pipeline per round trip.
-        self.pipeline = SharedPipeline(self.redis)
+        # Connects' Redis queries (revocations, cap claims, stream ends) share one pipeline per round trip,
+        # on a client of its own with no per-reply timeout: redis-py arms an asyncio timeout around every
+        # reply (a tenth of a connect's CPU in a storm); the pipeline bounds each round trip instead.
+        self._pipeline_redis = self.target.async_client(
+            max_connections=2, socket_timeout=None, socket_connect_timeout=5
+        )
+        self.pipeline = SharedPipeline(self._pipeline_redis, timeout_s=REDIS_TIMEOUT_S)
         self.history = History(self.redis, self.pipeline, max_age_ms=int(config.history_max_age_s * 1000))
         # The relay hands messages to the fanout, which hands records to recovery, which reads the relay's state.
         self.relay = Relay(
@@ -245,6 +251,7 @@ class GatewayNode:
         await self.server.stop()
         await self.verifier.close()
         await self.candles.close()
+        await self._pipeline_redis.aclose()
         await self.redis.aclose()
 
     async def drain(self, deadline_s: float) -> None:

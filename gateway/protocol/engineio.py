@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,6 +25,7 @@ from gateway.protocol import websocket
 from gateway.protocol.batch import WriteBatch
 from gateway.protocol.http import Outcome, Request, Response, Upgrade, websocket_handshake_error
 from gateway.protocol.session import OPEN, Packet, Session, WebSocketConnection
+from gateway.protocol.sids import new_sid
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class Engine:
         return Response(200, body.encode(), headers=cors)
 
     def _new_session(self, request: Request) -> Session:
-        sid = secrets.token_urlsafe(15)
+        sid = new_sid()
         session = Session(self, sid, request)
         self.sessions[sid] = session
         return session

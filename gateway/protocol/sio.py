@@ -21,7 +21,6 @@ import asyncio
 import json
 import logging
 import re
-import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from gateway.limits import TokenBucket
 from gateway.protocol.engineio import Engine, EngineSettings, Observer
 from gateway.protocol.http import Outcome, Request
 from gateway.protocol.session import Packet, Session
+from gateway.protocol.sids import new_sid
 from shared.nesting import MAX_JSON_DEPTH, deeper_than
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class Socket:
     __slots__ = ("bucket", "deadline", "inbox", "reassembly", "refused", "rooms", "session", "sid", "state", "worker")
 
     def __init__(self, session: Session, bucket: TokenBucket) -> None:
-        self.sid = secrets.token_urlsafe(15)
+        self.sid = new_sid()
         self.session = session
         self.bucket = bucket
         self.state = State.NEW
@@ -477,7 +477,7 @@ class SocketIOServer:
             socket.deadline.cancel()
             socket.deadline = None
         # Through this turn's write batch: what `on_connected` sends now (a `sync`) goes in the same write.
-        # The sid is token_urlsafe's: nothing in it needs JSON escaping.
+        # The sid is URL-safe base64 (`new_sid`): nothing in it needs JSON escaping.
         self.engine.broadcast((session,), Packet(f'{CONNECT}{{"sid":"{socket.sid}"}}'))
         if self._on_connected is not None:
             self._on_connected(socket.sid)

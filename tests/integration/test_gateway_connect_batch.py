@@ -96,7 +96,7 @@ async def test_queries_of_every_kind_share_one_pipeline_and_each_gets_its_own_re
     await redis_client.set("shared:a", "1")
     await redis_client.xadd("shared:stream", {"data": "x"}, id="5-1")
     client = cast(CountingRedis, CountingRedis.from_url(redis_url))
-    pipeline = SharedPipeline(client)
+    pipeline = SharedPipeline(client, timeout_s=5)
 
     def reply(replies: list[Any]) -> Any:
         return replies[0] if len(replies) == 1 else replies

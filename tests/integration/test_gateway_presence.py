@@ -17,7 +17,7 @@ async def test_a_heartbeat_renews_every_claim_over_several_pipelines_and_none_gi
     redis_client: redis.asyncio.Redis, redis_url: str
 ) -> None:
     client = RedisTarget.parse(redis_url).async_client()
-    pipeline = SharedPipeline(client)
+    pipeline = SharedPipeline(client, timeout_s=5)
     presence = Presence(
         client, pipeline, node="n1", topics=dict, teams=dict, policy=TopicPolicy(["*"], ""), max_items=10
     )
