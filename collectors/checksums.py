@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Final
 
 from collectors.book import Level, OrderBook, SyncError, SyncReason
+from collectors.memo import BoundedMemo
 
 KRAKEN_DEPTH: Final = 10  # levels per side in Kraken's checksum, whatever the book depth
 OKX_DEPTH: Final = 25  # levels per side in OKX's checksum
@@ -47,20 +48,15 @@ _SIDE_TEXTS: dict[int, tuple[Sequence[Level], bytes]] = {}
 _SIDE_TEXTS_MAX: Final = 4096  # two sides of a few thousand books; cleared whole beyond
 
 
-class _LevelTokens(dict[Level, bytes]):
-    """Each level's checksum text (price then size), kept by level: a message changes one or two
-    levels, so a side's text is joined from the nine or so it already has (a fifth of the cost)."""
-
-    def __missing__(self, level: Level) -> bytes:
-        if len(self) >= _LEVEL_TOKENS_MAX:
-            self.clear()
-        price, size = level
-        token = self[level] = (_kraken_token(price) + _kraken_token(size)).encode("ascii")
-        return token
+def _level_token(level: Level) -> bytes:
+    """A level's checksum text, price then size: a message changes one or two levels, so a side's
+    text is joined from the nine or so already made (a fifth of the cost; see `_LEVEL_TOKENS`)."""
+    price, size = level
+    return (_kraken_token(price) + _kraken_token(size)).encode("ascii")
 
 
 _LEVEL_TOKENS_MAX: Final = 65_536  # the top 10 of both sides of a few thousand books; cleared whole beyond
-_LEVEL_TOKENS: Final = _LevelTokens()
+_LEVEL_TOKENS: Final = BoundedMemo(_level_token, _LEVEL_TOKENS_MAX)
 
 
 def _side_text(levels: Sequence[Level]) -> bytes:

@@ -419,6 +419,7 @@ class GatewayNode:
         if session is None:
             return
         session.closed = True
+        session.catch_up = None  # never started (closed while connecting): its partial holds the session
         self.admission.left(sid)
         if session.expiry is not None:
             session.expiry.cancel()

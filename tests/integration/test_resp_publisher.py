@@ -150,6 +150,12 @@ async def fake_redis(handler: Handler) -> AsyncIterator[RedisTarget]:
         await server.wait_closed()
 
 
+async def never_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A server that reads every request and answers none, until the client closes."""
+    await reader.read()
+    writer.close()
+
+
 async def closes_after_reading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await reader.read(1)
     writer.close()
@@ -206,11 +212,7 @@ async def test_connection_closed_mid_pipeline_fails_the_batch_and_the_sink_keeps
 
 
 async def test_a_request_abandoned_by_its_deadline_closes_the_connection() -> None:
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()
-        writer.close()
-
-    async with fake_redis(silent) as target:
+    async with fake_redis(never_answers) as target:
         conn = await resp.RespConnection.open(target, timeout_s=1)
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
@@ -228,11 +230,7 @@ async def test_nothing_listening_is_a_connection_error() -> None:
 
 
 async def test_an_unanswered_pipeline_fails_the_connection_after_the_reply_timeout() -> None:
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()
-        writer.close()
-
-    async with fake_redis(silent) as target:
+    async with fake_redis(never_answers) as target:
         conn = await resp.RespConnection.open(target, timeout_s=0.1)
         first, second = conn.send(resp.command("PING"), 1), conn.send(resp.command("PING"), 1)
         assert conn.pending == 2  # the second went without waiting for the first's reply

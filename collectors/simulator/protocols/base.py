@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import msgspec
 from aiohttp import web
 
+from collectors.memo import BoundedMemo
 from collectors.simulator.connection import Connection
 from collectors.simulator.market import (
     BookUpdate,
@@ -125,28 +126,6 @@ class Feed:
     last_push: float = 0.0
 
 
-class LevelTexts(dict[Level, tuple[str, str]]):
-    """One market's levels as the exchange prints them (price text, size text).
-
-    A book's top levels go out again and again (every Kraken frame's checksum covers the best
-    ten of both sides), so each level is printed once while it lasts.
-    """
-
-    __slots__ = ("_market", "_protocol")
-
-    def __init__(self, protocol: Protocol, market: Market) -> None:
-        super().__init__()
-        self._protocol = protocol
-        self._market = market
-
-    def __missing__(self, level: Level) -> tuple[str, str]:
-        if len(self) >= LEVEL_TEXTS_MAX:
-            self.clear()
-        price, size = level
-        text = self[level] = (self._protocol.px(self._market, price), self._protocol.sz(self._market, size))
-        return text
-
-
 class Protocol:
     """Base of one exchange's protocol; one instance per running exchange server."""
 
@@ -163,8 +142,10 @@ class Protocol:
         self.config = server.config
         self.feeds: dict[str, Feed] = {}
         self.by_market: dict[Market, dict[str, Feed]] = {}
-        self._num_texts: dict[tuple[int, int], str] = {}
-        self._level_texts: dict[Market, LevelTexts] = {}  # at most max_markets
+        self._num_texts = BoundedMemo(self._num_text, NUM_TEXTS_MAX)
+        # Each market's levels as the exchange prints them: a book's top levels go out again and
+        # again (every Kraken frame's checksum covers the best ten of both sides). At most max_markets.
+        self._level_texts: dict[Market, BoundedMemo[Level, tuple[str, str]]] = {}
 
     # -- symbols and numbers ------------------------------------------------------------
 
@@ -181,15 +162,10 @@ class Protocol:
 
     def num(self, value: int, decimals: int) -> str:
         """`value` scaled by `decimals`, printed in the exchange's number style (remembered: see NUM_TEXTS_MAX)."""
-        key = (value, decimals)
-        text = self._num_texts.get(key)
-        if text is None:
-            if len(self._num_texts) >= NUM_TEXTS_MAX:
-                self._num_texts.clear()
-            text = self._num_texts[key] = self._num_text(value, decimals)
-        return text
+        return self._num_texts[value, decimals]
 
-    def _num_text(self, value: int, decimals: int) -> str:
+    def _num_text(self, key: tuple[int, int]) -> str:
+        value, decimals = key
         style = self.number_style
         if style is NumberStyle.TRIMMED:
             return trimmed_text(value, decimals)
@@ -203,11 +179,15 @@ class Protocol:
     def sz(self, market: Market, lots: int) -> str:
         return self.num(lots, market.instrument.size_decimals)
 
-    def level_texts(self, market: Market) -> LevelTexts:
-        """`market`'s levels as text, remembered (see `LevelTexts`)."""
+    def level_texts(self, market: Market) -> BoundedMemo[Level, tuple[str, str]]:
+        """`market`'s levels as (price text, size text), each printed once while it lasts."""
         texts = self._level_texts.get(market)
         if texts is None:
-            texts = self._level_texts[market] = LevelTexts(self, market)
+
+            def text(level: Level) -> tuple[str, str]:
+                return self.px(market, level[0]), self.sz(market, level[1])
+
+            texts = self._level_texts[market] = BoundedMemo(text, LEVEL_TEXTS_MAX)
         return texts
 
     def quote_volume(self, market: Market, scaled: int) -> str:
@@ -240,7 +220,8 @@ class Protocol:
         return self.history(market, interval, start, None if end_ms is None else end_ms // 1000 + 1, limit)
 
     def text_levels(self, market: Market, levels: list[Level]) -> list[list[str]]:
-        return [[self.px(market, p), self.sz(market, s)] for p, s in levels]
+        texts = self.level_texts(market)
+        return [list(texts[level]) for level in levels]
 
     # -- connection lifecycle -----------------------------------------------------------
 
