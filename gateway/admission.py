@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.auth import Identity, TokenVerifier
-from gateway.batching import Query, SharedPipeline
+from gateway.batching import Command, Query, SharedPipeline
 from gateway.config import GatewayConfig
 from gateway.errors import AuthCode, AuthError
 from gateway.limits import KeyedBuckets, address_key
@@ -41,11 +41,9 @@ def revocation(identity: Identity, user_mark: Any, token_mark: Any) -> Exception
 def revocation_query(identity: Identity) -> Query[None]:
     """The identity's revocation keys, read beside other connects' queries (`SharedPipeline`)."""
     token_id = identity.token_id
-
-    def commands(pipe: Any) -> None:
-        pipe.get(names.revoked_user(identity.user_id))
-        if token_id is not None:
-            pipe.get(names.revoked_token(token_id))
+    commands: tuple[Command, ...] = (("GET", names.revoked_user(identity.user_id)),)
+    if token_id is not None:
+        commands += (("GET", names.revoked_token(token_id)),)
 
     def answer(replies: list[Any]) -> Exception | None:
         return revocation(identity, replies[0], replies[1] if token_id is not None else None)

@@ -9,10 +9,10 @@ a time: what is asked while it is out waits and goes in the next call, together
 the load instead of their number.
 
 A `SharedPipeline` does the same for Redis queries of every kind: a connect's
-revocation read, its cap claim and its stream position all ride the one
-pipeline out, beside those of other connects. redis-py costs about 110 us of
-CPU per pipeline and 10 per command (measured here): one pipeline a round trip
-instead of one per kind of query.
+revocation read, its cap claim and its stream position, the presence
+heartbeat's renewals, all ride the one pipeline out, beside those of other
+connects. It is written as RESP bytes on a connection of its own: redis-py
+cost about 110 us of CPU per pipeline and 10 per command (measured here).
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final, Generic, TypeVar, cast
 
-from shared.redis_target import AsyncClient
+from shared import resp
+from shared.redis_target import RedisTarget
+from shared.resp import RespConnection
 
 Item = TypeVar("Item")
+Command = tuple[bytes | str | int, ...]  # a Redis command and its arguments
 Result = TypeVar("Result")
 
 # Requests one call serves at most; the rest go in the next call.
@@ -93,6 +96,14 @@ class Batcher(Generic[Item, Result]):
             else:
                 answer.set_result(outcome)
 
+    async def settle(self) -> None:
+        """Return once everything submitted before now has been served (new submissions may follow)."""
+        while self._call is not None or self._queued:
+            if self._call is None:  # its call starts later in this turn
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait((self._call,))
+
     async def close(self) -> None:
         """End the running call and refuse what waits (their callers see CancelledError)."""
         queued, self._queued = self._queued, []
@@ -106,38 +117,79 @@ class Batcher(Generic[Item, Result]):
 
 @dataclass(frozen=True, slots=True)
 class Query(Generic[Result]):
-    """One caller's commands in a shared pipeline, and how their replies become its answer."""
+    """One caller's commands in a shared pipeline, and how their replies become its answer.
 
-    commands: Callable[[Any], object]  # queues the commands on the pipeline it is given
-    answer: Callable[[list[Any]], Result | Exception]  # their replies, a failed command's as its exception
+    `answer` gets Redis's replies as hiredis reads them (RESP2: bytes, ints, lists; a failed
+    command's as its ResponseError). In a cluster they come through redis-py's pipeline, which
+    reshapes a few (XREVRANGE's rows become tuples with a dict): an answer reads only what both
+    shapes share (a row's id is ``rows[0][0]`` in both).
+    """
+
+    commands: tuple[Command, ...]
+    answer: Callable[[list[Any]], Result | Exception]
 
 
 class SharedPipeline:
-    """Queries of every caller and kind, sent to Redis in one pipeline per round trip (one out at a time)."""
+    """Queries of every caller and kind, sent to Redis in one pipeline per round trip (one out at a time).
 
-    def __init__(self, client: AsyncClient, *, timeout_s: float) -> None:
-        self._redis = client
-        self._timeout_s = timeout_s  # a round trip as a whole: `client` need not time each reply
+    On a single Redis the pipeline is bytes on a connection of its own (`shared.resp`): no
+    per-command machinery, and the connection's reply watchdog bounds a round trip. A cluster's
+    goes through redis-py's cluster pipeline, which splits it by slot and follows MOVED and ASK.
+    A lost connection fails the round trip on it (its callers see ConnectionError); the next
+    round trip opens a new one.
+    """
+
+    def __init__(self, target: RedisTarget, *, timeout_s: float) -> None:
+        self._target = target
+        self._timeout_s = timeout_s  # a round trip as a whole
         self._batcher: Batcher[Query[Any], Any] = Batcher(self._run)
+        self._connection: RespConnection | None = None  # a single Redis: opened by the first round trip
+        self._cluster = (
+            target.async_client(max_connections=2, socket_timeout=None, socket_connect_timeout=timeout_s)
+            if target.cluster
+            else None
+        )
 
     async def ask(self, query: Query[Result]) -> Result:
         """The query's answer; raises what `answer` returned as an exception, or the pipeline's own failure."""
         return cast(Result, await self._batcher.submit(query))
 
-    async def close(self) -> None:
+    async def settle(self) -> None:
+        """Return once every query asked before now is answered."""
+        await self._batcher.settle()
+
+    async def aclose(self) -> None:
+        """Refuse what waits or is out (its callers see CancelledError), then close the connections."""
         await self._batcher.close()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        if self._cluster is not None:
+            await self._cluster.aclose()
 
     async def _run(self, queries: list[Query[Any]]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        ends = []
-        for query in queries:
-            query.commands(pipe)
-            ends.append(len(pipe))
-        async with asyncio.timeout(self._timeout_s):
-            replies = await pipe.execute(raise_on_error=False)
+        replies = await (self._cluster_round_trip(queries) if self._cluster is not None else self._round_trip(queries))
         outcomes = []
         start = 0
-        for query, end in zip(queries, ends, strict=True):
+        for query in queries:
+            end = start + len(query.commands)
             outcomes.append(query.answer(replies[start:end]))
             start = end
         return outcomes
+
+    async def _round_trip(self, queries: list[Query[Any]]) -> list[Any]:
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            connection = self._connection = await RespConnection.open(self._target, timeout_s=self._timeout_s)
+        commands = [resp.command(*command) for query in queries for command in query.commands]
+        return await connection.execute(b"".join(commands), len(commands))
+
+    async def _cluster_round_trip(self, queries: list[Query[Any]]) -> list[Any]:
+        assert self._cluster is not None
+        pipe = self._cluster.pipeline(transaction=False)
+        for query in queries:
+            for command in query.commands:
+                pipe.execute_command(*command)
+        async with asyncio.timeout(self._timeout_s):
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies

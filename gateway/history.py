@@ -75,14 +75,11 @@ class History:
     async def last_position(self, stream: str) -> str:
         """The position of the stream's newest entry (ORIGIN if it has none)."""
 
-        def commands(pipe: Any) -> None:
-            pipe.xrevrange(stream, max="+", min="-", count=1)
-
         def answer(replies: list[Any]) -> str | Exception:
             (rows,) = replies
             return rows if isinstance(rows, Exception) else _text(rows[0][0]) if rows else ORIGIN
 
-        return await self._pipeline.ask(Query(commands, answer))
+        return await self._pipeline.ask(Query((("XREVRANGE", stream, "+", "-", "COUNT", 1),), answer))
 
     async def retained_since(self, stream: str, position: str, now_ms: int) -> bool:
         """Whether every entry after `position` is still stored (none trimmed or expired).

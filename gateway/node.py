@@ -110,13 +110,9 @@ class GatewayNode:
         self.redis = self.target.async_client(
             max_connections=REDIS_POOL_SIZE, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=5
         )
-        # Connects' Redis queries (revocations, cap claims, stream ends) share one pipeline per round trip,
-        # on a client of its own with no per-reply timeout: redis-py arms an asyncio timeout around every
-        # reply (a tenth of a connect's CPU in a storm); the pipeline bounds each round trip instead.
-        self._pipeline_redis = self.target.async_client(
-            max_connections=2, socket_timeout=None, socket_connect_timeout=5
-        )
-        self.pipeline = SharedPipeline(self._pipeline_redis, timeout_s=REDIS_TIMEOUT_S)
+        # Connects' Redis queries (revocations, cap claims, stream ends) and the presence heartbeat share
+        # one pipeline per round trip, on a connection of its own (`SharedPipeline`).
+        self.pipeline = SharedPipeline(self.target, timeout_s=REDIS_TIMEOUT_S)
         self.history = History(self.redis, self.pipeline, max_age_ms=int(config.history_max_age_s * 1000))
         # The relay hands messages to the fanout, which hands records to recovery, which reads the relay's state.
         self.relay = Relay(
@@ -238,8 +234,8 @@ class GatewayNode:
             await asyncio.gather(*pending, return_exceptions=True)
         self._stopped = True
         await self.recovery.close()
-        await self.pipeline.close()  # before presence: no claim lands once it gives every claim back
-        # Not cancelled: `run` ends between Redis calls; then every socket's claim is given back at once.
+        # Not cancelled: `run` ends between Redis calls; then every socket's claim is given back at once,
+        # with those still landing (asked by connects cancelled above).
         await self.presence.close()
         if self._presence_task is not None:
             with contextlib.suppress(TimeoutError):
@@ -251,7 +247,7 @@ class GatewayNode:
         await self.server.stop()
         await self.verifier.close()
         await self.candles.close()
-        await self._pipeline_redis.aclose()
+        await self.pipeline.aclose()
         await self.redis.aclose()
 
     async def drain(self, deadline_s: float) -> None:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from gateway.batching import Query, SharedPipeline
+from gateway.batching import Command, Query, SharedPipeline
 from gateway.errors import RequestError
 from gateway.policy import TopicPolicy
 from gateway.sessions import Session
@@ -39,9 +39,9 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_S: Final = 5.0
 TTL_MS: Final = 15_000  # three heartbeats: a dead node's connections and presence lapse within this
 MAX_USERS_LISTED: Final = 100  # online users of a team a `presence` answer lists (the count is complete)
-# Claims renewed per pipeline. Packing a pipeline and reading its replies holds the event loop
-# (about 13 ms for 1,000 claims, measured), so a node's claims in one pipeline would delay every
-# delivery by that much each HEARTBEAT_S; between two pipelines the loop runs.
+# Commands (claims renewed, given back) per round trip. Packing a pipeline and reading its replies
+# holds the event loop, so a node's claims in one would delay every delivery each HEARTBEAT_S (about
+# 13 ms for 1,000 claims, measured with redis-py); between two round trips the loop runs.
 HEARTBEAT_BATCH: Final = 100
 
 _NOW_LUA: Final = """
@@ -83,6 +83,11 @@ for i = 2, #ARGV do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i]
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """.strip()
+
+
+def first_error(replies: list[Any]) -> Exception | None:
+    """The first failed command's error among `replies`, if one failed."""
+    return next((reply for reply in replies if isinstance(reply, Exception)), None)
 
 
 def topic_total(fields: Mapping[Any, Any], now_ms: int) -> int:
@@ -128,10 +133,7 @@ class Presence:
     async def claim(self, sid: str, user_id: str, cap: int) -> bool:
         """Take one of the user's `cap` connections across all nodes; False when they are all held."""
         # EVAL, not EVALSHA: no NOSCRIPT round trip after a failover (Redis caches the script by its hash).
-        key, member = names.connection_set(user_id), self._member(sid)
-
-        def commands(pipe: Any) -> None:
-            pipe.eval(CLAIM_SCRIPT, 1, key, member, TTL_MS, cap)
+        claim = ("EVAL", CLAIM_SCRIPT, 1, names.connection_set(user_id), self._member(sid), TTL_MS, cap)
 
         def answer(replies: list[Any]) -> bool | Exception:
             (held,) = replies
@@ -142,7 +144,7 @@ class Presence:
                     self._held[sid] = user_id
             return held if isinstance(held, Exception) else held == 1
 
-        return await self._pipeline.ask(Query(commands, answer))
+        return await self._pipeline.ask(Query((claim,), answer))
 
     def release(self, sid: str) -> None:
         """Give back a claimed connection: removed in Redis by the next flush, at once (a failure: it lapses)."""
@@ -167,44 +169,53 @@ class Presence:
                 logger.warning("presence heartbeat failed; lapsing entries expire", extra={"error": str(exc)})
 
     async def close(self, timeout_s: float = 2.0) -> None:
-        """Stop `run` (between two Redis calls, never inside one) and give back every connection still held."""
+        """Stop `run` (between two Redis calls, never inside one) and give back every connection still held.
+
+        Claims asked before this call may still land: they are given back too (see `claim`).
+        """
         self._closing = True
         self._wake.set()
         self._releasing.update(self._held)
         self._held.clear()
         with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
-            await asyncio.wait_for(self._flush_releases(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._pipeline.settle()
+                await self._flush_releases()
 
     async def _flush_releases(self) -> None:
         releasing, self._releasing = self._releasing, {}
-        if releasing:
-            pipe = self._redis.pipeline(transaction=False)
-            for sid, user_id in releasing.items():
-                pipe.zrem(names.connection_set(user_id), self._member(sid))
-            await pipe.execute()
+        removals: list[Command] = [
+            ("ZREM", names.connection_set(user_id), self._member(sid)) for sid, user_id in releasing.items()
+        ]
+        await self._write(removals)
 
     async def heartbeat(self) -> None:
-        # EVAL in a pipeline (split per node in a cluster): no NOSCRIPT round trips after a failover.
+        # EVAL (split per node in a cluster): no NOSCRIPT round trips after a failover.
         held = list(self._held.items())
         for start in range(0, len(held), HEARTBEAT_BATCH):
             if self._closing:
                 return
-            pipe = self._redis.pipeline(transaction=False)
-            for sid, user_id in held[start : start + HEARTBEAT_BATCH]:
-                if sid in self._held:  # not given back since this heartbeat began
-                    # A claim of a held member renews it; a cap reached since cannot drop an open socket.
-                    pipe.eval(CLAIM_SCRIPT, 1, names.connection_set(user_id), self._member(sid), TTL_MS, 2**31)
-            await pipe.execute()
-        pipe = self._redis.pipeline(transaction=False)
+            # A claim of a held member renews it; a cap reached since cannot drop an open socket.
+            renewals: list[Command] = [
+                ("EVAL", CLAIM_SCRIPT, 1, names.connection_set(user_id), self._member(sid), TTL_MS, 2**31)
+                for sid, user_id in held[start : start + HEARTBEAT_BATCH]
+                if sid in self._held  # not given back since this heartbeat began
+            ]
+            await self._write(renewals)
         topics = self._topics()
-        for topic in self._written - set(topics):
-            pipe.eval(TOPIC_SCRIPT, 1, names.presence_topic(topic), self._node, 0, TTL_MS)
-        for topic, count in topics.items():
-            pipe.eval(TOPIC_SCRIPT, 1, names.presence_topic(topic), self._node, count, TTL_MS)
+        counts = [*((topic, 0) for topic in self._written - set(topics)), *topics.items()]  # 0 removes the field
         self._written = set(topics)
+        scripts: list[Command] = [
+            ("EVAL", TOPIC_SCRIPT, 1, names.presence_topic(topic), self._node, count, TTL_MS) for topic, count in counts
+        ]
         for team, users in self._teams().items():
-            pipe.eval(TEAM_SCRIPT, 1, names.presence_team(team), TTL_MS, *sorted(users))
-        await pipe.execute()
+            scripts.append(("EVAL", TEAM_SCRIPT, 1, names.presence_team(team), TTL_MS, *sorted(users)))
+        await self._write(scripts)
+
+    async def _write(self, commands: list[Command]) -> None:
+        """Run `commands` on the shared pipeline, HEARTBEAT_BATCH a round trip; raises the first failed one's error."""
+        for start in range(0, len(commands), HEARTBEAT_BATCH):
+            await self._pipeline.ask(Query(tuple(commands[start : start + HEARTBEAT_BATCH]), first_error))
 
     async def request(self, session: Session, data: object) -> dict[str, object]:
         """A client's `presence` request: counts of topics it may subscribe to, online users of its own teams."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio
 import redis.exceptions
@@ -12,6 +13,7 @@ import redis.exceptions
 from gateway.batching import Query, SharedPipeline
 from shared.embedded_redis import EmbeddedRedis
 from shared.publisher import AsyncPublisher
+from shared.redis_target import RedisTarget
 from tests.harness import RawWebSocket, make_token, raw_websocket, running_node, ws_frame
 from tests.hostile.edge import next_text
 
@@ -80,39 +82,42 @@ async def test_redis_down_refuses_every_connect_of_a_batch_as_unavailable() -> N
         server.stop()
 
 
-class CountingRedis(redis.asyncio.Redis):
-    """A real client that counts the pipelines it makes."""
+class CountingPipeline(SharedPipeline):
+    """The real shared pipeline, counting its round trips to Redis."""
 
-    pipelines = 0
+    round_trips = 0
 
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
-        self.pipelines += 1
-        return super().pipeline(transaction, shard_hint)
+    async def _round_trip(self, queries: list[Query[Any]]) -> list[Any]:
+        self.round_trips += 1
+        return await super()._round_trip(queries)
 
 
-async def test_queries_of_every_kind_share_one_pipeline_and_each_gets_its_own_reply(
+async def test_queries_of_every_kind_share_one_round_trip_and_each_gets_its_own_reply(
     redis_client: redis.asyncio.Redis, redis_url: str
 ) -> None:
     await redis_client.set("shared:a", "1")
     await redis_client.xadd("shared:stream", {"data": "x"}, id="5-1")
-    client = cast(CountingRedis, CountingRedis.from_url(redis_url))
-    pipeline = SharedPipeline(client, timeout_s=5)
+    pipeline = CountingPipeline(RedisTarget.parse(redis_url), timeout_s=5)
 
     def reply(replies: list[Any]) -> Any:
         return replies[0] if len(replies) == 1 else replies
 
     queries = [
-        Query(lambda pipe: pipe.get("shared:a"), reply),
-        Query(lambda pipe: (pipe.get("shared:missing"), pipe.get("shared:a")), reply),
-        Query(lambda pipe: pipe.eval("return redis.error_reply('refused')", 0), reply),
-        Query(lambda pipe: pipe.xrevrange("shared:stream", count=1), reply),
+        Query((("GET", "shared:a"),), reply),
+        Query((("GET", "shared:missing"), ("GET", "shared:a")), reply),
+        Query((("EVAL", "return redis.error_reply('refused')", 0),), reply),
+        Query((("XREVRANGE", "shared:stream", "+", "-", "COUNT", 1),), reply),
     ]
     try:
         outcomes = await asyncio.gather(*(pipeline.ask(query) for query in queries), return_exceptions=True)
+        assert pipeline.round_trips == 1
+        assert outcomes[:2] == [b"1", [None, b"1"]]
+        assert isinstance(outcomes[2], redis.exceptions.ResponseError) and "refused" in str(outcomes[2])
+        assert outcomes[3] == [[b"5-1", [b"data", b"x"]]]
+        # A lost connection fails its round trip only: the next one opens a new connection.
+        await redis_client.client_kill_filter(_type="normal", skipme=True)
+        with contextlib.suppress(redis.exceptions.ConnectionError):
+            await pipeline.ask(queries[0])  # may fail (the connection was lost) or reconnect
+        assert await pipeline.ask(queries[0]) == b"1"
     finally:
-        await pipeline.close()
-        await client.aclose()
-    assert client.pipelines == 1
-    assert outcomes[:2] == [b"1", [None, b"1"]]
-    assert isinstance(outcomes[2], redis.exceptions.ResponseError) and "refused" in str(outcomes[2])
-    assert outcomes[3] == [(b"5-1", {b"data": b"x"})]
+        await pipeline.aclose()

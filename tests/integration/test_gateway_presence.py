@@ -17,7 +17,7 @@ async def test_a_heartbeat_renews_every_claim_over_several_pipelines_and_none_gi
     redis_client: redis.asyncio.Redis, redis_url: str
 ) -> None:
     client = RedisTarget.parse(redis_url).async_client()
-    pipeline = SharedPipeline(client, timeout_s=5)
+    pipeline = SharedPipeline(RedisTarget.parse(redis_url), timeout_s=5)
     presence = Presence(
         client, pipeline, node="n1", topics=dict, teams=dict, policy=TopicPolicy(["*"], ""), max_items=10
     )
@@ -37,5 +37,5 @@ async def test_a_heartbeat_renews_every_claim_over_several_pipelines_and_none_gi
                 before = claimed[i]
                 assert score is not None and before is not None and score > before, i
     finally:
-        await pipeline.close()
+        await pipeline.aclose()
         await client.aclose()
