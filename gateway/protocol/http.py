@@ -18,7 +18,7 @@ import logging
 import socket
 import struct
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Final, cast
@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 import h11
 
 from gateway.limits import KeyedBuckets, address_key
-from gateway.protocol import websocket
+from gateway.protocol import request_head, websocket
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,9 @@ class HttpProtocol(asyncio.Protocol):
         self._head: h11.Request | None = None
         self._body = bytearray()
         self._end_unread = False  # the current request's EndOfMessage is still in h11's buffer
+        self._fresh = True  # nothing read yet
+        self._first: bytes | None = None  # the first bytes read, while they may be a plain upgrade head
+        self._plain: bytes | None = None  # the head of the request being answered, read without h11
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -209,11 +212,18 @@ class HttpProtocol(asyncio.Protocol):
             self._task.cancel()
 
     def data_received(self, data: bytes) -> None:
-        self._conn.receive_data(data)
+        if self._fresh:  # kept whole: it may be a plain upgrade head (`request_head`), read without h11
+            self._fresh = False
+            self._first = data
+        else:
+            self._to_h11()
+            self._conn.receive_data(data)
         if self._task is None and not self._waiting:
             self._read_or_wait()
 
     def eof_received(self) -> bool | None:
+        self._fresh = False
+        self._to_h11()
         self._conn.receive_data(b"")
         if self._task is None and not self._waiting:
             self._read_or_wait()
@@ -263,8 +273,32 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self._task = asyncio.get_running_loop().create_task(self._respond(request, outcome))
 
+    def _to_h11(self) -> None:
+        """Give h11 the first bytes read if no request was read from them yet."""
+        if self._first is not None:
+            self._conn.receive_data(self._first)
+            self._first = None
+
+    def _plain_request(self) -> Request | None:
+        """The request in the first bytes read, if they are one plain upgrade head (h11 has not seen them)."""
+        data, self._first = self._first, None
+        assert data is not None
+        head = request_head.plain_upgrade(data, MAX_HEAD_BYTES)
+        if head is not None:
+            target, headers = head
+            with contextlib.suppress(ValueError):  # a target no URL parser reads: h11's path answers it
+                request = self._request(b"GET", target, headers, b"")
+                self._plain = data
+                return request
+        self._conn.receive_data(data)
+        return None
+
     def _complete_request(self) -> Request | None:
         """The next complete request from h11's buffer; None while incomplete, or after answering a broken one."""
+        if self._first is not None and (request := self._plain_request()) is not None:
+            if self._timeout is not None:
+                self._timeout.cancel()
+            return request
         try:
             while True:
                 event = self._conn.next_event()
@@ -292,7 +326,8 @@ class HttpProtocol(asyncio.Protocol):
             self._timeout.cancel()
         assert self._head is not None
         try:
-            request = self._request(self._head, bytes(self._body))
+            head = self._head
+            request = self._request(head.method, head.target, head.headers, bytes(self._body))
         except ValueError as exc:  # a target h11 accepts but no URL parser can read, e.g. "http://[::1/x"
             self._fail(400, f"bad request target: {exc}")
             return None
@@ -312,14 +347,16 @@ class HttpProtocol(asyncio.Protocol):
             raise h11.RemoteProtocolError(f"bodies are limited to {self._max_body} bytes", error_status_hint=413)
         return length
 
-    def _request(self, head: h11.Request, body: bytes) -> Request:
+    def _request(
+        self, method: bytes, target: bytes, raw_headers: Sequence[tuple[bytes, bytes]], body: bytes
+    ) -> Request:
         """The request as handlers see it; raises ValueError for a target that is not a URL."""
-        target = urlsplit(head.target.decode("latin-1"))
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
+        url = urlsplit(target.decode("latin-1"))
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in raw_headers}
         return Request(
-            method=head.method.decode("ascii"),
-            path=target.path,
-            query=dict(parse_qsl(target.query, keep_blank_values=True)),
+            method=method.decode("ascii"),
+            path=url.path,
+            query=dict(parse_qsl(url.query, keep_blank_values=True)),
             headers=headers,
             body=body,
             remote=self._client_address(headers),
@@ -367,7 +404,17 @@ class HttpProtocol(asyncio.Protocol):
         return True
 
     def _read_end(self) -> None:
-        """Take from h11 the end of a request without body, left unread by `_complete_request`."""
+        """Take from h11 the end of a request without body, left unread by `_complete_request`.
+
+        A plain upgrade head answered without the upgrade (a refusal) goes through h11 first, so
+        that h11 answers it as it answers any request.
+        """
+        if self._plain is not None:
+            data, self._plain = self._plain, None
+            self._conn.receive_data(data)
+            if not isinstance(self._conn.next_event(), h11.Request):
+                raise h11.LocalProtocolError("h11 did not read a head the plain reader read")
+            self._end_unread = True
         if self._end_unread:
             self._end_unread = False
             if not isinstance(self._conn.next_event(), h11.EndOfMessage):
@@ -395,7 +442,8 @@ class HttpProtocol(asyncio.Protocol):
         accept = websocket.accept_key(request.headers["sec-websocket-key"]).encode()
         # Written as bytes, not through h11: the connection leaves HTTP here, and this is every connect's cost.
         transport.write(SWITCHING_PROTOCOLS + accept + b"\r\n\r\n" + upgrade.greeting)
-        leftover, _ = self._conn.trailing_data
+        leftover, _ = self._conn.trailing_data  # a plain head had nothing after it
+        self._plain = None
         self._connections.discard(self)
         self._transport = None
         protocol = upgrade.protocol
