@@ -38,7 +38,7 @@ STEPS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("Socket.IO CONNECT answer", ("SocketIOServer._connect",)),
     ("Socket.IO packet read (header, JSON) and its handler task", ("SocketIOServer.message", "SocketIOServer._work")),
     ("WebSocket frames and Engine.IO session open", ("WebSocketConnection", "Engine.", "Session.")),
-    ("TCP accept, HTTP request (plain reader or h11) and the 101 answer", ("HttpProtocol", "HttpServer", "RequestIntake")),
+    ("TCP accept, HTTP request (plain or h11) and the 101 answer", ("HttpProtocol", "HttpServer", "RequestIntake")),
     ("presence heartbeat (renews every held claim each 5 s; not per connect)", ("Presence.run",)),
     ("kernel: socket writes", ("write (libc", "writev (libc")),
     ("kernel: socket reads and accepts", ("uv__read", "uv__server_io", "accept4", "read (libc")),
