@@ -24,7 +24,12 @@ async def serve(config: GatewayConfig, redis_url: str, *, ready: asyncio.Event |
     """Serve until a stop signal, then drain clients within the shutdown deadline."""
     node = GatewayNode(config, redis_url=redis_url)
     await node.start()
-    garbage = GarbageSchedule(node.metrics.gc_pause, node.metrics.gc_collected, full_every_s=config.gc_full_interval_s)
+    garbage = GarbageSchedule(
+        node.metrics.gc_pause,
+        node.metrics.gc_collected,
+        node.metrics.gc_censuses,
+        full_every_s=config.gc_full_interval_s,
+    )
     garbage.start()
     logger.info("gateway listening", extra={"node": config.name, "host": config.host, "port": config.port})
     stop = asyncio.Event()

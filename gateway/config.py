@@ -175,9 +175,10 @@ class GatewayConfig:
     gc_full_interval_s: float = setting(
         3600.0,
         "GATEWAY_GC_FULL_INTERVAL_S",
-        "How often the served process collects all its garbage, reclaiming any leaked cycle; in between, what "
-        "lives is frozen out of the collector's reach each second. A full collection pauses the node: 240 ms "
-        "with 10,000 clients measured (gateway/garbage.py).",
+        "How often the served process looks for leaked cycles (in between, what lives is frozen out of the "
+        "collector's reach each second): a forked copy of it counts its cyclic garbage, and only if it finds "
+        "some (or cannot tell) does the process collect everything itself, a pause of 240 ms with 10,000 clients "
+        "measured (gateway/garbage.py).",
     )
     shutdown_timeout_s: float = setting(
         10.0, "GATEWAY_SHUTDOWN_TIMEOUT_S", "Deadline for a graceful shutdown on SIGTERM, in seconds."

@@ -95,6 +95,13 @@ class GatewayMetrics:
             ["generation"],
             registry=r,
         )
+        self.gc_censuses = Counter(
+            "gateway_gc_censuses",
+            "Garbage censuses (a forked copy of the process counting its cyclic garbage), by outcome: clean "
+            "(none found: no full collection), garbage (found and collected), failed (collected anyway).",
+            ["outcome"],
+            registry=r,
+        )
 
 
 def total(counter: Counter) -> int:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import socketio
 from prometheus_client import Counter, Histogram
 
-from gateway.garbage import GarbageSchedule
+from gateway.garbage import Census, GarbageSchedule
 from tests.harness import connected, make_token, new_client, raw_websocket, running_node, wait_until
 
 TOPIC = "binance:ticker:BTC/USDT"
@@ -59,25 +61,72 @@ async def test_closed_connections_leave_no_cycles(redis_url: str) -> None:
         assert cycles == []
 
 
-async def test_the_schedule_freezes_what_lives_and_collects_everything_when_due() -> None:
-    pauses = Histogram("pauses", "test", ["generation"], registry=None)
-    collected = Counter("collected", "test", ["generation"], registry=None)
-    schedule = GarbageSchedule(pauses, collected, full_every_s=0.5)
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Automatic collections off: nothing reaches the oldest generation but what a test freezes there."""
+    gc.collect()
+    gc.disable()
     try:
-        schedule.start()  # a full collection, then everything frozen
-        assert gc.get_freeze_count() > 0
-        full_at_start = pauses.labels(generation="2")._sum.get()
-        freed_at_start = collected.labels(generation="2")._value.get()
-        assert full_at_start > 0
+        yield
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
+
+class Cycle:
+    """An object that refers to itself: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def schedule_metrics() -> tuple[Histogram, Counter, Counter]:
+    return (
+        Histogram("pauses", "test", ["generation"], registry=None),
+        Counter("collected", "test", ["generation"], registry=None),
+        Counter("censuses", "test", ["outcome"], registry=None),
+    )
+
+
+async def census_report() -> dict[str, Any] | None:
+    """What a census forked now reports."""
+    reported: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+    Census.start(asyncio.get_running_loop(), reported.set_result)
+    return await asyncio.wait_for(reported, 30)
+
+
+async def test_a_census_counts_the_cyclic_garbage_of_the_process_without_touching_it() -> None:
+    with collector_paused():
+        gc.collect()
+        assert await census_report() == {"objects": 0, "types": {}}
         cycle: list[object] = []
         cycle.append(cycle)
-        gc.freeze()  # as if a tick froze it while it lived
         del cycle
-        before_full = gc.get_freeze_count()
-        # The first tick (after a second) is due for the full collection: only it can free a frozen cycle.
-        await wait_until(lambda: collected.labels(generation="2")._value.get() > freed_at_start, timeout=10)
-        assert pauses.labels(generation="2")._sum.get() > full_at_start
-        assert gc.get_freeze_count() < before_full
-    finally:
-        schedule.stop()
-        gc.unfreeze()
+        report = await census_report()
+        assert report == {"objects": 1, "types": {"list": 1}}
+        assert gc.collect() == 1  # the census collected its copy; the process still holds its own
+
+
+async def test_the_schedule_collects_in_the_process_only_when_a_census_finds_garbage() -> None:
+    pauses, collected, censuses = schedule_metrics()
+    schedule = GarbageSchedule(pauses, collected, censuses, full_every_s=0.5)
+    with collector_paused():
+        try:
+            schedule.start()  # a full collection, then everything frozen
+            assert gc.get_freeze_count() > 0
+            full_pauses = pauses.labels(generation="2")._sum.get()
+            assert full_pauses > 0
+            # The first tick (after a second) is due for a census, which finds nothing to collect.
+            await wait_until(lambda: censuses.labels(outcome="clean")._value.get() == 1, timeout=10)
+            assert pauses.labels(generation="2")._sum.get() == full_pauses  # no full collection
+            cycle = Cycle()
+            freed = weakref.ref(cycle)
+            gc.freeze()  # as if a tick froze it while it lived
+            del cycle
+            # The next census finds it; only the full collection that follows can free a frozen cycle.
+            await wait_until(lambda: censuses.labels(outcome="garbage")._value.get() == 1, timeout=10)
+            assert freed() is None
+            assert collected.labels(generation="2")._value.get() >= 1
+            assert pauses.labels(generation="2")._sum.get() > full_pauses
+        finally:
+            schedule.stop()
