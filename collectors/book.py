@@ -82,24 +82,23 @@ def _decimal(text: str, what: str) -> Decimal:
 class _Ladder:
     """One side of a book, best level first.
 
-    A dict finds a level in O(1) and a sorted key list, kept with `bisect`,
-    gives the order: updates cluster near the top, and moving a few thousand
-    list slots in C is cheaper than any tree written in Python. Bid keys are
-    negated so that both sides sort ascending, best first.
+    Two parallel lists kept sorted with `bisect`: the price keys and the
+    levels. Updates cluster near the top, and moving a few thousand list slots
+    in C is cheaper than any tree written in Python; a top-N view is then a
+    slice, not N lookups. Bid keys are negated so that both sides sort
+    ascending, best first.
     """
 
-    __slots__ = ("_deepest", "_keys", "_levels", "_negate", "_reach", "_tops")
+    __slots__ = ("_keys", "_levels", "_negate", "_reach", "_tops")
 
     def __init__(self, *, negate: bool) -> None:
         self._negate = negate
-        self._levels: dict[Decimal, Level] = {}
         self._keys: list[Decimal] = []
+        self._levels: list[Level] = []  # the level of each key, in the same order
         # The views `top` built, by depth, until a change reaches into the deepest of them: a
         # delta below the published depth (most of a deep book's) costs no new view.
         self._tops: dict[int | None, list[Level]] = {}
         self._reach = 0  # the deepest cached view's depth (a huge number for the whole side)
-        # The deepest depth asked for so far: shallower views are cut from it, one build per change.
-        self._deepest = 0
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -109,58 +108,53 @@ class _Ladder:
         if self._negate:
             key = key.copy_negate()  # exact, unlike unary minus which rounds to context
         amount = _decimal(size, "size")
+        keys = self._keys
+        index = bisect.bisect_left(keys, key)
+        present = index < len(keys) and keys[index] == key
         if amount.is_zero():
             # Removing an unknown level is normal (Binance documents it): ignore it.
-            if key in self._levels:
-                self._touch(key)
-                del self._levels[key]
-                del self._keys[bisect.bisect_left(self._keys, key)]
+            if present:
+                self._touch(index)
+                del keys[index]
+                del self._levels[index]
             return
         if amount.is_signed():
             raise SyncError(SyncReason.BAD_LEVEL, f"size {size!r} at price {price!r} is negative")
-        self._touch(key)
-        if key not in self._levels:
-            bisect.insort(self._keys, key)
+        self._touch(index)
         # Keep the latest text: "136.2" and "136.20" are the same level.
-        self._levels[key] = (price, size)
+        if present:
+            self._levels[index] = (price, size)
+        else:
+            keys.insert(index, key)
+            self._levels.insert(index, (price, size))
 
-    def _touch(self, key: Decimal) -> None:
-        """Forget the cached views if the level at `key` is (or will be) within them; call before the change."""
-        if self._tops:
-            keys, reach = self._keys, self._reach
-            if len(keys) < reach or (reach and key <= keys[reach - 1]):
-                self._tops.clear()
+    def _touch(self, index: int) -> None:
+        """Forget the cached views if a change at `index` shows in them; call before the change."""
+        if self._tops and (index < self._reach or len(self._keys) < self._reach):
+            self._tops.clear()
+            self._reach = 0
 
     def clear(self) -> None:
-        self._levels.clear()
         self._keys.clear()
+        self._levels.clear()
         self._tops.clear()
 
     def truncate(self, depth: int) -> None:
         if depth < len(self._keys):
-            if depth < self._reach:
-                self._tops.clear()
-            for key in self._keys[depth:]:
-                del self._levels[key]
+            self._touch(depth)
             del self._keys[depth:]
+            del self._levels[depth:]
 
     def top(self, n: int | None) -> list[Level]:
         """The best `n` levels (all if None); the list is shared with later calls: do not change it."""
         view = self._tops.get(n)
         if view is None:
-            tops = self._tops
-            if not tops:
-                self._reach = 0
-            if n is not None and n < self._deepest:
-                view = tops[n] = self.top(self._deepest)[:n]  # a Kraken message wants its 10 and then its 20
-            else:
-                view = tops[n] = list(map(self._levels.__getitem__, self._keys[:n]))
-                self._reach = max(self._reach, _ALL if n is None else n)
-                self._deepest = max(self._deepest, 0 if n is None else n)
+            view = self._tops[n] = self._levels[:n]
+            self._reach = max(self._reach, _ALL if n is None else n)
         return view
 
     def best(self) -> Level | None:
-        return self._levels[self._keys[0]] if self._keys else None
+        return self._levels[0] if self._levels else None
 
 
 class OrderBook:
