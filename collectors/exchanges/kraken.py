@@ -19,8 +19,8 @@ from typing import Any, ClassVar, Final
 
 import msgspec
 
-from collectors.book import Action, DataError, Level, SnapshotGate, SyncError
-from collectors.checksums import verify_kraken
+from collectors.book import Action, DataError, Level, LevelText, SnapshotGate, SyncError
+from collectors.checksums import kraken_level_text, verify_kraken
 from collectors.feed.adapter import Adapter, Bar, Link, Op, Stream, iso_ms, to_json
 from shared.events import Side
 from shared.topics import Exchange, Kind, Timeframe
@@ -115,6 +115,9 @@ class Kraken(Adapter[SnapshotGate]):
 
     def new_sync(self) -> SnapshotGate:
         return SnapshotGate()
+
+    def level_text(self) -> LevelText:
+        return kraken_level_text
 
     def group(self, stream: Stream) -> Hashable:
         return stream.channel
