@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Final, Generic, TypeVar
@@ -24,6 +24,9 @@ DiffT = TypeVar("DiffT")
 
 # (price, size) exactly as the exchange wrote them, e.g. ("0.031340", "12.96065840").
 Level = tuple[str, str]
+# A level's text in the exchange's checksum, made once per change by a book that keeps it: a
+# checksum over the best levels is then a join, not a lookup per level on every message.
+LevelText = Callable[[str, str], bytes]
 
 # 1000 diffs of the 100 ms stream cover 100 s; a REST snapshot arrives within
 # seconds, so older diffs can be dropped first (a too-old snapshot is then detected).
@@ -82,24 +85,27 @@ def _decimal(text: str, what: str) -> Decimal:
 class _Ladder:
     """One side of a book, best level first.
 
-    A dict finds a level in O(1) and a sorted key list, kept with `bisect`,
-    gives the order: updates cluster near the top, and moving a few thousand
-    list slots in C is cheaper than any tree written in Python. Bid keys are
-    negated so that both sides sort ascending, best first.
+    Parallel lists kept sorted with `bisect`: the price keys, the levels and,
+    for an exchange that hashes its levels' text (`LevelText`), each level's
+    text. Updates cluster near the top, and moving a few thousand list slots
+    in C is cheaper than any tree written in Python; a top-N view is then a
+    slice, not N lookups. Bid keys are negated so that both sides sort
+    ascending, best first.
     """
 
-    __slots__ = ("_deepest", "_keys", "_levels", "_negate", "_reach", "_tops")
+    __slots__ = ("_joined", "_keys", "_level_text", "_levels", "_negate", "_reach", "_texts", "_tops")
 
-    def __init__(self, *, negate: bool) -> None:
+    def __init__(self, *, negate: bool, level_text: LevelText | None) -> None:
         self._negate = negate
-        self._levels: dict[Decimal, Level] = {}
+        self._level_text = level_text
         self._keys: list[Decimal] = []
-        # The views `top` built, by depth, until a change reaches into the deepest of them: a
-        # delta below the published depth (most of a deep book's) costs no new view.
+        self._levels: list[Level] = []  # the level of each key, in the same order
+        self._texts: list[bytes] = []  # and its text (empty unless the book keeps it)
+        # The views `top` and `text` built, by depth, until a change reaches into the deepest of
+        # them: a delta below the published depth (most of a deep book's) costs no new view.
         self._tops: dict[int | None, list[Level]] = {}
+        self._joined: dict[int, bytes] = {}
         self._reach = 0  # the deepest cached view's depth (a huge number for the whole side)
-        # The deepest depth asked for so far: shallower views are cut from it, one build per change.
-        self._deepest = 0
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -109,58 +115,65 @@ class _Ladder:
         if self._negate:
             key = key.copy_negate()  # exact, unlike unary minus which rounds to context
         amount = _decimal(size, "size")
+        keys = self._keys
+        index = bisect.bisect_left(keys, key)
+        present = index < len(keys) and keys[index] == key
         if amount.is_zero():
             # Removing an unknown level is normal (Binance documents it): ignore it.
-            if key in self._levels:
-                self._touch(key)
-                del self._levels[key]
-                del self._keys[bisect.bisect_left(self._keys, key)]
+            if present:
+                self._touch(index)
+                del keys[index], self._levels[index], self._texts[index]
             return
         if amount.is_signed():
             raise SyncError(SyncReason.BAD_LEVEL, f"size {size!r} at price {price!r} is negative")
-        self._touch(key)
-        if key not in self._levels:
-            bisect.insort(self._keys, key)
+        self._touch(index)
         # Keep the latest text: "136.2" and "136.20" are the same level.
-        self._levels[key] = (price, size)
+        text = self._level_text(price, size) if self._level_text is not None else b""
+        if present:
+            self._levels[index], self._texts[index] = (price, size), text
+        else:
+            keys.insert(index, key)
+            self._levels.insert(index, (price, size))
+            self._texts.insert(index, text)
 
-    def _touch(self, key: Decimal) -> None:
-        """Forget the cached views if the level at `key` is (or will be) within them; call before the change."""
-        if self._tops:
-            keys, reach = self._keys, self._reach
-            if len(keys) < reach or (reach and key <= keys[reach - 1]):
-                self._tops.clear()
+    def _touch(self, index: int) -> None:
+        """Forget the cached views if a change at `index` shows in them; call before the change."""
+        if index < self._reach or len(self._keys) < self._reach:
+            self._tops.clear()
+            self._joined.clear()
+            self._reach = 0
 
     def clear(self) -> None:
-        self._levels.clear()
         self._keys.clear()
-        self._tops.clear()
+        self._levels.clear()
+        self._texts.clear()
+        self._touch(0)
 
     def truncate(self, depth: int) -> None:
         if depth < len(self._keys):
-            if depth < self._reach:
-                self._tops.clear()
-            for key in self._keys[depth:]:
-                del self._levels[key]
-            del self._keys[depth:]
+            self._touch(depth)
+            del self._keys[depth:], self._levels[depth:], self._texts[depth:]
 
     def top(self, n: int | None) -> list[Level]:
         """The best `n` levels (all if None); the list is shared with later calls: do not change it."""
         view = self._tops.get(n)
         if view is None:
-            tops = self._tops
-            if not tops:
-                self._reach = 0
-            if n is not None and n < self._deepest:
-                view = tops[n] = self.top(self._deepest)[:n]  # a Kraken message wants its 10 and then its 20
-            else:
-                view = tops[n] = list(map(self._levels.__getitem__, self._keys[:n]))
-                self._reach = max(self._reach, _ALL if n is None else n)
-                self._deepest = max(self._deepest, 0 if n is None else n)
+            view = self._tops[n] = self._levels[:n]
+            self._reach = max(self._reach, _ALL if n is None else n)
         return view
 
+    def text(self, n: int) -> bytes:
+        """The texts of the best `n` levels, joined."""
+        if self._level_text is None:
+            raise ValueError("this book keeps no level text: give OrderBook a level_text")
+        joined = self._joined.get(n)
+        if joined is None:
+            joined = self._joined[n] = b"".join(self._texts[:n])
+            self._reach = max(self._reach, n)
+        return joined
+
     def best(self) -> Level | None:
-        return self._levels[self._keys[0]] if self._keys else None
+        return self._levels[0] if self._levels else None
 
 
 class OrderBook:
@@ -172,9 +185,9 @@ class OrderBook:
 
     __slots__ = ("_asks", "_bids", "_sides")
 
-    def __init__(self) -> None:
-        self._bids = _Ladder(negate=True)
-        self._asks = _Ladder(negate=False)
+    def __init__(self, *, level_text: LevelText | None = None) -> None:
+        self._bids = _Ladder(negate=True, level_text=level_text)
+        self._asks = _Ladder(negate=False, level_text=level_text)
         self._sides = {BookSide.BID: self._bids, BookSide.ASK: self._asks}
 
     def __len__(self) -> int:
@@ -211,6 +224,13 @@ class OrderBook:
     def top(self, n: int | None = None) -> tuple[list[Level], list[Level]]:
         """The best `n` levels per side (all if None): bids descending, asks ascending."""
         return self._bids.top(n), self._asks.top(n)
+
+    def text(self, n: int) -> tuple[bytes, bytes]:
+        """The joined texts (`LevelText`) of the best `n` levels per side, bids then asks; cached like `top`.
+
+        Raises ValueError for a book made without `level_text`.
+        """
+        return self._bids.text(n), self._asks.text(n)
 
     @property
     def best_bid(self) -> Level | None:

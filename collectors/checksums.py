@@ -36,23 +36,18 @@ def kraken_checksum(bids: Sequence[Level], asks: Sequence[Level]) -> int:
     return zlib.crc32(_side_text(asks) + _side_text(bids))
 
 
-def _book_kraken_checksum(bids: Sequence[Level], asks: Sequence[Level]) -> int:
-    """`kraken_checksum` of `OrderBook.top`'s lists, which never change: each side's text is remembered."""
-    return zlib.crc32(_remembered_side_text(asks) + _remembered_side_text(bids))
+def kraken_level_text(price: str, size: str) -> bytes:
+    """A level's text in Kraken's checksum, price then size, for `OrderBook(level_text=...)`.
 
-
-# The checksum text of one side's best levels, remembered with the very list it was made from:
-# `OrderBook.top` hands out the same list until that side changes, so a message that moves one
-# side rebuilds only that side's text. Holding the list keeps its id from being reused.
-_SIDE_TEXTS: dict[int, tuple[Sequence[Level], bytes]] = {}
-_SIDE_TEXTS_MAX: Final = 4096  # two sides of a few thousand books; cleared whole beyond
+    UTF-8, not ASCII: a level whose digits are not ASCII (Decimal reads them) fails the
+    checksum, so the book resyncs instead of raising on every message.
+    """
+    return (_kraken_token(price) + _kraken_token(size)).encode()
 
 
 def _level_token(level: Level) -> bytes:
-    """A level's checksum text, price then size: a message changes one or two levels, so a side's
-    text is joined from the nine or so already made (a fifth of the cost; see `_LEVEL_TOKENS`)."""
-    price, size = level
-    return (_kraken_token(price) + _kraken_token(size)).encode("ascii")
+    """A level's checksum text, remembered: the simulator prints the same levels again and again."""
+    return kraken_level_text(*level)
 
 
 _LEVEL_TOKENS_MAX: Final = 65_536  # the top 10 of both sides of a few thousand books; cleared whole beyond
@@ -61,17 +56,6 @@ _LEVEL_TOKENS: Final = BoundedMemo(_level_token, _LEVEL_TOKENS_MAX)
 
 def _side_text(levels: Sequence[Level]) -> bytes:
     return b"".join(map(_LEVEL_TOKENS.__getitem__, levels[:KRAKEN_DEPTH]))
-
-
-def _remembered_side_text(levels: Sequence[Level]) -> bytes:
-    held = _SIDE_TEXTS.get(id(levels))
-    if held is not None and held[0] is levels:
-        return held[1]
-    text = _side_text(levels)
-    if len(_SIDE_TEXTS) >= _SIDE_TEXTS_MAX:
-        _SIDE_TEXTS.clear()
-    _SIDE_TEXTS[id(levels)] = (levels, text)
-    return text
 
 
 def at_precision(levels: Sequence[Level], price_decimals: int, size_decimals: int) -> list[Level]:
@@ -106,17 +90,19 @@ def verify_kraken(
 ) -> None:
     """Raise `SyncError` unless the book's top 10 give Kraken's checksum.
 
+    The book keeps each level's text (``OrderBook(level_text=kraken_level_text)``).
     Apply every level of the message and truncate to the subscribed depth first.
     The checksum is over the text Kraken sent; when that text was lost (a feed
     re-serialized through floats drops trailing zeros), `precision` (given the
     checked levels, the price and size decimals of the instrument) re-formats
     the levels as Kraken prints them. It is asked only when the text fails.
     """
-    bids, asks = book.top(KRAKEN_DEPTH)
-    computed = _book_kraken_checksum(bids, asks)
+    bids_text, asks_text = book.text(KRAKEN_DEPTH)
+    computed = zlib.crc32(asks_text + bids_text)
     if computed == expected:
         return
     if precision is not None:
+        bids, asks = book.top(KRAKEN_DEPTH)
         price_decimals, size_decimals = precision([*bids, *asks])
         formatted = kraken_checksum(
             at_precision(bids, price_decimals, size_decimals), at_precision(asks, price_decimals, size_decimals)

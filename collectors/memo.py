@@ -1,8 +1,9 @@
 """A function's results remembered by argument, a bounded number of them.
 
-The collectors and the simulator print and hash the same book levels again and
-again (a Kraken checksum covers the best ten of both sides on every message);
-remembering each level's text makes that a dict lookup. Full, the memo is
+The simulator prints and hashes the same book levels again and again (a Kraken
+checksum covers the best ten of both sides on every message); remembering each
+level's text makes that a dict lookup. (A collector's book keeps each level's
+checksum text beside the level instead: `OrderBook(level_text=...)`.) Full, the memo is
 emptied whole: cheaper per hit than an LRU's bookkeeping, and the levels that
 matter come back at once.
 """

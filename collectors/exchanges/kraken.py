@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable
 from typing import Any, ClassVar, Final
 
 import msgspec
 
-from collectors.book import Action, DataError, Level, SnapshotGate
-from collectors.checksums import verify_kraken
+from collectors.book import Action, DataError, Level, LevelText, SnapshotGate, SyncError
+from collectors.checksums import kraken_level_text, verify_kraken
 from collectors.feed.adapter import Adapter, Bar, Link, Op, Stream, iso_ms, to_json
 from shared.events import Side
 from shared.topics import Exchange, Kind, Timeframe
@@ -54,9 +54,34 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def _levels(levels: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
-    for level in levels:
-        yield _text(level["price"]), _text(level["qty"])
+class _Level(msgspec.Struct, gc=False):
+    price: Any  # the exact text (decoded with float_hook=str); an integer ("qty":0) stays an int
+    qty: Any
+
+
+class _BookItem(msgspec.Struct, gc=False):
+    symbol: str
+    checksum: int
+    bids: list[_Level] = []
+    asks: list[_Level] = []
+    timestamp: str | None = None
+
+
+class _BookMessage(msgspec.Struct, gc=False):
+    """A book message as typed fields: cheaper to decode and read than dicts, and most frames are these."""
+
+    type: str
+    data: list[_BookItem]
+
+
+_BOOK: Final = msgspec.json.Decoder(_BookMessage, float_hook=str)
+# How Kraken starts a book message; one that starts otherwise is decoded as any other and converted.
+_BOOK_START: Final = '{"channel":"book",'
+
+
+def _levels(levels: list[_Level]) -> list[Level]:
+    # str() of a str is the str itself; anything else becomes text that the book refuses or accepts as Decimal would
+    return [(str(level.price), str(level.qty)) for level in levels]
 
 
 class Kraken(Adapter[SnapshotGate]):
@@ -90,6 +115,9 @@ class Kraken(Adapter[SnapshotGate]):
 
     def new_sync(self) -> SnapshotGate:
         return SnapshotGate()
+
+    def level_text(self) -> LevelText:
+        return kraken_level_text
 
     def group(self, stream: Stream) -> Hashable:
         return stream.channel
@@ -131,10 +159,13 @@ class Kraken(Adapter[SnapshotGate]):
         return to_json({"method": "ping", "req_id": self.request_id()})
 
     def on_message(self, link: Link, data: str | bytes, recv_ts: float) -> None:
+        if isinstance(data, str) and data.startswith(_BOOK_START):
+            self._book(_BOOK.decode(data), recv_ts)
+            return
         msg = self.decoder.decode(data)
         channel = msg.get("channel")
         if channel == "book":
-            self._book(msg, recv_ts)
+            self._book(msgspec.convert(msg, _BookMessage), recv_ts)
         elif channel == "trade":
             self._trades(msg, recv_ts)
         elif channel == "ticker":
@@ -147,25 +178,28 @@ class Kraken(Adapter[SnapshotGate]):
             self.rejected(link, msg.get("error"))
         # heartbeat, status, pong and subscribe acks need nothing
 
-    def _book(self, msg: dict[str, Any], recv_ts: float) -> None:
+    def _book(self, msg: _BookMessage, recv_ts: float) -> None:
         # {"channel":"book","type":"update","data":[{"symbol":"ETH/BTC","bids":[{"price":0.031347,
         #  "qty":0.00000000},{"price":0.031329,"qty":19.07893401}],"asks":[],"checksum":2505869009,
         #  "timestamp":"2026-08-26T15:16:16.730423Z"}]}
-        snapshot = msg["type"] == "snapshot"
-        for item in msg["data"]:
-            feed = self.book_feed(item["symbol"], recv_ts)
+        snapshot = msg.type == "snapshot"
+        for item in msg.data:
+            feed = self.book_feed(item.symbol, recv_ts)
             if feed is None:
                 continue
             with self.syncing(feed):
                 action = feed.sync.check(snapshot=snapshot)
                 if action is Action.SKIP:
                     continue
-                bids, asks = list(_levels(item["bids"])), list(_levels(item["asks"]))
+                bids, asks = _levels(item.bids), _levels(item.asks)
                 feed.apply(action, bids, asks)
                 feed.book.truncate(self.subscribe_depth)  # Kraken sends no delete for levels pushed out
-                precision = functools.partial(self._seen_precision, feed.symbol, bids, asks)  # asked on a mismatch
-                verify_kraken(feed.book, int(item["checksum"]), precision)
-                timestamp = item.get("timestamp")
+                try:
+                    verify_kraken(feed.book, item.checksum)
+                except SyncError:  # the text as sent failed: once more at the instrument's precision
+                    precision = functools.partial(self._seen_precision, feed.symbol, bids, asks)
+                    verify_kraken(feed.book, item.checksum, precision)
+                timestamp = item.timestamp
                 feed.changed(iso_ms(timestamp) if timestamp else int(recv_ts), recv_ts)
 
     def _seen_precision(self, symbol: str, *levels: Iterable[Level]) -> tuple[int, int]:

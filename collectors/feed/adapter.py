@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Final, Generic, Protocol, TypedDict, Unpack
 import aiohttp
 import msgspec
 
-from collectors.book import CollectorError, SyncError, SyncReason
+from collectors.book import CollectorError, LevelText, SyncError, SyncReason
 from collectors.candles import CandleAggregator
 from collectors.feed.books import BookFeed, S
 from collectors.feed.rest import RestBudget
@@ -227,6 +227,10 @@ class Adapter(ABC, Generic[S]):
     def on_message(self, link: Link, data: str | bytes, recv_ts: float) -> None:
         """Parse one frame (received at `recv_ts`, ms) and hand what it carries to the base."""
 
+    def level_text(self) -> LevelText | None:
+        """Each book level's text in the exchange's checksum, for books to keep (one that checks every message)."""
+        return None
+
     def request_id(self) -> int:
         """A fresh id for a request, so replies can be told apart in a capture."""
         return next(self._request_ids)
@@ -303,6 +307,7 @@ class Adapter(ABC, Generic[S]):
                 depth=self.book_depth,
                 interval_s=self.book_interval_s,
                 publish=self.host.publish,
+                level_text=self.level_text(),
             )
         if timeframe is not None and stream.kind is Kind.TRADES:
             aggregators = self._aggregators.setdefault(symbol, {})

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Generic, Protocol, TypeVar
 
-from collectors.book import Action, BookSide, Level, OrderBook
+from collectors.book import Action, BookSide, Level, LevelText, OrderBook
 from shared.events import Book
 from shared.topics import Exchange
 
@@ -55,12 +55,13 @@ class BookFeed(Generic[S]):
         depth: int,
         interval_s: float,
         publish: Callable[[Book], None],
+        level_text: LevelText | None = None,
     ) -> None:
         self._exchange = exchange
         self.symbol = symbol
         self.sync = sync
         self.depth = depth
-        self.book = OrderBook()
+        self.book = OrderBook(level_text=level_text)
         self.ready = False  # a snapshot has been applied since the last reset
         self._interval = interval_s
         self._publish = publish

@@ -30,6 +30,24 @@ def test_book_keeps_the_exact_number_text_and_verifies_each_checksum() -> None:
     )  # fmt: skip
 
 
+def test_a_book_message_with_its_keys_in_another_order_reads_the_same() -> None:
+    """Book messages that start as Kraken's do take a typed fast path; any other key order the general one."""
+    texts = frames(ETHBTC)
+    books = []
+    for reorder in (False, True):
+        adapter, recorder, link = replay_adapter(Kraken, ["kraken:book:ETH/BTC"], book_depth=10)
+        if reorder:  # the same JSON with "type" and "data" before "channel", numbers kept as sent
+            start = '{"channel":"book",'
+            texts = [
+                f'{{{text[len(start) : -1]},"channel":"book"}}' if text.startswith(start) else text for text in texts
+            ]
+            assert sum(text.endswith(',"channel":"book"}') for text in texts) == 2
+        play(adapter, link, texts)
+        assert recorder.resyncs == []
+        books.append(recorder.books)
+    assert books[0] == books[1] and len(books[0]) == 2
+
+
 def test_a_feed_that_lost_its_trailing_zeros_verifies_at_the_instruments_precision() -> None:
     """Re-serialized through floats ("0.001" for "0.00100000"): the raw text fails, the precision fallback holds."""
     adapter, recorder, link = replay_adapter(Kraken, ["kraken:book:BTC/USD"], book_depth=10)

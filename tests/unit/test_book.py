@@ -136,6 +136,10 @@ _truncate = st.tuples(st.just("truncate"), st.integers(min_value=0, max_value=15
 _levels = st.lists(st.tuples(_price, _size), max_size=30)
 
 
+def _level_text(price: str, size: str) -> bytes:
+    return f"{price}|{size};".encode()
+
+
 @given(
     bids=_levels,
     asks=_levels,
@@ -143,7 +147,7 @@ _levels = st.lists(st.tuples(_price, _size), max_size=30)
     n=st.integers(min_value=1, max_value=20),
 )
 def test_book_matches_a_naive_model(bids: list[Level], asks: list[Level], ops: list[tuple[Any, ...]], n: int) -> None:
-    book = OrderBook()
+    book = OrderBook(level_text=_level_text)
     book.apply_snapshot(bids, asks)
     model: dict[BookSide, dict[Decimal, Level]] = {BookSide.BID: {}, BookSide.ASK: {}}
 
@@ -173,6 +177,9 @@ def test_book_matches_a_naive_model(bids: list[Level], asks: list[Level], ops: l
         assert book.top(n) == (model_top(BookSide.BID, n), model_top(BookSide.ASK, n))
         shallow = n // 2 + 1  # views of two depths are cached side by side (Kraken: checksum and view)
         assert book.top(shallow) == (model_top(BookSide.BID, shallow), model_top(BookSide.ASK, shallow))
+        for depth in (shallow, n):  # the kept level texts follow every change, truncations included
+            texts = tuple(b"".join(_level_text(*level) for level in model_top(side, depth)) for side in BookSide)
+            assert book.text(depth) == texts
     assert book.top() == (model_top(BookSide.BID), model_top(BookSide.ASK))
     assert len(book) == len(model[BookSide.BID]) + len(model[BookSide.ASK])
     assert book.best_bid == next(iter(model_top(BookSide.BID, 1)), None)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from collectors.book import BookSide, Level, OrderBook, SyncError, SyncReason
-from collectors.checksums import kraken_checksum, okx_checksum, verify_kraken, verify_okx
+from collectors.checksums import kraken_checksum, kraken_level_text, okx_checksum, verify_kraken, verify_okx
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "exchanges"
 VECTORS = {vector["id"]: vector for vector in json.loads((FIXTURES / "checksums.json").read_text())["vectors"]}
@@ -58,7 +58,7 @@ def replay_kraken_v1(relative: str, depth: int) -> dict[str, Any]:
         if not isinstance(message, list):
             continue  # event objects: systemStatus, subscriptionStatus, heartbeat
         pair, parts = message[-1], message[1:-2]
-        book = books.setdefault(pair, OrderBook())
+        book = books.setdefault(pair, OrderBook(level_text=kraken_level_text))
         if "as" in parts[0]:
             book.apply_snapshot(pairs(parts[0]["bs"]), pairs(parts[0]["as"]))
             continue
@@ -86,7 +86,7 @@ def test_kraken_v1_book1000_top10_after_first_updates() -> None:
     """The recorded top 10 after WAVES/EUR's first updates equal the book's."""
     vector = VECTORS["kraken_v1_real_book1000_2021-04-17"]
     expected = {step["update_frame"]: step for step in vector["first_updates_WAVES_EUR"]}
-    book = OrderBook()
+    book = OrderBook(level_text=kraken_level_text)
     for line in lines("kraken/v1_book1000_capture_2021-04-17.jsonl"):
         message = json.loads(line)
         if not isinstance(message, list) or message[-1] != "WAVES/EUR":
@@ -122,7 +122,7 @@ def replay_kraken_v2(relative: str, parse_float: Any = str) -> int:
     {"channel":"book","type":"update","data":[{"symbol":"ETH/BTC","bids":[{"price":0.031347,
      "qty":0.00000000}],"asks":[],"checksum":2505869009,"timestamp":"2026-08-26T15:16:16.730423Z"}]}
     """
-    book = OrderBook()
+    book = OrderBook(level_text=kraken_level_text)
     verified = 0
     for line in lines(relative):
         message = json.loads(line, parse_float=parse_float)
@@ -163,7 +163,7 @@ def test_kraken_v2_normalized_capture_with_instrument_precision() -> None:
         return lambda token: f"{Decimal(token):.{decimals}f}"
 
     relative = "kraken/v2_book10_BTCUSD_2023-07-30_reserialized.jsonl"
-    book = OrderBook()
+    book = OrderBook(level_text=kraken_level_text)
     verified = 0
     price, qty = fixed(1), fixed(8)
     for line in lines(relative):
@@ -186,9 +186,25 @@ def test_kraken_v2_normalized_capture_with_instrument_precision() -> None:
         replay_kraken_v2(relative)
 
 
+def test_kraken_level_digits_that_are_not_ascii_fail_the_checksum() -> None:
+    """Decimal reads Arabic-Indic digits; the checksum text keeps them, so the book resyncs rather than raising."""
+    vector = VECTORS["kraken_v2_doc_example"]
+    book = OrderBook(level_text=kraken_level_text)
+    book.apply_snapshot(pairs(vector["input"]["bids"]), pairs(vector["input"]["asks"]))
+    book.apply_update(BookSide.ASK, "45285.2", "\u0660.\u0661")
+    with pytest.raises(SyncError) as info:
+        verify_kraken(book, 3310070434)
+    assert info.value.reason is SyncReason.CHECKSUM
+
+
+def test_kraken_needs_a_book_that_keeps_the_level_text() -> None:
+    with pytest.raises(ValueError, match="keeps no level text"):
+        verify_kraken(OrderBook(), 3310070434)
+
+
 def test_kraken_mismatch_raises_sync_error() -> None:
     vector = VECTORS["kraken_v2_doc_example"]
-    book = OrderBook()
+    book = OrderBook(level_text=kraken_level_text)
     book.apply_snapshot(pairs(vector["input"]["bids"]), pairs(vector["input"]["asks"]))
     verify_kraken(book, 3310070434)
     book.apply_update(BookSide.ASK, "45285.2", "0.00200000")
