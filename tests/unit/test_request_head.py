@@ -107,7 +107,7 @@ def test_the_linear_header_pattern_reads_every_line_as_h11s_own_pattern_does() -
     h11_pattern = re.compile(h11._abnf.header_field.encode("ascii"))
     assert h11._readers.header_field_re is HEADER_FIELD  # installed by gateway.protocol.http
     rng = random.Random(7)
-    pieces = [b" ", b"\t", b"a", b"-", b":", b"\x00", b"\x01", b"\x7f", b"\x80", b"\r", b"\x0b", b"  ", b"b c", b": ", b":"]
+    pieces = [b" ", b"\t", b"a", b"-", b":", b"\x00", b"\x01", b"\x7f", b"\x80", b"\r", b"\x0b", b"  ", b"b c", b": "]
     matched = 0
     for _ in range(50_000):
         line = rng.choice([b"X", b"Host", b"", b"a b"]) + b"".join(rng.choices(pieces, k=rng.randint(0, 8)))
