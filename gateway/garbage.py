@@ -159,6 +159,10 @@ class Census:
         os.set_blocking(read_fd, False)
         return cls(loop, pid, read_fd, done)
 
+    @property
+    def pid(self) -> int:
+        return self._pid
+
     def abandon(self) -> None:
         """Stop waiting: the census is killed, its report never read."""
         self._finish(None, kill=True, report_to=False)

@@ -13,12 +13,14 @@ import gc
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import socketio
 from prometheus_client import Counter, Histogram
 
+from gateway import garbage
 from gateway.garbage import Census, GarbageSchedule
 from tests.harness import connected, make_token, new_client, raw_websocket, running_node, wait_until
 
@@ -105,6 +107,16 @@ async def test_a_census_counts_the_cyclic_garbage_of_the_process_without_touchin
         report = await census_report()
         assert report == {"objects": 1, "types": {"list": 1}}
         assert gc.collect() == 1  # the census collected its copy; the process still holds its own
+
+
+async def test_a_census_that_does_not_report_in_time_is_killed_reaped_and_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(garbage, "CENSUS_TIMEOUT_S", 0.0)  # due before the census can collect anything
+    reported: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+    census = Census.start(asyncio.get_running_loop(), reported.set_result)
+    assert await asyncio.wait_for(reported, 30) is None
+    await wait_until(lambda: not Path(f"/proc/{census.pid}").exists(), timeout=10)  # no zombie left
 
 
 async def test_the_schedule_collects_in_the_process_only_when_a_census_finds_garbage() -> None:
