@@ -347,28 +347,60 @@ class Relay:
         if lost:
             self._on_lost(lost)
 
-    async def acquire(self, channel: str) -> None:
-        """Count one local interest in `channel`; returns once Redis confirmed the subscription."""
-        count = self._counts.get(channel, 0)
-        self._counts[channel] = count + 1
-        if channel in self._confirmed:
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(channel, []).append(waiter)
-        if count == 0:
-            self._place([channel])
+    async def acquire(self, channels: list[str]) -> set[str]:
+        """Count one local interest in each channel; returns those Redis confirmed within SUBSCRIBE_TIMEOUT_S.
+
+        The rest are released before this returns, and all of them if the caller is cancelled. One
+        timeout for all the channels and no task per channel: every connect subscribes its own.
+        """
+        waiting = self._count(channels)
+        if not waiting:
+            return set(channels)
         try:
-            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):  # the waiter is this call's own: cancelled with it
-                await waiter
-        except TimeoutError:
-            self.release(channel)
+            await self._confirmation(waiting)
+        except BaseException:
+            for channel in channels:
+                self.release(channel)
             raise
+        late = {channel for channel, waiter in waiting.items() if not waiter.done() or waiter.cancelled()}
+        for channel in channels:
+            if channel in late:
+                self.release(channel)
+        return set(channels) - late
+
+    def _count(self, channels: list[str]) -> dict[str, asyncio.Future[None]]:
+        """Count the interests, subscribe the new channels; a waiter for each channel not yet confirmed."""
+        waiting: dict[str, asyncio.Future[None]] = {}
+        new: list[str] = []
+        for channel in channels:
+            count = self._counts.get(channel, 0)
+            self._counts[channel] = count + 1
+            if channel in self._confirmed or channel in waiting:
+                continue
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(channel, []).append(waiter)
+            waiting[channel] = waiter
+            if count == 0:
+                new.append(channel)
+        if new:
+            self._place(new)
+        return waiting
+
+    async def _confirmation(self, waiting: dict[str, asyncio.Future[None]]) -> None:
+        """Until every waiter is answered or SUBSCRIBE_TIMEOUT_S passed; the waiters are forgotten after."""
+        try:
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):  # a waiter is this call's own: cancelled with it
+                for waiter in waiting.values():
+                    await waiter
+        except TimeoutError:
+            pass
         finally:
-            waiters = self._waiters.get(channel)
-            if waiters and waiter in waiters:
-                waiters.remove(waiter)
-                if not waiters:
-                    del self._waiters[channel]
+            for channel, waiter in waiting.items():
+                waiters = self._waiters.get(channel)
+                if waiters and waiter in waiters:
+                    waiters.remove(waiter)
+                    if not waiters:
+                        del self._waiters[channel]
 
     def release(self, channel: str) -> None:
         """Drop one local interest; the last one unsubscribes the channel."""

@@ -8,7 +8,6 @@ joins the room with no await in between, so it sees no gap and no older value.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Final
 
@@ -198,16 +197,11 @@ class Subscriptions:
                 self.demand.release(channel.removeprefix(names.MARKET_PREFIX))
 
     async def acquire_all(self, channels: list[str]) -> set[str]:
-        """Subscribe the channels in Redis; returns those confirmed in time."""
-        outcomes = await asyncio.gather(*(self.relay.acquire(c) for c in channels), return_exceptions=True)
-        acquired = {c for c, outcome in zip(channels, outcomes, strict=True) if not isinstance(outcome, BaseException)}
-        for channel, outcome in zip(channels, outcomes, strict=True):
-            if isinstance(outcome, TimeoutError):
+        """Subscribe the channels in Redis; returns those confirmed in time (the others are not held)."""
+        acquired = await self.relay.acquire(channels)
+        for channel in channels:
+            if channel not in acquired:
                 logger.warning("redis subscribe timed out", extra={"channel": channel})
-            elif isinstance(outcome, BaseException):
-                for held in acquired:  # nothing stays counted for a request that failed
-                    self.release(held)
-                raise outcome
         return acquired
 
     async def _load_latest(self, topics: list[Topic]) -> None:

@@ -11,6 +11,7 @@ clients, publisher, Redis and nginx, so that a run bounded by anything but the s
     python -m loadtests.relay_bench --clients 1000 --topics 10 --rate 200 --server both
     python -m loadtests.relay_bench --saturate --seconds 3 --server both
     python -m loadtests.relay_bench --idle 5000 --server both
+    python -m loadtests.relay_bench --idle 10000 --server gateway,node,floor
     python -m loadtests.relay_bench --stalled --server both
     python -m loadtests.relay_bench --gateways 1,2
 
@@ -51,7 +52,7 @@ from stack.balancer import BalancerError, balancer_service, nginx_binary
 
 SECRET: Final = "benchmark-secret-benchmark-secret-0123"
 HOST: Final = "127.0.0.1"
-SERVERS: Final = ("gateway", "baseline", "node")
+SERVERS: Final = ("gateway", "baseline", "node", "floor")  # floor: loadtests/connect_floor.py, --idle only
 # The Node reference relay (socket.io 4.8 + node-redis); `npm ci` runs there when its modules are missing.
 NODE_BASELINE: Final = Path(__file__).parent / "node_baseline"
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
@@ -328,11 +329,12 @@ async def start_server(
         return await asyncio.create_subprocess_exec(
             "node", str(NODE_BASELINE / "server.mjs"), env={**env, "PORT": str(port)}, stdout=log, stderr=log
         )
-    module = (
-        ["gateway"]
-        if kind == "gateway"
-        else ["loadtests.baseline_server", "--port", str(port), "--redis-url", redis_url]
-    )
+    modules = {
+        "gateway": ["gateway"],
+        "baseline": ["loadtests.baseline_server", "--port", str(port), "--redis-url", redis_url],
+        "floor": ["loadtests.connect_floor", "--port", str(port)],
+    }
+    module = modules[kind]
     return await asyncio.create_subprocess_exec(sys.executable, "-m", *module, env=env, stdout=log, stderr=log)
 
 
@@ -790,9 +792,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, list[Setup], str | 
     args = parser.parse_args(argv)
     if not 1 <= args.topics <= args.clients:
         parser.error("--topics must be between 1 and --clients")
-    kinds = {"both": ["gateway", "baseline"], "all": list(SERVERS)}.get(args.server, args.server.split(","))
+    every = [kind for kind in SERVERS if kind != "floor" or args.idle]
+    kinds = {"both": ["gateway", "baseline"], "all": every}.get(args.server, args.server.split(","))
     if unknown := set(kinds) - set(SERVERS):
         parser.error(f"unknown --server {', '.join(sorted(unknown))}; choose from {', '.join(SERVERS)}")
+    if "floor" in kinds and not args.idle:
+        parser.error("--server floor answers connects only: use it with --idle")
     counts: list[int | None] = [int(count) for count in args.gateways.split(",")] if args.gateways else [None]
     options = Options(
         clients=args.clients,
