@@ -142,3 +142,28 @@ async def test_the_schedule_collects_in_the_process_only_when_a_census_finds_gar
             assert pauses.labels(generation="2")._sum.get() > full_pauses
         finally:
             schedule.stop()
+
+
+async def test_the_schedule_leaves_full_collections_to_itself() -> None:
+    """While it runs, CPython starts no full collection of its own, however many objects survive."""
+    pauses, collected, censuses = schedule_metrics()
+    schedule = GarbageSchedule(pauses, collected, censuses, full_every_s=3600)
+    thresholds = gc.get_threshold()
+    full: list[int] = []
+
+    def seen(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full.append(1)
+
+    schedule.start()
+    gc.callbacks.append(seen)
+    try:
+        # A storm's worth of survivors: with CPython's thresholds, three full collections on the way.
+        kept = [[index] for index in range(300_000)]
+        assert full == []
+        assert len(kept) == 300_000
+    finally:
+        gc.callbacks.remove(seen)
+        schedule.stop()
+        gc.unfreeze()
+    assert gc.get_threshold() == thresholds
