@@ -56,6 +56,14 @@ class MarketEvent(msgspec.Struct, kw_only=True, tag_field="type", frozen=True, g
     def topic(self) -> Topic:
         return Topic.of(self.exchange, self.KIND, self.symbol)
 
+    @property
+    def topic_text(self) -> str:
+        """``str(self.topic)`` of a decoded event, without building (and checking again) the Topic.
+
+        Decoding validated every field it is made of; an event built in Python is not checked.
+        """
+        return f"{self.exchange}:{self.KIND}:{self.symbol}"
+
 
 class Ticker(MarketEvent, tag="ticker", frozen=True):
     KIND: ClassVar[Kind] = Kind.TICKER
@@ -112,6 +120,10 @@ class Candle(MarketEvent, tag="candle", frozen=True):
     @property
     def topic(self) -> Topic:
         return Topic.of(self.exchange, Kind.CANDLES, self.symbol, self.timeframe)
+
+    @property
+    def topic_text(self) -> str:
+        return f"{self.exchange}:{Kind.CANDLES}.{self.timeframe}:{self.symbol}"
 
 
 AnyMarketEvent = Ticker | Trade | Book | Candle
