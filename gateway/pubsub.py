@@ -36,6 +36,7 @@ CONNECT_TIMEOUT_S: Final = 5.0
 
 Message = tuple[bytes, bytes]  # (channel, payload)
 _MESSAGE: Final = (b"message", b"smessage")
+_ARRAY, _BULK, _INTEGER, _STATUS, _ERROR = b"*$:+-"  # RESP type bytes, as numbers
 _SUBSCRIBE: Final = (b"subscribe", b"ssubscribe")
 
 
@@ -52,63 +53,73 @@ def encode_command(*args: bytes | str) -> bytes:
 
 
 class RespParser:
-    """Incremental parser of the replies a subscribed connection receives."""
+    """Incremental parser of the replies a subscribed connection receives.
+
+    Every relayed message passes through here, so it reads in place: a read that holds whole
+    replies is parsed straight from its bytes (only an unfinished tail is kept), type bytes are
+    compared as numbers and header lines are not copied.
+    """
 
     def __init__(self) -> None:
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[object]:
-        self._buffer += data
+        source: bytes | bytearray = data
+        if self._buffer:
+            self._buffer += data
+            source = self._buffer
         replies: list[object] = []
         position = 0
         while True:
-            parsed = self._parse(position, 0)
+            parsed = self._parse(source, position, 0)
             if parsed is None:
                 break
             reply, position = parsed
             replies.append(reply)
-        del self._buffer[:position]
+        if source is self._buffer:
+            del self._buffer[:position]
+        elif position < len(data):
+            self._buffer += memoryview(data)[position:]
         return replies
 
-    def _array(self, count: int, after: int, depth: int) -> tuple[object, int] | None:
+    def _array(self, source: bytes | bytearray, count: int, after: int, depth: int) -> tuple[object, int] | None:
         if count > MAX_ARRAY_ITEMS or depth >= MAX_NESTING:
             raise PubSubError(f"an array of {count} items at depth {depth} is not a pub/sub reply")
         items: list[object] = []
         for _ in range(count):
-            parsed = self._parse(after, depth + 1)
+            parsed = self._parse(source, after, depth + 1)
             if parsed is None:
                 return None
             item, after = parsed
             items.append(item)
         return items, after
 
-    def _parse(self, position: int, depth: int) -> tuple[object, int] | None:  # noqa: PLR0911 - one per RESP type
-        buffer = self._buffer
-        end = buffer.find(b"\r\n", position, position + MAX_LINE_BYTES)
+    def _parse(self, source: bytes | bytearray, position: int, depth: int) -> tuple[object, int] | None:  # noqa: PLR0911 - one per RESP type
+        end = source.find(b"\r\n", position, position + MAX_LINE_BYTES)
         if end < 0:
-            if len(buffer) - position >= MAX_LINE_BYTES:
+            if len(source) - position >= MAX_LINE_BYTES:
                 raise PubSubError(f"a reply line longer than {MAX_LINE_BYTES} bytes")
             return None
-        kind, line = buffer[position : position + 1], bytes(buffer[position + 1 : end])
+        kind = source[position]
         after = end + 2
-        if kind == b"*":
-            return self._array(int(line), after, depth)
-        if kind == b"$":
-            length = int(line)
+        if kind == _BULK:
+            length = int(source[position + 1 : end])
             if length < 0:
                 return None, after
             if length > MAX_BULK_BYTES:
                 raise PubSubError(f"bulk reply of {length} bytes")
-            if len(buffer) < after + length + 2:
+            if len(source) < after + length + 2:
                 return None
-            return bytes(buffer[after : after + length]), after + length + 2
-        if kind == b":":
-            return int(line), after
-        if kind == b"+":
-            return line, after
-        if kind == b"-":
-            return PubSubError(line.decode(errors="replace")), after
-        raise PubSubError(f"unexpected RESP type {kind!r}")
+            return bytes(source[after : after + length]), after + length + 2
+        if kind == _ARRAY:
+            return self._array(source, int(source[position + 1 : end]), after, depth)
+        if kind == _INTEGER:
+            return int(source[position + 1 : end]), after
+        if kind == _STATUS:
+            return bytes(source[position + 1 : end]), after
+        if kind == _ERROR:
+            return PubSubError(bytes(source[position + 1 : end]).decode(errors="replace")), after
+        raise PubSubError(f"unexpected RESP type {bytes((kind,))!r}")
 
 
 class _Protocol(asyncio.Protocol):
