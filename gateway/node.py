@@ -29,7 +29,7 @@ from gateway.fanout import Fanout
 from gateway.history import History
 from gateway.limits import KeyedBuckets
 from gateway.loop_lag import LoopLagMonitor
-from gateway.metrics import GatewayMetrics, ProtocolReports, total
+from gateway.metrics import GatewayMetrics, ProtocolReports
 from gateway.notifications import NotificationRequests
 from gateway.pages import Pages
 from gateway.policy import TopicPolicy
@@ -215,8 +215,8 @@ class GatewayNode:
             started_at=self.started_at,
             connections=len(self.sessions),
             topics=sum(1 for channel in self.relay.channels if channel.startswith(names.MARKET_PREFIX)),
-            messages_in=total(self.metrics.messages_in),
-            messages_out=total(self.metrics.messages_out),
+            messages_in=self.metrics.messages_in.total(),
+            messages_out=self.metrics.messages_out.total(),
             redis=self.relay.ready,
         )
 

@@ -92,7 +92,7 @@ def load_process(argv: list[str], env: Mapping[str, str]) -> None:
 
 def exported_metrics() -> set[str]:
     """Sample names the gateways and collectors expose, from their metric declarations (prometheus_client's rules)."""
-    declared = re.compile(r"\b(Counter|Gauge|Histogram)(?:MetricFamily)?\(\s*\"([a-z_:]+)\"", re.S)
+    declared = re.compile(r"\b(?:Loop)?(Counter|Gauge|Histogram)(?:MetricFamily)?\(\s*\"([a-z_:]+)\"", re.S)
     names: set[str] = set()
     for path in [*ROOT.glob("gateway/**/*.py"), *ROOT.glob("collectors/**/*.py")]:
         for kind, name in declared.findall(path.read_text()):
