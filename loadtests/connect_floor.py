@@ -5,7 +5,8 @@ the floor for fan-out. Per connect it does exactly what `node_baseline/server.mj
 nothing the contract adds (no rate buckets, revocations, per-user cap, presence, personal
 channels, recovery position or `sync`): read the upgrade request's head, answer 101 with the
 Engine.IO open packet, read the client's masked CONNECT frame, check its HS256 token's signature
-and `exp` as Node does, and answer the CONNECT. It keeps no state per connection beyond its
+and `exp` as Node does, and answer the CONNECT (the accept key, framing and unmasking are the
+gateway's own functions, `gateway.protocol.websocket`). It keeps no state per connection beyond its
 protocol object, and answers `GET /readyz` so the bench sees it ready. A Python server that does
 more per connect than this cannot take more connects per CPU-second than it, on this machine.
 
@@ -28,7 +29,8 @@ from typing import Final, cast
 
 import uvloop
 
-WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from gateway.protocol.websocket import accept_key, text_frame, unmask
+
 MAX_HEAD_BYTES: Final = 8192
 MAX_FRAME_BYTES: Final = 65535
 OPEN: Final = b'0{"sid":"%s","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}'
@@ -37,19 +39,6 @@ SWITCHING: Final = (
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
 )
 KEY_HEADER: Final = b"\r\nsec-websocket-key:"
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked server text frame (every answer here is under 64 KiB)."""
-    size = len(payload)
-    head = bytes((0x81, size)) if size < 126 else bytes((0x81, 126)) + size.to_bytes(2, "big")
-    return head + payload
-
-
-def unmask(key: bytes, payload: bytes) -> bytes:
-    size = len(payload)
-    mask = (key * (size // 4 + 1))[:size]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(size, "big")
 
 
 def b64url(segment: str) -> bytes:
@@ -105,7 +94,7 @@ class FloorConnection(asyncio.Protocol):
             if start + size > end:
                 break
             if buffer[position] == 0x81:
-                self._message(unmask(buffer[start - 4 : start], buffer[start : start + size]))
+                self._message(unmask(buffer[start : start + size], buffer[start - 4 : start]))
             elif buffer[position] == 0x88:
                 self._close()
                 return
@@ -134,8 +123,8 @@ class FloorConnection(asyncio.Protocol):
             return -1
         start = found + len(KEY_HEADER)
         line_end = head.find(b"\r\n", start)
-        key = head[start : line_end if line_end >= 0 else end].strip()
-        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        key = head[start : line_end if line_end >= 0 else end].strip().decode("latin-1")
+        accept = accept_key(key).encode()
         self._sid = secrets.token_urlsafe(15).encode()
         self._transport.write(SWITCHING + accept + b"\r\n\r\n" + text_frame(OPEN % self._sid))
         self._upgraded = True

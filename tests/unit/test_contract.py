@@ -93,6 +93,7 @@ def test_market_events_round_trip_with_their_topic() -> None:
 def test_a_decoded_events_topic_text_is_its_topic_written_out() -> None:
     """`topic_text` (the gateway's per-message shortcut) is `str(topic)` for every exchange, kind, timeframe."""
     common = {"symbol": "1INCH/USDT", "ts": 1, "recv_ts": 1.0}
+    ohlcv = dict.fromkeys(("open", "high", "low", "close", "volume"), "1")
     for exchange in Exchange:
         events: list[bytes] = [
             codec.encode(Ticker(exchange=exchange, **common)),
@@ -100,19 +101,7 @@ def test_a_decoded_events_topic_text_is_its_topic_written_out() -> None:
             b'{"type":"trade","exchange":"%s","symbol":"1INCH/USDT","ts":1,"recv_ts":1,"trade_id":"1",'
             b'"price":"1","size":"1","side":"buy"}' % exchange.encode(),
             *(
-                codec.encode(
-                    Candle(
-                        exchange=exchange,
-                        timeframe=timeframe,
-                        open_time=0,
-                        open="1",
-                        high="1",
-                        low="1",
-                        close="1",
-                        volume="1",
-                        **common,
-                    )
-                )
+                codec.encode(Candle(exchange=exchange, timeframe=timeframe, open_time=0, **ohlcv, **common))
                 for timeframe in Timeframe
             ),
         ]
