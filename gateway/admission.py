@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from gateway.auth import Identity, TokenVerifier
@@ -38,23 +39,24 @@ def revocation(identity: Identity, user_mark: Any, token_mark: Any) -> Exception
     return None
 
 
-def revocation_query(identity: Identity) -> Query[None]:
-    """The identity's revocation keys, read beside other connects' queries (`SharedPipeline`)."""
-    token_id = identity.token_id
+def revocation_commands(identity: Identity) -> tuple[Command, ...]:
+    """The reads of the identity's revocation keys; `revocation` judges their replies."""
     commands: tuple[Command, ...] = (("GET", names.revoked_user(identity.user_id)),)
-    if token_id is not None:
-        commands += (("GET", names.revoked_token(token_id)),)
+    if identity.token_id is not None:
+        commands += (("GET", names.revoked_token(identity.token_id)),)
+    return commands
 
-    def answer(replies: list[Any]) -> Exception | None:
-        return revocation(identity, replies[0], replies[1] if token_id is not None else None)
 
-    return Query(commands, answer)
+def revocation_answer(identity: Identity, replies: list[Any]) -> Exception | None:
+    """`revocation` of the replies to `revocation_commands(identity)`."""
+    return revocation(identity, replies[0], replies[1] if identity.token_id is not None else None)
 
 
 class Admission:
     """The checks every connection (and every refreshed token) passes; each refusal is a coded AuthError.
 
-    `admit` claims one of the user's connections across every node (`Presence.claim`); `left` gives it back.
+    `admit` claims one of the user's connections across every node (`Presence.claim_command`); `left` gives it
+    back.
     """
 
     def __init__(
@@ -72,21 +74,42 @@ class Admission:
         if not self._connect_buckets.take(address_key(handshake.remote)):
             raise AuthError(AuthCode.RATE_LIMITED, "too many connection attempts from this address; retry later")
         token = auth.get("token") if isinstance(auth, dict) else None
-        identity = await self.verify(bearer_token(handshake) if token is None else token)
-        # Checked and taken atomically in Redis, so parallel CONNECTs on any nodes cannot all pass the check.
+        identity = await self._verifier.verify(bearer_token(handshake) if token is None else token)
+        # The revocation reads and the cap claim in one query: one round trip and one wait a connect. The
+        # claim is checked and taken atomically in Redis, so parallel CONNECTs on any nodes cannot all pass.
+        user_id = identity.user_id
+        reads = revocation_commands(identity)
+        claim = self._presence.claim_command(sid, user_id, self._config.max_connections_per_user)
+
+        def answer(replies: list[Any]) -> AuthError | None:
+            claimed = self._presence.claimed(sid, user_id, replies[-1])
+            refusal = revocation_answer(identity, replies[:-1])
+            if refusal is not None and claimed is True:
+                self._presence.release(sid)  # taken by a token that is refused: given back at once
+            if isinstance(refusal, AuthError):
+                return refusal
+            if refusal is not None:
+                return AuthError(AuthCode.UNAVAILABLE, "cannot check revocations; retry")
+            if isinstance(claimed, Exception):
+                return AuthError(AuthCode.UNAVAILABLE, "cannot count the user's connections; retry")
+            if not claimed:
+                return AuthError(AuthCode.TOO_MANY_CONNECTIONS, "this user holds too many connections")
+            return None
+
         try:
-            claimed = await self._presence.claim(sid, identity.user_id, self._config.max_connections_per_user)
+            await self._pipeline.ask(Query((*reads, claim), answer))
+        except AuthError:  # the answer's refusal (a PermissionError, so an OSError too: not one of Redis's)
+            raise
         except REDIS_ERRORS as exc:
-            raise AuthError(AuthCode.UNAVAILABLE, "cannot count the user's connections; retry") from exc
-        if not claimed:
-            raise AuthError(AuthCode.TOO_MANY_CONNECTIONS, "this user holds too many connections")
+            raise AuthError(AuthCode.UNAVAILABLE, "cannot reach Redis to admit the connection; retry") from exc
         return identity
 
     async def verify(self, token: object) -> Identity:
         """A valid token that was not revoked."""
         identity = await self._verifier.verify(token)
+        query = Query(revocation_commands(identity), partial(revocation_answer, identity))
         try:
-            await self._pipeline.ask(revocation_query(identity))
+            await self._pipeline.ask(query)
         except AuthError:  # a PermissionError, so an OSError too: not one of Redis's
             raise
         except REDIS_ERRORS as exc:

@@ -130,21 +130,30 @@ class Presence:
     def _member(self, sid: str) -> str:
         return f"{self._node} {sid}"
 
+    def claim_command(self, sid: str, user_id: str, cap: int) -> Command:
+        """The command that takes one of the user's `cap` connections across all nodes; `claimed` reads its reply.
+
+        Apart from `claim`, so that a connect sends it in the same query as its revocation reads.
+        """
+        # EVAL, not EVALSHA: no NOSCRIPT round trip after a failover (Redis caches the script by its hash).
+        return ("EVAL", CLAIM_SCRIPT, 1, names.connection_set(user_id), self._member(sid), TTL_MS, cap)
+
+    def claimed(self, sid: str, user_id: str, reply: Any) -> bool | Exception:
+        """Whether `claim_command`'s reply took the connection; a Redis error is returned as it is.
+
+        A connection taken is recorded here, not by the caller: it is given back even if the caller went away.
+        """
+        if reply == 1:
+            if self._closing:
+                self._releasing[sid] = user_id  # landed after `close` began: given back at once
+            else:
+                self._held[sid] = user_id
+        return reply if isinstance(reply, Exception) else reply == 1
+
     async def claim(self, sid: str, user_id: str, cap: int) -> bool:
         """Take one of the user's `cap` connections across all nodes; False when they are all held."""
-        # EVAL, not EVALSHA: no NOSCRIPT round trip after a failover (Redis caches the script by its hash).
-        claim = ("EVAL", CLAIM_SCRIPT, 1, names.connection_set(user_id), self._member(sid), TTL_MS, cap)
-
-        def answer(replies: list[Any]) -> bool | Exception:
-            (held,) = replies
-            if held == 1:  # recorded here, not by the caller: a claim taken is given back even if it went away
-                if self._closing:
-                    self._releasing[sid] = user_id  # landed after `close` began: given back at once
-                else:
-                    self._held[sid] = user_id
-            return held if isinstance(held, Exception) else held == 1
-
-        return await self._pipeline.ask(Query((claim,), answer))
+        command = self.claim_command(sid, user_id, cap)
+        return await self._pipeline.ask(Query((command,), lambda replies: self.claimed(sid, user_id, replies[0])))
 
     def release(self, sid: str) -> None:
         """Give back a claimed connection: removed in Redis by the next flush, at once (a failure: it lapses)."""

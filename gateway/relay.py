@@ -67,6 +67,24 @@ class _Link:
     unsubscribing: Counter[str] = field(default_factory=Counter)
 
 
+@dataclass(eq=False, slots=True)
+class _Acquisition:
+    """One `acquire` call waiting for its channels' confirmations; `woken` is done once all came (or time is up)."""
+
+    woken: asyncio.Future[None]
+    channels: set[str] = field(default_factory=set)  # not confirmed when the call began
+    confirmed: set[str] = field(default_factory=set)
+
+    def confirm(self, channel: str) -> None:
+        self.confirmed.add(channel)
+        if len(self.confirmed) == len(self.channels):
+            self.wake()
+
+    def wake(self) -> None:
+        if not self.woken.done():
+            self.woken.set_result(None)
+
+
 class Relay:
     """Reference-counted Redis channel subscriptions over a bounded set of pub/sub connections."""
 
@@ -91,7 +109,7 @@ class Relay:
         # Channels held for the node itself (the control channel) start counted.
         self._counts: dict[str, int] = dict.fromkeys(permanent, 1)
         self._confirmed: set[str] = set()
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, list[_Acquisition]] = {}  # acquisitions waiting for each channel
         # Where each wanted channel is (to be) subscribed; absent while its slot has no known owner.
         self._owners: dict[str, Endpoint] = {}
         self._links: dict[Endpoint, _Link] = {}
@@ -351,56 +369,55 @@ class Relay:
         """Count one local interest in each channel; returns those Redis confirmed within SUBSCRIBE_TIMEOUT_S.
 
         The rest are released before this returns, and all of them if the caller is cancelled. One
-        timeout for all the channels and no task per channel: every connect subscribes its own.
+        wait and one timer for all the channels: every connect subscribes its own.
         """
         waiting = self._count(channels)
-        if not waiting:
+        if waiting is None:
             return set(channels)
+        expiry = asyncio.get_running_loop().call_later(SUBSCRIBE_TIMEOUT_S, waiting.wake)
         try:
-            await self._confirmation(waiting)
+            await waiting.woken
         except BaseException:
             for channel in channels:
                 self.release(channel)
             raise
-        late = {channel for channel, waiter in waiting.items() if not waiter.done() or waiter.cancelled()}
+        finally:
+            expiry.cancel()
+            self._forget(waiting)
+        late = waiting.channels - waiting.confirmed
         for channel in channels:
             if channel in late:
                 self.release(channel)
         return set(channels) - late
 
-    def _count(self, channels: list[str]) -> dict[str, asyncio.Future[None]]:
-        """Count the interests, subscribe the new channels; a waiter for each channel not yet confirmed."""
-        waiting: dict[str, asyncio.Future[None]] = {}
+    def _count(self, channels: list[str]) -> _Acquisition | None:
+        """Count the interests, subscribe the new channels; what waits for the channels not yet confirmed."""
+        waiting: _Acquisition | None = None
         new: list[str] = []
         for channel in channels:
             count = self._counts.get(channel, 0)
             self._counts[channel] = count + 1
-            if channel in self._confirmed or channel in waiting:
+            if channel in self._confirmed:
                 continue
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.setdefault(channel, []).append(waiter)
-            waiting[channel] = waiter
+            if waiting is None:
+                waiting = _Acquisition(asyncio.get_running_loop().create_future())
+            if channel not in waiting.channels:
+                waiting.channels.add(channel)
+                self._waiters.setdefault(channel, []).append(waiting)
             if count == 0:
                 new.append(channel)
         if new:
             self._place(new)
         return waiting
 
-    async def _confirmation(self, waiting: dict[str, asyncio.Future[None]]) -> None:
-        """Until every waiter is answered or SUBSCRIBE_TIMEOUT_S passed; the waiters are forgotten after."""
-        try:
-            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):  # a waiter is this call's own: cancelled with it
-                for waiter in waiting.values():
-                    await waiter
-        except TimeoutError:
-            pass
-        finally:
-            for channel, waiter in waiting.items():
-                waiters = self._waiters.get(channel)
-                if waiters and waiter in waiters:
-                    waiters.remove(waiter)
-                    if not waiters:
-                        del self._waiters[channel]
+    def _forget(self, waiting: _Acquisition) -> None:
+        """An acquisition's wait ended (confirmed, timed out or cancelled): no channel keeps it."""
+        for channel in waiting.channels - waiting.confirmed:
+            waiters = self._waiters.get(channel)
+            if waiters and waiting in waiters:
+                waiters.remove(waiting)
+                if not waiters:
+                    del self._waiters[channel]
 
     def release(self, channel: str) -> None:
         """Drop one local interest; the last one unsubscribes the channel."""
@@ -422,9 +439,8 @@ class Relay:
         if channel in self._restoring:
             self._restoring.discard(channel)
             self._on_restored(channel)
-        for waiter in self._waiters.pop(channel, []):
-            if not waiter.done():
-                waiter.set_result(None)
+        for waiting in self._waiters.pop(channel, ()):
+            waiting.confirm(channel)
 
     def _unsubscribed(self, link: _Link, channel_bytes: bytes) -> None:
         """A SUNSUBSCRIBE reply: ours, or the master's own when the channel's slot migrated away."""

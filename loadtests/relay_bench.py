@@ -12,6 +12,7 @@ clients, publisher, Redis and nginx, so that a run bounded by anything but the s
     python -m loadtests.relay_bench --saturate --seconds 3 --server both
     python -m loadtests.relay_bench --idle 5000 --server both
     python -m loadtests.relay_bench --idle 10000 --server gateway,node,floor
+    python -m loadtests.relay_bench --idle 10000 --server gateway,node-checked
     python -m loadtests.relay_bench --stalled --server both
     python -m loadtests.relay_bench --gateways 1,2
 
@@ -42,6 +43,7 @@ import jwt
 import redis.asyncio
 import uvloop
 
+from gateway.presence import CLAIM_SCRIPT
 from loadtests.load_client import ClientKind, ClientPool, ClientSpec, raise_fd_limit
 from shared import names
 from shared.embedded_redis import EmbeddedRedis, free_port
@@ -52,7 +54,10 @@ from stack.balancer import BalancerError, balancer_service, nginx_binary
 
 SECRET: Final = "benchmark-secret-benchmark-secret-0123"
 HOST: Final = "127.0.0.1"
-SERVERS: Final = ("gateway", "baseline", "node", "floor")  # floor: loadtests/connect_floor.py, --idle only
+SERVERS: Final = ("gateway", "baseline", "node", "node-checked", "floor")
+# References for connect storms, in `all` only with --idle: floor answers connects and nothing else;
+# node-checked is Node doing the Redis work the contract asks of a connect, like the gateway.
+CONNECT_REFERENCES: Final = ("node-checked", "floor")
 # The Node reference relay (socket.io 4.8 + node-redis); `npm ci` runs there when its modules are missing.
 NODE_BASELINE: Final = Path(__file__).parent / "node_baseline"
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
@@ -325,9 +330,11 @@ async def start_server(
         "GATEWAY_SHUTDOWN_TIMEOUT_S": "2",
         **(overrides or {}),
     }
-    if kind == "node":
+    if kind in ("node", "node-checked"):
+        # node-checked: each connect also does the contract's Redis work, with the gateway's claim script.
+        checks = {"CONNECT_CHECKS": "contract", "CLAIM_SCRIPT": CLAIM_SCRIPT} if kind == "node-checked" else {}
         return await asyncio.create_subprocess_exec(
-            "node", str(NODE_BASELINE / "server.mjs"), env={**env, "PORT": str(port)}, stdout=log, stderr=log
+            "node", str(NODE_BASELINE / "server.mjs"), env={**env, "PORT": str(port), **checks}, stdout=log, stderr=log
         )
     modules = {
         "gateway": ["gateway"],
@@ -352,7 +359,7 @@ def install_missing(setups: Sequence[Setup]) -> None:
                 check=True,
                 env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
             )
-    if any(setup.kind == "node" for setup in setups) and not (NODE_BASELINE / "node_modules").is_dir():
+    if any(setup.kind.startswith("node") for setup in setups) and not (NODE_BASELINE / "node_modules").is_dir():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_BASELINE, check=True)
 
 
@@ -792,7 +799,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, list[Setup], str | 
     args = parser.parse_args(argv)
     if not 1 <= args.topics <= args.clients:
         parser.error("--topics must be between 1 and --clients")
-    every = [kind for kind in SERVERS if kind != "floor" or args.idle]
+    every = [kind for kind in SERVERS if kind not in CONNECT_REFERENCES or args.idle]
     kinds = {"both": ["gateway", "baseline"], "all": every}.get(args.server, args.server.split(","))
     if unknown := set(kinds) - set(SERVERS):
         parser.error(f"unknown --server {', '.join(sorted(unknown))}; choose from {', '.join(SERVERS)}")

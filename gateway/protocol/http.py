@@ -183,7 +183,7 @@ class HttpProtocol(asyncio.Protocol):
         self._intake = intake
         self._waiting = False  # for a turn of the intake
         self._trust_forwarded_for = trust_forwarded_for
-        self._conn: h11.Connection  # made once the connection is admitted: a refused one never needs it
+        self._h11: h11.Connection | None = None  # made on first use (`_conn`)
         self._transport: asyncio.Transport | None = None
         self._remote = ""
         self._task: asyncio.Task[None] | None = None
@@ -204,9 +204,15 @@ class HttpProtocol(asyncio.Protocol):
             self._transport = None
             reset(transport)
             return
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._connections.add(self)
         self._arm_timeout()
+
+    @property
+    def _conn(self) -> h11.Connection:
+        """h11's state of the connection, made on first use: a plain upgrade head (`request_head`) never needs it."""
+        if self._h11 is None:
+            self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        return self._h11
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
@@ -447,7 +453,7 @@ class HttpProtocol(asyncio.Protocol):
         accept = websocket.accept_key(request.headers["sec-websocket-key"]).encode()
         # Written as bytes, not through h11: the connection leaves HTTP here, and this is every connect's cost.
         transport.write(SWITCHING_PROTOCOLS + accept + b"\r\n\r\n" + upgrade.greeting)
-        leftover, _ = self._conn.trailing_data  # a plain head had nothing after it
+        leftover = b"" if self._h11 is None else self._h11.trailing_data[0]  # a plain head: h11 read nothing
         self._plain = None
         self._connections.discard(self)
         self._transport = None

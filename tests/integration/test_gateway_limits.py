@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio
 import socketio
 
+from shared import names
 from shared.publisher import AsyncPublisher
 from tests.harness import connected, make_token, new_client, running_node, wait_until
 
@@ -42,6 +43,20 @@ async def test_connections_per_user(redis_client: redis.asyncio.Redis, redis_url
         await wait_until(lambda: len(node.node.sessions) == 1)
         async with connected(node.url, make_token(sub="nia")) as third:
             assert third.sio.connected
+
+
+async def test_a_refused_token_holds_none_of_the_users_connections(
+    redis_client: redis.asyncio.Redis, redis_url: str
+) -> None:
+    """A connect's revocation reads and cap claim go in one query: a revoked token's claim is given back at once."""
+    await AsyncPublisher(redis_client).revoke(token_id="stolen")
+    async with running_node(redis_url, max_connections_per_user=1) as node:
+        for _ in range(3):
+            assert await refusal(node.url, make_token(sub="una", jti="stolen")) == "token_revoked"
+        async with connected(node.url, make_token(sub="una", jti="own")) as client:
+            assert client.sio.connected  # the one connection allowed was not held by the refused ones
+            members = await redis_client.zrange(names.connection_set("una"), 0, -1)
+            assert [member.decode().split(" ")[1] for member in members] == [client.sio.get_sid()]
 
 
 async def test_events_per_socket(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
