@@ -55,8 +55,8 @@ def revocation_answer(identity: Identity, replies: list[Any]) -> Exception | Non
 class Admission:
     """The checks every connection (and every refreshed token) passes; each refusal is a coded AuthError.
 
-    `admit` claims one of the user's connections across every node (`Presence.claim_command`); `left` gives it
-    back.
+    A CONNECT passes `identify`, then `claim_query` (asked beside other CONNECTs' queries), which claims
+    one of the user's connections across every node; `left` gives it back.
     """
 
     def __init__(
@@ -68,15 +68,21 @@ class Admission:
         self._presence = presence
         self._connect_buckets = KeyedBuckets(config.connect_rate_per_ip, config.connect_burst_per_ip)
 
-    async def admit(self, sid: str, handshake: Request, auth: object, *, accepting: bool) -> Identity:
+    async def identify(self, handshake: Request, auth: object, *, accepting: bool) -> Identity:
+        """The checks of a CONNECT that need no Redis: the node accepting, the address's rate, the token."""
         if not accepting:
             raise AuthError(AuthCode.UNAVAILABLE, "this node is shutting down")
         if not self._connect_buckets.take(address_key(handshake.remote)):
             raise AuthError(AuthCode.RATE_LIMITED, "too many connection attempts from this address; retry later")
         token = auth.get("token") if isinstance(auth, dict) else None
-        identity = await self._verifier.verify(bearer_token(handshake) if token is None else token)
-        # The revocation reads and the cap claim in one query: one round trip and one wait a connect. The
-        # claim is checked and taken atomically in Redis, so parallel CONNECTs on any nodes cannot all pass.
+        return await self._verifier.verify(bearer_token(handshake) if token is None else token)
+
+    def claim_query(self, sid: str, identity: Identity) -> Query[None]:
+        """The checks of a CONNECT in Redis, in one query: the token not revoked, one of the user's connections claimed.
+
+        Its answer is None once admitted, else the refusal (an AuthError). The claim is checked and taken
+        atomically in Redis, so parallel CONNECTs on any nodes cannot all pass; `left` gives it back.
+        """
         user_id = identity.user_id
         reads = revocation_commands(identity)
         claim = self._presence.claim_command(sid, user_id, self._config.max_connections_per_user)
@@ -96,13 +102,7 @@ class Admission:
                 return AuthError(AuthCode.TOO_MANY_CONNECTIONS, "this user holds too many connections")
             return None
 
-        try:
-            await self._pipeline.ask(Query((*reads, claim), answer))
-        except AuthError:  # the answer's refusal (a PermissionError, so an OSError too: not one of Redis's)
-            raise
-        except REDIS_ERRORS as exc:
-            raise AuthError(AuthCode.UNAVAILABLE, "cannot reach Redis to admit the connection; retry") from exc
-        return identity
+        return Query((*reads, claim), answer)
 
     async def verify(self, token: object) -> Identity:
         """A valid token that was not revoked."""

@@ -129,6 +129,23 @@ class Query(Generic[Result]):
     answer: Callable[[list[Any]], Result | Exception]
 
 
+def answers(queries: Sequence[Query[Any]], replies: list[Any]) -> list[Any]:
+    """Each query's answer (a result or an exception, returned, not raised) from the replies to all their commands."""
+    outcomes = []
+    start = 0
+    for query in queries:
+        end = start + len(query.commands)
+        outcomes.append(query.answer(replies[start:end]))
+        start = end
+    return outcomes
+
+
+def joined(queries: Sequence[Query[Any]]) -> Query[list[Any]]:
+    """Several queries as one, for a caller that asks them together: one wait, and a list of their answers."""
+    commands = tuple(command for query in queries for command in query.commands)
+    return Query(commands, partial(answers, queries))
+
+
 class SharedPipeline:
     """Queries of every caller and kind, sent to Redis in one pipeline per round trip (one out at a time).
 
@@ -169,13 +186,7 @@ class SharedPipeline:
 
     async def _run(self, queries: list[Query[Any]]) -> list[Any]:
         replies = await (self._cluster_round_trip(queries) if self._cluster is not None else self._round_trip(queries))
-        outcomes = []
-        start = 0
-        for query in queries:
-            end = start + len(query.commands)
-            outcomes.append(query.answer(replies[start:end]))
-            start = end
-        return outcomes
+        return answers(queries, replies)
 
     async def _round_trip(self, queries: list[Query[Any]]) -> list[Any]:
         connection = self._connection

@@ -59,6 +59,16 @@ def _state_entry(value: Any) -> Entry | None:
     return Entry(parts[1].decode(), parts[2])
 
 
+def _newest(replies: list[Any]) -> str | Exception:
+    (rows,) = replies
+    return rows if isinstance(rows, Exception) else _text(rows[0][0]) if rows else ORIGIN
+
+
+def last_position_query(stream: str) -> Query[str]:
+    """The position of the stream's newest entry (ORIGIN if it has none), as a query to ask beside others."""
+    return Query((("XREVRANGE", stream, "+", "-", "COUNT", 1),), _newest)
+
+
 class History:
     """Stream reads for one node; each method is one or two round trips (`last_position`: one for many callers)."""
 
@@ -74,12 +84,7 @@ class History:
 
     async def last_position(self, stream: str) -> str:
         """The position of the stream's newest entry (ORIGIN if it has none)."""
-
-        def answer(replies: list[Any]) -> str | Exception:
-            (rows,) = replies
-            return rows if isinstance(rows, Exception) else _text(rows[0][0]) if rows else ORIGIN
-
-        return await self._pipeline.ask(Query((("XREVRANGE", stream, "+", "-", "COUNT", 1),), answer))
+        return await self._pipeline.ask(last_position_query(stream))
 
     async def retained_since(self, stream: str, position: str, now_ms: int) -> bool:
         """Whether every entry after `position` is still stored (none trimmed or expired).

@@ -13,13 +13,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
 from gateway import ops
 from gateway.admission import Admission
-from gateway.auth import Identity, TokenVerifier
-from gateway.batching import SharedPipeline
+from gateway.auth import TokenVerifier
+from gateway.batching import Batcher, SharedPipeline, joined
 from gateway.candles import CandleHistory
 from gateway.config import GatewayConfig
 from gateway.demand import Demand
@@ -54,10 +55,19 @@ CANDLES_PATH: Final = "/candles"
 REDIS_POOL_SIZE: Final = 16
 REDIS_TIMEOUT_S: Final = 5.0  # a reply (a round trip, on the shared pipeline) later than this fails
 DEMAND_FIRST_READ_S: Final = 5.0
-# Connects (and catch-ups) at a time. Their Redis work is served per turn of the loop in one pipeline
-# (`batching`), so this also bounds a batch: more share a round trip, but each adds its token check
-# (tens of us) to the turn that live messages wait behind.
-MAX_CONCURRENT_CONNECTS: Final = 64
+# CONNECTs served in one batch (`GatewayNode._serve_connects`), and catch-ups run at a time. A batch's
+# token checks run in one turn of the loop (tens of us each), which live messages wait behind.
+MAX_CONNECT_BATCH: Final = 64
+MAX_CONCURRENT_CATCH_UPS: Final = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """A CONNECT waiting for its batch."""
+
+    sid: str
+    handshake: Request
+    auth: object
 
 
 class GatewayNode:
@@ -79,9 +89,11 @@ class GatewayNode:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = False  # `close` has ended the node's tasks: nothing new starts
         self._presence_task: asyncio.Task[None] | None = None
-        # Connects (and their catch-ups) run at most this many at a time: a burst of them is served at
-        # the same pace, but never fills a turn of the loop ahead of the fan-out of live messages.
-        self._connecting = asyncio.Semaphore(MAX_CONCURRENT_CONNECTS)
+        # CONNECTs are served in batches, one out at a time (`Batcher`): those that arrive meanwhile go in the
+        # next. Catch-ups run at most MAX_CONCURRENT_CATCH_UPS at a time. Neither fills a turn of the loop
+        # ahead of the fan-out of live messages.
+        self._connects: Batcher[Connect, bool] = Batcher(self._serve_connects, max_items=MAX_CONNECT_BATCH)
+        self._catching_up = asyncio.Semaphore(MAX_CONCURRENT_CATCH_UPS)
         self.server = SocketIOServer(
             SocketSettings(
                 engine=EngineSettings(
@@ -233,6 +245,7 @@ class GatewayNode:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         self._stopped = True
+        await self._connects.close()
         await self.recovery.close()
         # Not cancelled: `run` ends between Redis calls; then every socket's claim is given back at once,
         # with those still landing (asked by connects cancelled above).
@@ -297,49 +310,95 @@ class GatewayNode:
     # Connection
 
     async def _on_connect(self, sid: str, handshake: Request, auth: object) -> bool:
-        async with self._connecting:
-            return await self._connect(sid, handshake, auth)
+        """Admit the CONNECT and open its session, in the next batch (`_serve_connects`); False if it closed."""
+        return await self._connects.submit(Connect(sid, handshake, auth))
 
-    async def _connect(self, sid: str, handshake: Request, auth: object) -> bool:
-        try:
-            identity = await self.admission.admit(sid, handshake, auth, accepting=self.accepting)
-        except AuthError as exc:
-            self.metrics.auth_failures.labels(exc.code).inc()
-            raise ConnectionRefused(str(exc.code), {"code": str(exc.code), "message": exc.message}) from None
-        # Admission reserved one of the user's connections; it is given back unless the socket opens.
-        opened = False
-        try:
-            opened = await self._open_session(sid, identity, auth)
-        finally:
-            if not opened:
-                self.admission.left(sid)
-        return opened
+    async def _serve_connects(self, connects: list[Connect]) -> list[bool | Exception]:
+        """A batch of CONNECTs: each one's outcome, True (opened), False (closed meanwhile) or its refusal.
 
-    async def _open_session(self, sid: str, identity: Identity, auth: object) -> bool:
-        """Subscribe the socket's own channels and start its catch-up; False if it closed meanwhile."""
-        session = Session(sid, identity, self.policy.user_patterns(identity.claims))
-        channels = session.personal_channels
-        acquired = await self.subscriptions.acquire_all(channels)
-        resume, resume_valid = Resume.from_auth(auth)
+        Each step runs for the whole batch before the next: the token checks one after another, then one
+        query for every revocation read and cap claim, one wait for every channel, one query for every
+        stream position. A connect has no task, future or timer of its own past its CONNECT's handler, and
+        each step's code stays warm in the CPU's caches from one connect to the next.
+        """
+        outcomes: list[bool | Exception] = [False] * len(connects)
+        checked: list[tuple[int, Session]] = []
+        for index, connect in enumerate(connects):
+            try:
+                identity = await self.admission.identify(connect.handshake, connect.auth, accepting=self.accepting)
+            except AuthError as exc:
+                outcomes[index] = self._refusal(exc)
+                continue
+            checked.append((index, Session(connect.sid, identity, self.policy.user_patterns(identity.claims))))
+        if not checked:
+            return outcomes
         try:
-            fresh_start = await self.recovery.start_position(session, resume)
+            queries = [self.admission.claim_query(session.sid, session.identity) for _, session in checked]
+            refusals = await self.pipeline.ask(joined(queries))
         except REDIS_ERRORS:
-            fresh_start, resume_valid = None, False
-        if len(acquired) < len(channels) or not self.server.is_open(sid):
-            for channel in acquired:
-                self.subscriptions.release(channel)
-            if len(acquired) < len(channels):
-                self.metrics.auth_failures.labels(AuthCode.UNAVAILABLE).inc()
-                raise ConnectionRefused(
-                    "unavailable", {"code": AuthCode.UNAVAILABLE, "message": "the node cannot reach Redis"}
-                )
+            refusals = [AuthError(AuthCode.UNAVAILABLE, "cannot reach Redis to admit the connection; retry")] * len(
+                checked
+            )
+        admitted: list[tuple[int, Session]] = []
+        for (index, session), refusal in zip(checked, refusals, strict=True):
+            if refusal is None:
+                admitted.append((index, session))
+            else:
+                outcomes[index] = self._refusal(refusal)
+        # Admission reserved one of each admitted user's connections; it is given back unless the socket opens.
+        try:
+            await self._open_sessions([(index, session, connects[index].auth) for index, session in admitted], outcomes)
+        finally:
+            for index, session in admitted:
+                if outcomes[index] is not True:
+                    self.admission.left(session.sid)
+        return outcomes
+
+    def _refusal(self, exc: AuthError) -> ConnectionRefused:
+        self.metrics.auth_failures.labels(exc.code).inc()
+        return ConnectionRefused(str(exc.code), {"code": str(exc.code), "message": exc.message})
+
+    async def _open_sessions(
+        self, admitted: list[tuple[int, Session, object]], outcomes: list[bool | Exception]
+    ) -> None:
+        """Subscribe the admitted sockets' own channels, read where their catch-ups start, and open them."""
+        acquired = await self.subscriptions.acquire_all(
+            [channel for _, session, _ in admitted for channel in session.personal_channels]
+        )
+        resumes = [Resume.from_auth(auth) for _, _, auth in admitted]
+        starts = [
+            self.recovery.start_query(session, resume)
+            for (_, session, _), (resume, _) in zip(admitted, resumes, strict=True)
+        ]
+        queries = [query for query in starts if query is not None]
+        try:
+            answers = await self.pipeline.ask(joined(queries)) if queries else []
+        except REDIS_ERRORS as exc:
+            answers = [exc] * len(queries)
+        positions = iter(answers)
+        for (index, session, auth), (resume, valid), start in zip(admitted, resumes, starts, strict=True):
+            position = None if start is None else next(positions)
+            read = not isinstance(position, Exception)  # else: live only from here, and `sync` says incomplete
+            topics = auth.get("subscriptions") if isinstance(auth, dict) else None
+            catch_up = partial(self._start_sync, session, resume, valid and read, position if read else None, topics)
+            outcomes[index] = self._open_session(session, acquired, catch_up)
+
+    def _open_session(self, session: Session, acquired: set[str], catch_up: Callable[[], None]) -> bool | Exception:
+        """Open an admitted socket whose channels are `acquired`; False if it closed meanwhile."""
+        sid, channels = session.sid, session.personal_channels
+        subscribed = all(channel in acquired for channel in channels)
+        if not subscribed or not self.server.is_open(sid):
+            for channel in channels:
+                if channel in acquired:
+                    self.subscriptions.release(channel)
+            if not subscribed:
+                return self._refusal(AuthError(AuthCode.UNAVAILABLE, "the node cannot reach Redis"))
             return False
         self.sessions[sid] = session
         self._schedule_expiry(session)
-        topics = auth.get("subscriptions") if isinstance(auth, dict) else None
-        session.catch_up = partial(self._start_sync, session, resume, resume_valid, fresh_start, topics)
+        session.catch_up = catch_up
         self.metrics.connections.inc()
-        logger.debug("connected", extra={"sid": sid, "user": identity.user_id})
+        logger.debug("connected", extra={"sid": sid, "user": session.identity.user_id})
         return True
 
     def _revoked(self, revocation: Revocation) -> None:
@@ -383,7 +442,7 @@ class GatewayNode:
         topics: object,
     ) -> None:
         """Catch the socket up on its streams and restore its topics (runs once the CONNECT reply is queued)."""
-        async with self._connecting:
+        async with self._catching_up:
             await self._catch_up(session, resume, resume_valid, fresh_start, topics)
 
     async def _catch_up(

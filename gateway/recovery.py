@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from gateway.history import ORIGIN, POSITION_RE, Entry, History, newer
+from gateway.batching import Query
+from gateway.history import ORIGIN, POSITION_RE, Entry, History, last_position_query, newer
 from gateway.metrics import GatewayMetrics
 from gateway.protocol.session import Packet
 from gateway.protocol.sio import SocketIOServer, event_packet
@@ -222,16 +223,20 @@ class Recovery:
 
     # A socket connecting
 
-    async def start_position(self, session: Session, resume: Resume) -> str | None:
-        """Where a fresh client's notifications start: read at connect time, so nothing after is missed."""
+    @staticmethod
+    def start_query(session: Session, resume: Resume) -> Query[str] | None:
+        """Where a fresh client's notifications start; None for a client that brings its position.
+
+        Read at connect time, once the user's channel is subscribed: nothing published after is missed.
+        """
         if resume.notifications is not None:
             return None
-        return await self._history.last_position(names.notification_stream(session.identity.user_id))
+        return last_position_query(names.notification_stream(session.identity.user_id))
 
     async def sync(self, session: Session, resume: Resume, fresh_start: str | None) -> dict[str, Any]:
         """Catch the socket up on every stream and join their rooms; returns what the client is told.
 
-        `fresh_start` is `start_position()`'s answer for a client without a notifications position.
+        `fresh_start` is `start_query()`'s answer for a client without a notifications position.
         """
         user_id = session.identity.user_id
         now_ms = int(time.time() * 1000)
@@ -255,7 +260,7 @@ class Recovery:
     def sync_at_once(self, session: Session, fresh_start: str | None) -> dict[str, Any] | None:
         """`sync`'s answer when it needs no read, else None: a fresh client of no team, nothing relayed since.
 
-        The common connect (no positions, no teams): its notifications start where `start_position`
+        The common connect (no positions, no teams): its notifications start where `start_query`
         read the stream's end, after the channel's subscription was confirmed; unless a newer record
         was relayed since, there is nothing to read and the socket joins its room at once.
         """
