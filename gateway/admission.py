@@ -22,6 +22,12 @@ def bearer_token(handshake: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def connect_token(handshake: Request, auth: object) -> object:
+    """The token a CONNECT brings: `auth.token`, else the handshake's Authorization: Bearer header."""
+    token = auth.get("token") if isinstance(auth, dict) else None
+    return bearer_token(handshake) if token is None else token
+
+
 def revocation(identity: Identity, user_mark: Any, token_mark: Any) -> Exception | None:
     """Why a verified token is refused, given its user's and its own revocation keys; None if it is not.
 
@@ -74,8 +80,7 @@ class Admission:
             raise AuthError(AuthCode.UNAVAILABLE, "this node is shutting down")
         if not self._connect_buckets.take(address_key(handshake.remote)):
             raise AuthError(AuthCode.RATE_LIMITED, "too many connection attempts from this address; retry later")
-        token = auth.get("token") if isinstance(auth, dict) else None
-        return await self._verifier.verify(bearer_token(handshake) if token is None else token)
+        return await self._verifier.verify(connect_token(handshake, auth))
 
     def claim_query(self, sid: str, identity: Identity) -> Query[None]:
         """The checks of a CONNECT in Redis, in one query: the token not revoked, one of the user's connections claimed.

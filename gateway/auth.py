@@ -102,6 +102,16 @@ class TokenVerifier:
             self._verified.popitem(last=False)
         return identity
 
+    def needs_fetch(self, token: object) -> bool:
+        """Whether verifying `token` would first fetch the signing keys (a JWKS without its `kid`, or stale)."""
+        if self._jwks is None or not isinstance(token, str) or token in self._verified:
+            return False
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError:
+            return False  # refused at once
+        return not self._jwks.holds(kid if isinstance(kid, str) else None)
+
     async def _decode(self, token: str) -> Identity:
         """Check the signature and the claims (the HMAC check, else PyJWT), and read the identity."""
         if self._hmac is not None:

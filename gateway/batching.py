@@ -56,6 +56,10 @@ class Batcher(Generic[Item, Result]):
         self._scheduled = False
 
     async def submit(self, item: Item) -> Result:
+        return await self.enqueue(item)
+
+    def enqueue(self, item: Item) -> asyncio.Future[Result]:
+        """Queue `item`; the future is its outcome (for a caller that waits without a coroutine of its own)."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Result] = loop.create_future()
         self._queued.append((item, answer))
@@ -63,7 +67,7 @@ class Batcher(Generic[Item, Result]):
             # After the callbacks already queued in this turn: their requests join this call.
             self._scheduled = True
             loop.call_soon(self._start)
-        return await answer
+        return answer
 
     def _start(self) -> None:
         self._scheduled = False

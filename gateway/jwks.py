@@ -40,6 +40,11 @@ class JwksCache:
             await self._session.close()
             self._session = None
 
+    def holds(self, kid: str | None) -> bool:
+        """Whether `key(kid)` answers without fetching: the set is fresh, and holds `kid` or was fetched too lately."""
+        age = time.monotonic() - self._fetched_at
+        return age <= self._max_age_s and (kid in self._keys or age <= self._min_refetch_s)
+
     async def key(self, kid: str | None) -> jwt.PyJWK:
         """The key for `kid`, fetching the set when it is stale or lacks `kid`."""
         now = time.monotonic()

@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any, Final
 
 from gateway import ops
-from gateway.admission import Admission
+from gateway.admission import Admission, connect_token
 from gateway.auth import TokenVerifier
 from gateway.batching import Batcher, SharedPipeline, joined
 from gateway.candles import CandleHistory
@@ -309,9 +309,24 @@ class GatewayNode:
 
     # Connection
 
-    async def _on_connect(self, sid: str, handshake: Request, auth: object) -> bool:
-        """Admit the CONNECT and open its session, in the next batch (`_serve_connects`); False if it closed."""
-        return await self._connects.submit(Connect(sid, handshake, auth))
+    def _on_connect(self, sid: str, handshake: Request, auth: object) -> Awaitable[bool]:
+        """Admit the CONNECT and open its session, in the next batch (`_serve_connects`); False if it closed.
+
+        A token whose signing key must be fetched first goes alone: a batch would wait for the fetch.
+        """
+        connect = Connect(sid, handshake, auth)
+        if self.verifier.needs_fetch(connect_token(handshake, auth)):
+            return self._connect_alone(connect)
+        return self._connects.enqueue(connect)
+
+    async def _connect_alone(self, connect: Connect) -> bool:
+        (outcome,) = await self._serve_connects([connect])
+        if isinstance(outcome, Exception):
+            try:
+                raise outcome
+            finally:
+                del outcome  # its traceback holds this frame: no cycle through it
+        return outcome
 
     async def _serve_connects(self, connects: list[Connect]) -> list[bool | Exception]:
         """A batch of CONNECTs: each one's outcome, True (opened), False (closed meanwhile) or its refusal.

@@ -254,14 +254,19 @@ async def raw_websocket(url: str, query: str = "EIO=4&transport=websocket", rcvb
 
 @asynccontextmanager
 async def jwks_server(
-    keys: dict[str, Any], published: list[str], fetches: list[int] | None = None
+    keys: dict[str, Any], published: list[str], fetches: list[int] | None = None, gate: asyncio.Event | None = None
 ) -> AsyncIterator[str]:
-    """An identity provider's JWKS endpoint serving the public half of `keys[kid]` for each kid in `published`."""
+    """An identity provider's JWKS endpoint serving the public half of `keys[kid]` for each kid in `published`.
+
+    With a `gate`, each answer waits until it is set (a slow provider).
+    """
     from aiohttp import web  # noqa: PLC0415 - only the tests that need an identity provider load it
 
     async def serve(_request: web.Request) -> web.Response:
         if fetches is not None:
             fetches.append(1)
+        if gate is not None:
+            await gate.wait()
         entries = []
         for kid in published:
             public = keys[kid].public_key()

@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -119,7 +120,7 @@ class Socket:
         self.bucket = bucket
         self.state = State.NEW
         self.rooms: set[str] = set()
-        self.inbox: deque[tuple[str, str | None, Any]] | None = None
+        self.inbox: deque[tuple[str | None, Any]] | None = None  # events waiting: (ack id, arguments)
         self.worker: asyncio.Task[None] | None = None
         self.deadline: asyncio.TimerHandle | None = None
         self.reassembly: _Reassembly | None = None
@@ -187,6 +188,7 @@ class SocketIOServer:
         self._on_connected: ConnectedHandler | None = None
         self._on_disconnect: DisconnectHandler | None = None
         self._workers: set[asyncio.Task[None]] = set()
+        self._connects: set[asyncio.Future[bool]] = set()  # connect handlers' answers still awaited
 
     def start(self) -> None:
         self.engine.start()
@@ -194,9 +196,10 @@ class SocketIOServer:
     async def stop(self) -> None:
         """Stop the heartbeat and the handlers still running (after `close_all`, at shutdown)."""
         self.engine.stop()
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        pending: list[asyncio.Future[Any]] = [*self._workers, *self._connects]
+        for awaited in pending:
+            awaited.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def on_connect(self, handler: ConnectHandler) -> None:
         self._on_connect = handler
@@ -376,7 +379,7 @@ class SocketIOServer:
             self._expect_attachments(socket, header, len(text))
         elif header.kind == CONNECT:
             socket.state = State.CONNECTING
-            self._enqueue(socket, header, data)
+            self._start_connect(socket, data)
         elif header.kind == EVENT:
             self._enqueue(socket, header, data)
         # ACKs: this server never asks a client for one, so there is nothing to match.
@@ -412,7 +415,7 @@ class SocketIOServer:
         elif len(inbox) >= MAX_PENDING_EVENTS:
             self._refuse(socket, header, "rate_limited", "too many events waiting; slow down")
             return
-        inbox.append((header.kind, header.ack_id, data))
+        inbox.append((header.ack_id, data))
         if socket.worker is None:
             socket.worker = worker = asyncio.get_running_loop().create_task(self._work(socket))
             self._workers.add(worker)
@@ -435,33 +438,42 @@ class SocketIOServer:
             socket.session.send(Packet(ACK + header.ack_id + encode([error_ack(code, message)])))
 
     async def _work(self, socket: Socket) -> None:
-        """Handle a socket's packets one at a time, in order."""
+        """Handle a socket's events one at a time, in order."""
         try:
             while socket.inbox and socket.state is not State.CLOSED:
-                kind, ack_id, data = socket.inbox.popleft()
-                if kind == CONNECT:
-                    await self._connect(socket, data)
-                else:
-                    await self._event(socket, ack_id, data)
+                ack_id, data = socket.inbox.popleft()
+                await self._event(socket, ack_id, data)
         finally:
             socket.worker = None
             socket.inbox = None
 
-    async def _connect(self, socket: Socket, auth: object) -> None:
-        session = socket.session
-        handshake = session.handshake
+    def _start_connect(self, socket: Socket, auth: object) -> None:
+        """Ask the connect handler; the answer goes once its awaitable is done (a future: no task per CONNECT).
+
+        Nothing else of the socket's is read meanwhile: any packet but CONNECT waits for the answer.
+        """
+        handshake = socket.session.handshake
         assert self._on_connect is not None and handshake is not None
-        try:
-            accepted = await self._on_connect(socket.sid, handshake, auth)
-        except ConnectionRefused as exc:
-            refusal: dict[str, object] = {"message": exc.message, "data": exc.data}
-            accepted = False
-        except Exception:
-            logger.exception("connect handler failed", extra={"sid": socket.sid})
-            refusal = {"message": "internal_error", "data": {"code": "internal_error", "message": "retry later"}}
+        answer = asyncio.ensure_future(self._on_connect(socket.sid, handshake, auth))
+        self._connects.add(answer)
+        answer.add_done_callback(partial(self._connect_done, socket))
+
+    def _connect_done(self, socket: Socket, answer: asyncio.Future[bool]) -> None:
+        self._connects.discard(answer)
+        if answer.cancelled():  # the server is stopping
+            return
+        refusal: dict[str, object] = {}
+        error = answer.exception()
+        if error is None:
+            accepted = answer.result()
+        elif isinstance(error, ConnectionRefused):
+            refusal = {"message": error.message, "data": error.data}
             accepted = False
         else:
-            refusal = {}
+            logger.error("connect handler failed", exc_info=error, extra={"sid": socket.sid})
+            refusal = {"message": "internal_error", "data": {"code": "internal_error", "message": "retry later"}}
+            accepted = False
+        session = socket.session
         if socket.state is State.CLOSED:  # the transport closed while the handler ran
             if accepted and self._on_disconnect is not None:
                 self._on_disconnect(socket.sid, "transport_close")

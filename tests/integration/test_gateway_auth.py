@@ -14,7 +14,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from gateway.auth import TokenVerifier
 from gateway.config import GatewayConfig
 from gateway.errors import AuthError
-from tests.harness import SECRET, connected, jwks_server, make_token, new_client, private_pem, running_node
+from tests.harness import (
+    SECRET,
+    connected,
+    jwks_server,
+    make_token,
+    new_client,
+    private_pem,
+    running_node,
+    wait_until,
+)
 
 
 async def refused_code(url: str, auth: dict[str, object] | None, headers: dict[str, str] | None = None) -> str:
@@ -119,6 +128,42 @@ async def test_jwks_keys_are_fetched_and_refetched_on_unknown_kid(redis_url: str
             pass
         assert len(fetches) == 2
         assert await refused_code(node.url, {"token": token("k1")[:-4] + "AAAA"}) == "token_invalid"
+
+
+async def test_a_connect_waiting_for_a_signing_key_holds_up_no_other(redis_url: str) -> None:
+    """CONNECTs are admitted in batches; one whose key must be fetched first waits alone, not in a batch."""
+    keys = {"k1": ec.generate_private_key(ec.SECP256R1()), "k2": ec.generate_private_key(ec.SECP256R1())}
+    published = ["k1"]
+    provider = asyncio.Event()
+    provider.set()
+
+    def token(kid: str) -> str:
+        return make_token(secret=private_pem(keys[kid]), algorithm="ES256", headers={"kid": kid})
+
+    async with (
+        jwks_server(keys, published, gate=provider) as url,
+        running_node(redis_url, jwt_secret="", jwks_url=url) as node,
+    ):
+        node.node.verifier._jwks._min_refetch_s = 0.0  # type: ignore[union-attr]
+        async with connected(node.url, token("k1")):
+            pass
+        published.append("k2")
+        provider.clear()  # the provider is slow from now on
+        waiting = new_client()
+        connect = asyncio.create_task(
+            waiting.sio.connect(node.url, auth={"token": token("k2")}, transports=["websocket"], wait_timeout=10)
+        )
+        try:
+            await wait_until(node.node.verifier._jwks._lock.locked)  # type: ignore[union-attr]
+            async with asyncio.timeout(3), connected(node.url, token("k1")) as other:
+                assert other.sio.connected  # admitted while the other connect waits for the provider
+            assert not connect.done()
+            provider.set()
+            await connect
+            assert waiting.sio.connected
+        finally:
+            provider.set()
+            await waiting.close()
 
 
 async def test_socket_is_dropped_at_token_expiry(redis_url: str) -> None:
