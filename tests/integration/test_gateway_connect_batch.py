@@ -10,7 +10,7 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
-from gateway.batching import Query, SharedPipeline
+from gateway.batching import Query, SharedPipeline, joined
 from shared.embedded_redis import EmbeddedRedis
 from shared.publisher import AsyncPublisher
 from shared.redis_target import RedisTarget
@@ -119,5 +119,30 @@ async def test_queries_of_every_kind_share_one_round_trip_and_each_gets_its_own_
         with contextlib.suppress(redis.exceptions.ConnectionError):
             await pipeline.ask(queries[0])  # may fail (the connection was lost) or reconnect
         assert await pipeline.ask(queries[0]) == b"1"
+    finally:
+        await pipeline.aclose()
+
+
+async def test_joined_queries_take_one_wait_and_return_each_answer_or_error(
+    redis_client: redis.asyncio.Redis, redis_url: str
+) -> None:
+    """A batch of connects asks its queries as one (`joined`): a failed one is its own answer, not raised."""
+    await redis_client.set("joined:a", "1")
+    pipeline = CountingPipeline(RedisTarget.parse(redis_url), timeout_s=5)
+
+    def first(replies: list[Any]) -> Any:
+        return replies[0]
+
+    queries = [
+        Query((("GET", "joined:a"),), first),
+        Query((("EVAL", "return redis.error_reply('refused')", 0),), first),
+        Query((("GET", "joined:missing"), ("GET", "joined:a")), lambda replies: replies),
+    ]
+    try:
+        answers = await pipeline.ask(joined(queries))
+        assert pipeline.round_trips == 1
+        assert answers[0] == b"1" and answers[2] == [None, b"1"]
+        assert isinstance(answers[1], redis.exceptions.ResponseError) and "refused" in str(answers[1])
+        assert await pipeline.ask(joined([])) == []
     finally:
         await pipeline.aclose()
