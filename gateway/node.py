@@ -333,7 +333,7 @@ class GatewayNode:
 
         Each step runs for the whole batch before the next: the token checks one after another, then one
         query for every revocation read and cap claim, one wait for every channel, one query for every
-        stream position. A connect has no task, future or timer of its own past its CONNECT's handler, and
+        stream position. A connect has no task or timer of its own here, only its answer's future, and
         each step's code stays warm in the CPU's caches from one connect to the next.
         """
         outcomes: list[bool | Exception] = [False] * len(connects)

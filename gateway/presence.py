@@ -133,7 +133,7 @@ class Presence:
     def claim_command(self, sid: str, user_id: str, cap: int) -> Command:
         """The command that takes one of the user's `cap` connections across all nodes; `claimed` reads its reply.
 
-        Apart from `claim`, so that a connect sends it in the same query as its revocation reads.
+        A connect sends it in the same query as its revocation reads (`Admission.claim_query`).
         """
         # EVAL, not EVALSHA: no NOSCRIPT round trip after a failover (Redis caches the script by its hash).
         return ("EVAL", CLAIM_SCRIPT, 1, names.connection_set(user_id), self._member(sid), TTL_MS, cap)
@@ -149,11 +149,6 @@ class Presence:
             else:
                 self._held[sid] = user_id
         return reply if isinstance(reply, Exception) else reply == 1
-
-    async def claim(self, sid: str, user_id: str, cap: int) -> bool:
-        """Take one of the user's `cap` connections across all nodes; False when they are all held."""
-        command = self.claim_command(sid, user_id, cap)
-        return await self._pipeline.ask(Query((command,), lambda replies: self.claimed(sid, user_id, replies[0])))
 
     def release(self, sid: str) -> None:
         """Give back a claimed connection: removed in Redis by the next flush, at once (a failure: it lapses)."""

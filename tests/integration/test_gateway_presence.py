@@ -6,7 +6,7 @@ import asyncio
 
 import redis.asyncio
 
-from gateway.batching import SharedPipeline
+from gateway.batching import Query, SharedPipeline
 from gateway.policy import TopicPolicy
 from gateway.presence import HEARTBEAT_BATCH, Presence
 from shared import names
@@ -24,7 +24,9 @@ async def test_a_heartbeat_renews_every_claim_over_several_pipelines_and_none_gi
     try:
         count = 2 * HEARTBEAT_BATCH + 7
         for i in range(count):
-            assert await presence.claim(f"s{i}", f"u{i}", 5)
+            sid, user = f"s{i}", f"u{i}"
+            command = presence.claim_command(sid, user, 5)
+            assert await pipeline.ask(Query((command,), lambda r, s=sid, u=user: presence.claimed(s, u, r[0])))
         claimed = {i: await redis_client.zscore(names.connection_set(f"u{i}"), f"n1 s{i}") for i in range(count)}
         presence.release("s3")
         await asyncio.sleep(0.01)  # the expiry scores are milliseconds: a renewal moves them on
