@@ -2,9 +2,15 @@
 
 Before the simulator served a market, its minutes are generated: a random
 walk that starts at the market's reference price at 00:00 UTC
-`history_days` before the day the market was created, drawn from a
-generator seeded by the simulator's seed, the exchange, the symbol and that
-day, so the same seed on the same day gives the same history. The live
+`history_days` before the day the market was created. The walk is drawn
+hour by hour, then minute by minute within an hour: creating a market draws
+one step per hour (a hundred for two days, where drawing every minute took
+tens of milliseconds per market and stalled the simulator's loop when a
+subscribe request named many new symbols), and an hour's minutes are drawn
+the first time a REST request asks for them, as a bridge from the hour's
+open to its close. Both draws are seeded by the simulator's seed, the
+exchange, the symbol and the day (and the hour), so the same seed on the same
+day gives the same history up to the hour the market was created. The live
 market then starts at the walk's last close. From then on every trade the
 market streams is folded into its minute, which opens at the price before
 its first trade, as the streamed candles do. Any candle of any interval,
@@ -14,12 +20,13 @@ candles agree. Minutes without trades have no candle.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import zlib
 from array import array
 from collections import OrderedDict
-from typing import Final
+from typing import Final, TypeAlias
 
 from collectors.simulator.market import Candle, Interval, Trade
 
@@ -28,6 +35,10 @@ MINUTE: Final = Interval(60)
 WALK_VOLATILITY: Final = 8e-4
 WICK: Final = 3e-4
 DAY_S: Final = 86400
+HOUR_MINUTES: Final = 60
+
+# One hour of generated minutes: open, high, low, close and volume columns.
+Columns: TypeAlias = "tuple[array[int], array[int], array[int], array[int], array[int]]"
 
 
 class MinuteTape:
@@ -47,22 +58,42 @@ class MinuteTape:
     ) -> None:
         self.live_from_s = now_s - now_s % 60
         self.first_s = (now_s - now_s % DAY_S) - history_days * DAY_S
-        count = (self.live_from_s - self.first_s) // 60
-        rng = random.Random(seed * 1_000_003 + zlib.crc32(f"{exchange}:{symbol}:{self.first_s}".encode()))  # noqa: S311
-        columns = [array("q") for _ in range(5)]  # open, high, low, close, volume
-        price = float(reference)
-        for _ in range(count):
-            opened = price
-            price = max(1.0, price * math.exp(rng.gauss(0.0, WALK_VOLATILITY)))
-            high = max(opened, price) * (1 + abs(rng.gauss(0.0, WICK)))
-            low = max(1.0, min(opened, price) * (1 - abs(rng.gauss(0.0, WICK))))
-            values = (round(opened), round(high), round(low), round(price), round(rng.uniform(0.1, 5.0) * lot_scale))
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
-        self._past = columns
-        self.last_close = columns[3][-1] if count else reference
+        self._count = (self.live_from_s - self.first_s) // 60
+        self._seed = seed * 1_000_003 + zlib.crc32(f"{exchange}:{symbol}:{self.first_s}".encode())
+        self._lot_scale = lot_scale
+        # The walk's log price at each hour's start, and at its end after the last (maybe partial) hour.
+        rng = random.Random(self._seed)  # noqa: S311
+        self._hour_marks = array("d", [math.log(reference)])
+        for start in range(0, self._count, HOUR_MINUTES):
+            steps = min(HOUR_MINUTES, self._count - start)
+            self._hour_marks.append(max(0.0, self._hour_marks[-1] + rng.gauss(0.0, WALK_VOLATILITY * math.sqrt(steps))))
+        self._hours: dict[int, Columns] = {}  # drawn on first use; at most one per hour of history
+        self.last_close = round(math.exp(self._hour_marks[-1])) if self._count else reference
         self._live: OrderedDict[int, Candle] = OrderedDict()
         self._max_live = max_live_minutes
+
+    def _hour(self, index: int) -> Columns:
+        """The minutes of hour `index`, drawn the first time asked: a bridge from its open to its close."""
+        columns = self._hours.get(index)
+        if columns is not None:
+            return columns
+        rng = random.Random(f"{self._seed}:{index}")  # noqa: S311
+        steps = min(HOUR_MINUTES, self._count - index * HOUR_MINUTES)
+        opening, closing = self._hour_marks[index], self._hour_marks[index + 1]
+        walk = list(itertools.accumulate(rng.gauss(0.0, WALK_VOLATILITY) for _ in range(steps)))
+        correction = (closing - opening - walk[-1]) / steps  # so that the last minute closes at `closing`
+        columns = (array("q"), array("q"), array("q"), array("q"), array("q"))
+        price = math.exp(opening)
+        for minute, drawn in enumerate(walk, 1):
+            opened = price
+            price = max(1.0, math.exp(opening + drawn + correction * minute))
+            high = max(opened, price) * (1 + abs(rng.gauss(0.0, WICK)))
+            low = max(1.0, min(opened, price) * (1 - abs(rng.gauss(0.0, WICK))))
+            volume = rng.uniform(0.1, 5.0) * self._lot_scale
+            for column, value in zip(columns, (opened, high, low, price, volume), strict=True):
+                column.append(round(value))
+        self._hours[index] = columns
+        return columns
 
     def record(self, trade: Trade, previous_price: int) -> None:
         """Fold a streamed trade into its minute (opened at `previous_price`, the price before it)."""
@@ -78,11 +109,12 @@ class MinuteTape:
     def minutes(self, start_s: int, end_s: int) -> list[Candle]:
         """The minute candles opening in [start_s, end_s), oldest first."""
         out: list[Candle] = []
-        first, past = self.first_s, self._past
+        first = self.first_s
         lo = max(0, (start_s - first + 59) // 60)
-        hi = min(len(past[0]), max(0, (min(end_s, self.live_from_s) - first + 59) // 60))
+        hi = min(self._count, max(0, (min(end_s, self.live_from_s) - first + 59) // 60))
         for index in range(lo, hi):
-            opened, high, low, close, volume = (column[index] for column in past)
+            hour, offset = divmod(index, HOUR_MINUTES)
+            opened, high, low, close, volume = (column[offset] for column in self._hour(hour))
             at = first + index * 60
             out.append(Candle(MINUTE, at, at + 60, opened, high, low, close, volume, volume * close, 1))
         out.extend(minute for at, minute in self._live.items() if start_s <= at < end_s)

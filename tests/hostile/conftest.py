@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import pytest
+
+Input = TypeVar("Input")
 
 
 @pytest.fixture(autouse=True)
@@ -23,11 +27,35 @@ def no_error_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 def cpu_budget(seconds: float) -> Iterator[None]:
     """Fail if the block uses more than `seconds` of this process's CPU.
 
-    CPU time, not wall time: a busy CI machine slows the clock, not the work.
+    CPU time, not wall time: a busy CI machine slows the clock more than the work.
     The budgets are generous (10x and more what linear code needs here) and
-    far below what the quadratic shapes they guard against cost.
+    far below what the quadratic shapes they guard against cost. Where linear
+    work itself takes seconds, `assert_linear` compares sizes instead.
     """
     start = time.process_time()
     yield
     used = time.process_time() - start
     assert used < seconds, f"used {used:.2f} s of CPU, budget {seconds} s"
+
+
+def assert_linear(make: Callable[[int], Input], run: Callable[[Input], object], size: int) -> None:
+    """Fail unless `run` on an input 4x larger costs under 8x the CPU (linear: 4x; quadratic: 16x).
+
+    A ratio, not a budget: coverage tracing and a busy 2-core machine inflate both sizes alike.
+    Each size is timed three times, the garbage collector off, and its fastest run kept.
+    """
+    small, large = make(size), make(4 * size)
+    gc.collect()
+    gc.disable()
+    try:
+        costs = []
+        for value in (small, large):
+            runs = []
+            for _ in range(3):
+                start = time.process_time()
+                run(value)
+                runs.append(time.process_time() - start)
+            costs.append(min(runs))
+    finally:
+        gc.enable()
+    assert costs[1] < 8 * costs[0], f"4x the input cost {costs[1] / costs[0]:.1f}x the CPU ({costs})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 import jwt
 import pytest
@@ -36,27 +37,32 @@ async def refused_code(url: str, auth: dict[str, object] | None, headers: dict[s
     return str(client.connect_error["data"]["code"])
 
 
+# Each fault's auth, made when its test runs: a token made at collection time could expire before a slow
+# run reaches it, and be refused as expired instead of for its own fault.
 @pytest.mark.parametrize(
     ("auth", "code"),
     [
-        (None, "token_missing"),
-        ({"token": ""}, "token_missing"),
-        ({"token": 42}, "token_malformed"),
-        ({"token": "not.a.jwt"}, "token_malformed"),
-        ({"token": make_token(secret="another-secret-of-sufficient-length!")}, "token_invalid"),
-        ({"token": make_token(exp_in=-30)}, "token_expired"),
-        ({"token": make_token(nbf=9_999_999_999)}, "token_not_yet_valid"),
-        ({"token": make_token(sub=None)}, "claims_invalid"),
-        ({"token": make_token(sub="bad user id with spaces")}, "claims_invalid"),
-        ({"token": make_token(teams="x" * 200)}, "claims_invalid"),
-        ({"token": jwt.encode({"sub": "alice", "exp": 9_999_999_999}, None, algorithm="none")}, "token_invalid"),
+        (lambda: None, "token_missing"),
+        (lambda: {"token": ""}, "token_missing"),
+        (lambda: {"token": 42}, "token_malformed"),
+        (lambda: {"token": "not.a.jwt"}, "token_malformed"),
+        (lambda: {"token": make_token(secret="another-secret-of-sufficient-length!")}, "token_invalid"),
+        (lambda: {"token": make_token(exp_in=-30)}, "token_expired"),
+        (lambda: {"token": make_token(nbf=9_999_999_999)}, "token_not_yet_valid"),
+        (lambda: {"token": make_token(sub=None)}, "claims_invalid"),
+        (lambda: {"token": make_token(sub="bad user id with spaces")}, "claims_invalid"),
+        (lambda: {"token": make_token(teams="x" * 200)}, "claims_invalid"),
+        (
+            lambda: {"token": jwt.encode({"sub": "alice", "exp": 9_999_999_999}, None, algorithm="none")},
+            "token_invalid",
+        ),
     ],
 )
 async def test_each_token_fault_is_refused_with_its_code(
-    redis_url: str, auth: dict[str, object] | None, code: str
+    redis_url: str, auth: Callable[[], dict[str, object] | None], code: str
 ) -> None:
     async with running_node(redis_url) as node:
-        assert await refused_code(node.url, auth) == code
+        assert await refused_code(node.url, auth()) == code
         metrics = node.node.metrics.auth_failures.labels(code)._value.get()
         assert metrics == 1
 
