@@ -39,23 +39,24 @@ def cpu_budget(seconds: float) -> Iterator[None]:
 
 
 def assert_linear(make: Callable[[int], Input], run: Callable[[Input], object], size: int) -> None:
-    """Fail unless `run` on an input 4x larger costs under 8x the CPU (linear: 4x; quadratic: 16x).
+    """Fail unless `run` on an input 8x larger costs under 24x the CPU (linear: 8x; quadratic: 64x).
 
-    A ratio, not a budget: coverage tracing and a busy 2-core machine inflate both sizes alike.
-    Each size is timed three times, the garbage collector off, and its fastest run kept.
+    A ratio, not a budget: coverage tracing and a busy 2-core machine inflate both sizes alike, and
+    caches favour the small input by up to 1.5x here, far from what separates linear from quadratic.
+    Each size is timed twice, the garbage collector off, and its faster run kept.
     """
-    small, large = make(size), make(4 * size)
+    small, large = make(size), make(8 * size)
     gc.collect()
     gc.disable()
     try:
         costs = []
         for value in (small, large):
             runs = []
-            for _ in range(3):
+            for _ in range(2):
                 start = time.process_time()
                 run(value)
                 runs.append(time.process_time() - start)
             costs.append(min(runs))
     finally:
         gc.enable()
-    assert costs[1] < 8 * costs[0], f"4x the input cost {costs[1] / costs[0]:.1f}x the CPU ({costs})"
+    assert costs[1] < 24 * costs[0], f"8x the input cost {costs[1] / costs[0]:.1f}x the CPU ({costs})"

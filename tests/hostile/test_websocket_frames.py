@@ -14,7 +14,7 @@ from gateway.protocol.websocket import (
     WebSocketError,
 )
 from tests.harness import ws_frame
-from tests.hostile.conftest import cpu_budget
+from tests.hostile.conftest import assert_linear, cpu_budget
 
 MAX_SIZE = 1 << 20
 
@@ -33,24 +33,31 @@ def test_fragments_under_the_cap_cost_linear_time() -> None:
     """Many messages of the most fragments allowed, all in one read and again a few bytes at a time."""
     message = ws_frame("4", fin=False) + ws_frame(b"", opcode=0x0, fin=False) * (MAX_FRAGMENTS - 2)
     message += ws_frame("2", opcode=0x0)
-    data = message * 100  # about 600 KB, 102,400 frames
-    with cpu_budget(3.0):
-        assert FrameParser(MAX_SIZE).feed(data) == [(Opcode.TEXT, b"42")] * 100
-    parser = FrameParser(MAX_SIZE)
-    with cpu_budget(3.0):
-        got = [m for i in range(0, len(data), 5) for m in parser.feed(data[i : i + 5])]
-    assert got == [(Opcode.TEXT, b"42")] * 100
+
+    def in_one_read(data: bytes) -> list[tuple[Opcode, bytes]]:
+        return FrameParser(MAX_SIZE).feed(data)
+
+    def five_bytes_a_read(data: bytes) -> list[tuple[Opcode, bytes]]:
+        parser = FrameParser(MAX_SIZE)
+        return [m for i in range(0, len(data), 5) for m in parser.feed(data[i : i + 5])]
+
+    assert in_one_read(message * 3) == five_bytes_a_read(message * 3) == [(Opcode.TEXT, b"42")] * 3
+    # 96 messages at the larger size: about 600 KB, 98,304 frames.
+    assert_linear(lambda count: message * count, in_one_read, 12)
+    assert_linear(lambda count: message * count, five_bytes_a_read, 12)
 
 
 def test_a_large_frame_dripped_byte_by_byte_costs_linear_time() -> None:
     """An incomplete frame is never copied again on each read (that would be quadratic)."""
-    payload = b"x" * 300_000
-    data = ws_frame(payload)
-    parser = FrameParser(MAX_SIZE)
-    with cpu_budget(3.0):
+
+    def byte_by_byte(data: bytes) -> list[tuple[Opcode, bytes]]:
+        parser = FrameParser(MAX_SIZE)
         got = [m for i in range(len(data)) for m in parser.feed(data[i : i + 1])]
-    assert got == [(Opcode.TEXT, payload)]
-    assert parser.buffered == 0
+        assert parser.buffered == 0
+        return got
+
+    assert byte_by_byte(ws_frame(b"x" * 1000)) == [(Opcode.TEXT, b"x" * 1000)]
+    assert_linear(lambda size: ws_frame(b"x" * size), byte_by_byte, 37_500)  # up to 300,000 bytes
 
 
 def test_fragment_bytes_are_counted_as_they_arrive() -> None:
