@@ -142,7 +142,8 @@ async def test_book_views_are_paced_and_the_latest_wins() -> None:
     assert len(published) == 1  # coalesced into one pending view
     while len(published) < 2:
         await asyncio.sleep(0.005)
-    assert 0.08 <= time.monotonic() - started < 0.3  # not later than the end of the interval
+    # Held to the end of the interval, not to a later change (the bound leaves a loaded machine its delays).
+    assert 0.08 <= time.monotonic() - started < 1.0
     assert (published[1].bids[0], published[1].ts) == (("10", "29"), 29)  # the latest state
     await asyncio.sleep(0.15)
     assert len(published) == 2  # nothing new, nothing sent
