@@ -142,7 +142,7 @@ async def test_book_views_are_paced_and_the_latest_wins() -> None:
     assert len(published) == 1  # coalesced into one pending view
     while len(published) < 2:
         await asyncio.sleep(0.005)
-    # Held to the end of the interval, not to a later change (the bound leaves a loaded machine its delays).
+    # Sent by the interval's own timer: not before the interval ends, nor long after (1 s: a loaded machine's delays).
     assert 0.08 <= time.monotonic() - started < 1.0
     assert (published[1].bids[0], published[1].ts) == (("10", "29"), 29)  # the latest state
     await asyncio.sleep(0.15)
