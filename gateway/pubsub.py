@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from gateway.errors import GatewayError
+from shared import resp
 from shared.redis_target import Endpoint, RedisTarget
 
 logger = logging.getLogger(__name__)
@@ -42,14 +43,6 @@ _SUBSCRIBE: Final = (b"subscribe", b"ssubscribe")
 
 class PubSubError(GatewayError, ConnectionError):
     """The pub/sub connection failed or Redis answered with an error."""
-
-
-def encode_command(*args: bytes | str) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg.encode() if isinstance(arg, str) else arg
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
 
 
 class RespParser:
@@ -174,7 +167,7 @@ class PubSubConnection:
         if target.password is not None:
             self._auth_waiter = loop.create_future()
             auth = ("AUTH", target.username, target.password) if target.username else ("AUTH", target.password)
-            self._write(encode_command(*auth))
+            self._write(resp.command(*auth))
             await asyncio.wait_for(self._auth_waiter, CONNECT_TIMEOUT_S)
 
     def subscribe(self, channels: Iterable[str]) -> None:
@@ -186,7 +179,7 @@ class PubSubConnection:
     def _command(self, name: str, channels: Iterable[str]) -> None:
         names = list(channels)
         if names and self._transport is not None and not self._transport.is_closing():
-            self._write(encode_command(name, *names))
+            self._write(resp.command(name, *names))
 
     def _write(self, data: bytes) -> None:
         # Commands of one turn go in one write: a connect storm subscribes a channel per connect.

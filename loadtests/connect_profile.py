@@ -2,6 +2,7 @@
 
     python -m loadtests.connect_profile --clients 5000            # storm, profile, breakdown table
     python -m loadtests.connect_profile --raw storm.txt           # the table of an existing py-spy raw file
+    python -m loadtests.connect_profile --callgrind               # instructions per connect (see below)
 
 Starts Redis and one gateway as `relay_bench --idle` does, attaches `py-spy record --native -r 200
 -f raw` to the gateway, connects the clients (the same load client and tokens), then sorts every
@@ -10,6 +11,18 @@ stack's frames) and prints each step's share of the gateway's busy samples. py-s
 process for every sample, so the storm runs several times slower than unprofiled; shares, not
 times, are what it measures. Multiply them by `server_cpu_s / connected` of an unprofiled
 `relay_bench --idle` run for microseconds per connect. Needs py-spy (`pip install py-spy`).
+
+`--callgrind` counts instead of sampling: the gateway runs under valgrind's callgrind, counting
+nothing until a warm-up of 50 connects is done, then every instruction its process executes in
+user space during a storm of `--clients` (default 2,000) connects; it prints instructions per
+connect. The count repeats within half a percent from run to run, whatever else the machine
+does, where CPU-seconds per connect spread by 30% on a shared host: it tells whether a change to
+the connect path made it cheaper, by how much, before a timed run can. What it does not see: the
+kernel (system calls, the loopback's TCP), and the caches (a storm's cache misses, which cost a
+connect two to three times its instructions' worth). Under callgrind the gateway runs about 50
+times slower, so work driven by the clock would be counted many times over per connect: the
+presence heartbeat and the Engine.IO pings are held off for this run (every 10 minutes instead
+of 5 s and 25 s). Needs valgrind (Debian's package).
 """
 
 from __future__ import annotations
@@ -18,14 +31,15 @@ import argparse
 import asyncio
 import signal
 import subprocess
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from loadtests.load_client import ClientPool
-from loadtests.relay_bench import CONNECT_DEADLINE_S, HOST, Setup, Usage, client_specs, deploy
+from loadtests.load_client import ClientPool, ClientSpec
+from loadtests.relay_bench import CONNECT_DEADLINE_S, HOST, Setup, Usage, client_specs, deploy, token
 
 # Each step of a connect and the frames that mark its samples; a sample counts for the first step
 # one of whose markers is in its stack (most specific first: the JWT check runs inside admission).
@@ -98,12 +112,91 @@ async def storm(clients: int, output: Path) -> float:
         return cpu / max(report.connected, 1) * 1e6
 
 
+# The gateway as `python -m gateway` runs it, with the presence heartbeat held off (see the module).
+HELD_OFF_HEARTBEAT: Final = (
+    "import sys, gateway.presence as presence; presence.HEARTBEAT_S = 600.0; "
+    "from gateway.__main__ import main; sys.exit(main())"
+)
+WARM_UP_CONNECTS: Final = 50
+CALLGRIND_READY_TIMEOUT_S: Final = 300.0  # the gateway starts under valgrind, uninstrumented but still slowly
+
+
+async def callgrind_control(*args: str) -> None:
+    control = await asyncio.create_subprocess_exec(
+        "callgrind_control", *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    if await control.wait() != 0:
+        raise SystemExit(f"callgrind_control {' '.join(args)} failed")
+
+
+def dumped_instructions(path: Path) -> int:
+    """The instruction total of one callgrind dump file."""
+    for line in path.read_text().splitlines():
+        if line.startswith("totals:"):  # `summary:` is the count before the last zeroing
+            return int(line.split()[1])
+    raise ValueError(f"no totals in {path}")
+
+
+async def counted_storm(clients: int, workdir: Path) -> None:
+    """A storm of `clients` connects against a gateway under callgrind, counted (after a warm-up) into `workdir`."""
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={workdir}/callgrind.%p",
+        f"--log-file={workdir}/valgrind.%p.log",
+        sys.executable,
+        "-c",
+        HELD_OFF_HEARTBEAT,
+    ]
+    overrides = {"GATEWAY_PING_INTERVAL_S": "600"}
+    async with (
+        deploy(
+            Setup("gateway", None),
+            clients,
+            overrides=overrides,
+            command=command,
+            ready_timeout_s=CALLGRIND_READY_TIMEOUT_S,
+        ) as deployment,
+        ClientPool(2) as pool,
+    ):
+        server = str(deployment.servers[0].pid)
+        warm_up = [ClientSpec(token=token(f"warm-up-{i}"), topic=None) for i in range(WARM_UP_CONNECTS)]
+        await pool.connect(HOST, deployment.port, warm_up, CONNECT_DEADLINE_S)
+        await callgrind_control("--zero", server)
+        await callgrind_control("--instr=on", server)
+        report = await pool.connect(HOST, deployment.port, client_specs(clients, None), CONNECT_DEADLINE_S * 5)
+        await asyncio.sleep(1.0)  # the last batch's `sync` events written
+        await callgrind_control("--instr=off", server)
+        await callgrind_control("--dump=storm", server)
+        print(f"{report.connected} connected ({report.errors or 'no errors'})")
+        if report.connected != clients:
+            raise SystemExit("not every client connected: the count would not be per connect")
+
+
+def count_instructions(clients: int) -> int:
+    """The gateway's user-space instructions over a storm of `clients` connects (after a warm-up)."""
+    with tempfile.TemporaryDirectory(prefix="connect-callgrind-") as workdir:
+        asyncio.run(counted_storm(clients, Path(workdir)))
+        dumps = sorted(Path(workdir).glob("callgrind.*.1"))  # part 1: the storm's dump (the exit's is part 2)
+        if len(dumps) != 1:
+            raise SystemExit(f"expected one callgrind dump, found {[d.name for d in dumps]}")
+        return dumped_instructions(dumps[0])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--clients", type=int, default=5000, help="connects in the profiled storm")
+    parser.add_argument("--clients", type=int, help="connects in the profiled storm (5,000; with --callgrind 2,000)")
     parser.add_argument("--raw", type=Path, help="only print the breakdown of this py-spy raw file")
     parser.add_argument("--us-per-connect", type=float, help="gateway CPU per connect, unprofiled (adds a us column)")
+    parser.add_argument("--callgrind", action="store_true", help="count instructions per connect instead (valgrind)")
     args = parser.parse_args(argv)
+    if args.callgrind:
+        clients = args.clients or 2000
+        instructions = count_instructions(clients)
+        print(f"{instructions:,} instructions in the gateway's user space: {instructions / clients:,.0f} per connect")
+        return
+    args.clients = args.clients or 5000
     if args.raw is None:
         with tempfile.TemporaryDirectory(prefix="connect-profile-") as workdir:
             raw = Path(workdir) / "storm.txt"

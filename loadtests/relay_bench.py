@@ -309,8 +309,12 @@ async def start_server(
     proxied: bool,
     overrides: dict[str, str] | None = None,
     log: int | None = None,
+    command: Sequence[str] | None = None,
 ) -> asyncio.subprocess.Process:
-    """One server process; `overrides` changes its environment, `log` (a file descriptor) takes its output."""
+    """One server process; `overrides` changes its environment, `log` (a file descriptor) takes its output.
+
+    `command` runs the gateway instead of `python -m gateway` (`connect_profile --callgrind` runs it under valgrind).
+    """
     env = {
         **os.environ,
         "REDIS_URL": redis_url,
@@ -341,8 +345,8 @@ async def start_server(
         "baseline": ["loadtests.baseline_server", "--port", str(port), "--redis-url", redis_url],
         "floor": ["loadtests.connect_floor", "--port", str(port)],
     }
-    module = modules[kind]
-    return await asyncio.create_subprocess_exec(sys.executable, "-m", *module, env=env, stdout=log, stderr=log)
+    argv = [*command] if command is not None and kind == "gateway" else [sys.executable, "-m", *modules[kind]]
+    return await asyncio.create_subprocess_exec(*argv, env=env, stdout=log, stderr=log)
 
 
 def install_missing(setups: Sequence[Setup]) -> None:
@@ -363,9 +367,9 @@ def install_missing(setups: Sequence[Setup]) -> None:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_BASELINE, check=True)
 
 
-async def wait_ready(port: int, process: asyncio.subprocess.Process) -> None:
+async def wait_ready(port: int, process: asyncio.subprocess.Process, timeout_s: float = READY_TIMEOUT_S) -> None:
     """Until GET /readyz answers 200 (through nginx, from a backend)."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
             if process.returncode is not None:
@@ -377,7 +381,7 @@ async def wait_ready(port: int, process: asyncio.subprocess.Process) -> None:
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.05)
-    raise BenchError(f"nothing ready on port {port} after {READY_TIMEOUT_S} s")
+    raise BenchError(f"nothing ready on port {port} after {timeout_s} s")
 
 
 async def wait_workers(client: redis.asyncio.Redis, count: int) -> None:
@@ -401,9 +405,18 @@ async def stop(process: asyncio.subprocess.Process) -> None:
 
 @asynccontextmanager
 async def deploy(
-    setup: Setup, clients: int, *, overrides: dict[str, str] | None = None, log: int | None = None
+    setup: Setup,
+    clients: int,
+    *,
+    overrides: dict[str, str] | None = None,
+    log: int | None = None,
+    command: Sequence[str] | None = None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> AsyncIterator[Deployment]:
-    """A private Redis and the setup's servers (behind nginx when `setup.gateways` is set), all stopped on exit."""
+    """A private Redis and the setup's servers (behind nginx when `setup.gateways` is set), all stopped on exit.
+
+    `command` and `ready_timeout_s`: see `start_server` (a gateway under valgrind starts slowly).
+    """
     with EmbeddedRedis() as embedded, tempfile.TemporaryDirectory(prefix="relay-bench-") as workdir:
         client = redis.asyncio.Redis.from_url(embedded.url)
         processes: list[asyncio.subprocess.Process] = []
@@ -419,11 +432,14 @@ async def deploy(
                     proxied=setup.gateways is not None,
                     overrides={**(overrides or {}), "GATEWAY_WORKERS": str(setup.workers)},
                     log=log,
+                    command=command,
                 )
                 for port in ports
             ]
             processes += servers
-            await asyncio.gather(*(wait_ready(port, server) for port, server in zip(ports, servers, strict=True)))
+            await asyncio.gather(
+                *(wait_ready(port, server, ready_timeout_s) for port, server in zip(ports, servers, strict=True))
+            )
             if setup.workers > 1:  # every worker listening before any client connects
                 await wait_workers(client, len(ports) * setup.workers)
             nginx = None

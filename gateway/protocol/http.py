@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import struct
@@ -47,6 +48,12 @@ SWITCHING_PROTOCOLS: Final = (
 )
 # SO_LINGER on, with a zero timeout: closing the socket resets the connection (RST) instead of a FIN.
 RESET_ON_CLOSE: Final = struct.pack("ii", 1, 0)
+
+# Request targets whose parse is remembered: every client of a deployment sends one of a few
+# ("/socket.io/?EIO=4&transport=websocket"), and parsing one cost more than the rest of a plain head.
+# Only short ones (a polling request's random `t` makes each target new): at most about 100 KB.
+TARGETS_CACHED: Final = 128
+CACHED_TARGET_BYTES: Final = 256
 
 
 @dataclass(slots=True)
@@ -362,12 +369,12 @@ class HttpProtocol(asyncio.Protocol):
         self, method: bytes, target: bytes, raw_headers: Sequence[tuple[bytes, bytes]], body: bytes
     ) -> Request:
         """The request as handlers see it; raises ValueError for a target that is not a URL."""
-        url = urlsplit(target.decode("latin-1"))
+        path, query = (_read_target if len(target) <= CACHED_TARGET_BYTES else _parse_target)(target)
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in raw_headers}
         return Request(
             method=method.decode("ascii"),
-            path=url.path,
-            query=dict(parse_qsl(url.query, keep_blank_values=True)),
+            path=path,
+            query=dict(query),
             headers=headers,
             body=body,
             remote=self._client_address(headers),
@@ -473,6 +480,15 @@ class HttpProtocol(asyncio.Protocol):
             with contextlib.suppress(h11.LocalProtocolError):
                 self._send(Response(status, message.encode()))
         transport.close()
+
+
+def _parse_target(target: bytes) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A request target's path and query pairs; raises ValueError for a target that is not a URL."""
+    url = urlsplit(target.decode("latin-1"))
+    return url.path, tuple(parse_qsl(url.query, keep_blank_values=True))
+
+
+_read_target = functools.lru_cache(maxsize=TARGETS_CACHED)(_parse_target)  # a ValueError is not remembered
 
 
 def _failed(request: Request) -> Response:

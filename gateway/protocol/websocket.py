@@ -140,8 +140,7 @@ class FrameParser:
             payload = unmask(buffer[start : start + length], buffer[start - 4 : start])
             first = buffer[offset]
             offset = start + length
-            code = first & 0x0F
-            message = self._message(first & 0x80 != 0, Opcode(code) if code in _OPCODES else None, payload)
+            message = self._message(first & 0x80 != 0, _OPCODE_OF.get(first & 0x0F), payload)
             if message is not None:
                 messages.append(message)
         if buffer is self._buffer:
@@ -223,4 +222,4 @@ def _check_close(payload: bytes) -> None:
         raise WebSocketError(CloseCode.INVALID_DATA, "a close reason must be UTF-8") from None
 
 
-_OPCODES: Final = frozenset(int(o) for o in Opcode)
+_OPCODE_OF: Final = {int(o): o for o in Opcode}  # a dict lookup: calling the enum costs a microsecond a frame
