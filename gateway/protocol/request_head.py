@@ -27,8 +27,26 @@ HEADER_FIELD: Final = re.compile(
     rb"(?P<field_value>(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?)[ \t]*+"
 )
 _END: Final = b"\r\n\r\n"
+# HEADER_FIELD's two classes, for `header_field`: a name's bytes, and the bytes a value may not hold
+# (`\x00` and the ASCII blanks but space and tab; those it holds inside, and sheds at its ends).
+_NAME_BYTES: Final = b"-!#$%&'*+.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_NOT_IN_VALUE: Final = b"\x00\n\r\x0b\x0c"
 
 Headers = list[tuple[bytes, bytes]]  # names lower-cased, in the order sent (as h11 gives them)
+
+
+def header_field(line: bytes) -> tuple[bytes, bytes] | None:
+    """A header line's name and value as HEADER_FIELD reads them, or None: the same reading without a regex.
+
+    Every connect reads half a dozen lines; a regex match and its groups cost twice these C calls.
+    """
+    name, colon, rest = line.partition(b":")
+    value = rest.strip(b" \t")
+    if not colon or not name or name.translate(None, _NAME_BYTES):
+        return None
+    if len(value.translate(None, _NOT_IN_VALUE)) != len(value):
+        return None
+    return name, value
 
 
 def plain_upgrade(data: bytes, max_bytes: int) -> tuple[bytes, Headers] | None:
@@ -43,17 +61,17 @@ def plain_upgrade(data: bytes, max_bytes: int) -> tuple[bytes, Headers] | None:
     hosts = 0
     upgrade = False
     for line in lines[1:]:
-        field = HEADER_FIELD.fullmatch(line)  # an empty line (a second head or a body inside `data`) fails too
+        field = header_field(line)  # an empty line (a second head or a body inside `data`) fails too
         if field is None:
             return None
-        name = field["field_name"].lower()
+        name, value = field[0].lower(), field[1]
         if name == b"host":
             hosts += 1
         elif name == b"upgrade":
             upgrade = True
         elif name in (b"content-length", b"transfer-encoding"):
             return None
-        headers.append((name, field["field_value"]))
+        headers.append((name, value))
     if hosts != 1 or not upgrade:
         return None
     return request_line[1], headers

@@ -192,6 +192,22 @@ def _changed(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in merged.items() if value is not _DELETE}
 
 
+def test_segments_outside_base64url_are_left_to_pyjwt() -> None:
+    """Signed as they are, so that only the alphabet refuses them (the round trip of `_segment`)."""
+
+    def signed(header_segment: str, payload_segment: str) -> str:
+        signing_input = f"{header_segment}.{payload_segment}"
+        return f"{signing_input}.{b64(hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest())}"
+
+    header = b64(json.dumps({"alg": "HS256"}).encode())
+    payload = b64(json.dumps({"sub": "alice", "exp": NOW + HOUR, "note": ">>>???"}).encode())
+    assert "-" in payload and "_" in payload
+    assert check().claims(signed(header, payload)) is not None
+    standard = payload.replace("-", "+").replace("_", "/")  # the same bytes in standard base64
+    for bad in (standard, payload[:8] + "====" + payload[8:], payload[:8] + "    " + payload[8:], payload + "\n"):
+        assert check().claims(signed(header, bad)) is None, bad
+
+
 @settings(max_examples=1000, deadline=None)
 @given(
     header_changes=_HEADER_CHANGES,

@@ -10,7 +10,7 @@ import h11._abnf
 import h11._readers
 
 from gateway.protocol.http import MAX_HEAD_BYTES
-from gateway.protocol.request_head import HEADER_FIELD, plain_upgrade
+from gateway.protocol.request_head import HEADER_FIELD, header_field, plain_upgrade
 
 HANDSHAKE = (
     b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
@@ -103,17 +103,21 @@ def test_the_plain_form_is_narrow() -> None:
     assert plain_upgrade(HANDSHAKE + b"x", MAX_HEAD_BYTES) is None  # bytes after the head
 
 
-def test_the_linear_header_pattern_reads_every_line_as_h11s_own_pattern_does() -> None:
+def test_the_linear_header_pattern_and_the_plain_reader_read_every_line_as_h11s_own_pattern_does() -> None:
     h11_pattern = re.compile(h11._abnf.header_field.encode("ascii"))
     assert h11._readers.header_field_re is HEADER_FIELD  # installed by gateway.protocol.http
     rng = random.Random(7)
     pieces = [b" ", b"\t", b"a", b"-", b":", b"\x00", b"\x01", b"\x7f", b"\x80", b"\r", b"\x0b", b"  ", b"b c", b": "]
+    pieces += [b"\n", b"\x0c", b"!", b"@"]
     matched = 0
     for _ in range(50_000):
         line = rng.choice([b"X", b"Host", b"", b"a b"]) + b"".join(rng.choices(pieces, k=rng.randint(0, 8)))
         ours, theirs = HEADER_FIELD.fullmatch(line), h11_pattern.fullmatch(line)
         assert (ours is None) == (theirs is None), line
+        plain = header_field(line)  # the plain reader's, without a regex
+        assert (plain is None) == (ours is None), line
         if ours is not None and theirs is not None:
             matched += 1
             assert ours.groupdict() == theirs.groupdict(), line
+            assert plain == (ours["field_name"], ours["field_value"]), line
     assert matched > 1000
