@@ -35,6 +35,7 @@ from gateway.notifications import NotificationRequests
 from gateway.pages import Pages
 from gateway.policy import TopicPolicy
 from gateway.presence import Presence
+from gateway.protocol.deadlines import Deadlines
 from gateway.protocol.engineio import EngineSettings
 from gateway.protocol.http import AcceptLimit, HttpServer, Outcome, Request
 from gateway.protocol.sio import ConnectionRefused, SocketIOServer, SocketSettings
@@ -59,6 +60,7 @@ DEMAND_FIRST_READ_S: Final = 5.0
 # token checks run in one turn of the loop (tens of us each), which live messages wait behind.
 MAX_CONNECT_BATCH: Final = 64
 MAX_CONCURRENT_CATCH_UPS: Final = 64
+EXPIRY_GRANULARITY_S: Final = 1.0  # a socket closes at most this long after its token expired (and the leeway)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,8 @@ class GatewayNode:
         # ahead of the fan-out of live messages.
         self._connects: Batcher[Connect, bool] = Batcher(self._serve_connects, max_items=MAX_CONNECT_BATCH)
         self._catching_up = asyncio.Semaphore(MAX_CONCURRENT_CATCH_UPS)
+        # Each session closes when its token expires (plus the leeway): one timer for all of them.
+        self._expiries: Deadlines[Session] = Deadlines(self._expire, granularity_s=EXPIRY_GRANULARITY_S)
         self.server = SocketIOServer(
             SocketSettings(
                 engine=EngineSettings(
@@ -255,6 +259,7 @@ class GatewayNode:
                 await asyncio.wait_for(self._presence_task, 5)
         self.board.detach()
         self.loop_lag.stop()
+        self._expiries.close()
         with contextlib.suppress(*REDIS_ERRORS):
             await self.redis.delete(names.gateway_status_key(self.config.name))  # off the status page at once
         await self.server.stop()
@@ -491,8 +496,7 @@ class GatewayNode:
         session.closed = True
         session.catch_up = None  # never started (closed while connecting): its partial holds the session
         self.admission.left(sid)
-        if session.expiry is not None:
-            session.expiry.cancel()
+        self._expiries.clear(session)
         if session.sync_task is not None:
             session.sync_task.cancel()
         self.subscriptions.release_session(session)
@@ -502,10 +506,8 @@ class GatewayNode:
             self._drained.set()
 
     def _schedule_expiry(self, session: Session) -> None:
-        if session.expiry is not None:
-            session.expiry.cancel()
         delay = session.identity.expires_at + self.config.jwt_leeway_s - time.time()
-        session.expiry = asyncio.get_running_loop().call_later(max(delay, 0.0), self._expire, session)
+        self._expiries.set(session, max(delay, 0.0))
 
     def _expire(self, session: Session) -> None:
         if session.closed:

@@ -25,7 +25,6 @@ class Session:
     user_patterns: re.Pattern[str] | None
     topics: set[str] = field(default_factory=set)
     pending: set[str] = field(default_factory=set)
-    expiry: asyncio.TimerHandle | None = None
     catch_up: Callable[[], None] | None = None  # starts the catch-up once the CONNECT answer is queued
     sync_task: asyncio.Task[None] | None = None
     closed: bool = False

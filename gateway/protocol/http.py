@@ -30,6 +30,7 @@ import h11._readers
 
 from gateway.limits import KeyedBuckets, address_key
 from gateway.protocol import request_head, websocket
+from gateway.protocol.deadlines import CONNECTION_GRANULARITY_S, Deadlines
 
 # h11 reads header lines with a pattern that costs quadratic time on a crafted line (see
 # `request_head.HEADER_FIELD`); the linear one matches the same lines with the same groups.
@@ -179,11 +180,15 @@ class HttpProtocol(asyncio.Protocol):
         max_body_bytes: int,
         connections: set[HttpProtocol],
         intake: RequestIntake,
+        deadlines: Deadlines[HttpProtocol],
         *,
         trust_forwarded_for: bool,
         accept_limit: AcceptLimit | None = None,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
         self._handler = handler
+        self._deadlines = deadlines  # each request's, from the connection (or the last answer) to its whole head
+        self._request_timeout_s = request_timeout_s
         self._accept_limit = accept_limit
         self._max_body = max_body_bytes
         self._connections = connections
@@ -194,7 +199,6 @@ class HttpProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._remote = ""
         self._task: asyncio.Task[None] | None = None
-        self._timeout: asyncio.TimerHandle | None = None
         self._head: h11.Request | None = None
         self._body = bytearray()
         self._end_unread = False  # the current request's EndOfMessage is still in h11's buffer
@@ -212,7 +216,7 @@ class HttpProtocol(asyncio.Protocol):
             reset(transport)
             return
         self._connections.add(self)
-        self._arm_timeout()
+        self._deadlines.set(self, self._request_timeout_s)
 
     @property
     def _conn(self) -> h11.Connection:
@@ -224,8 +228,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
         self._transport = None
-        if self._timeout is not None:
-            self._timeout.cancel()
+        self._deadlines.clear(self)
         if self._task is not None:
             self._task.cancel()
 
@@ -269,11 +272,6 @@ class HttpProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def _arm_timeout(self) -> None:
-        if self._timeout is not None:
-            self._timeout.cancel()
-        self._timeout = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT_S, self.close)
-
     def _next_request(self) -> None:
         """Answer the next complete request in h11's buffer, or start its handler's task."""
         request = self._complete_request()
@@ -314,8 +312,7 @@ class HttpProtocol(asyncio.Protocol):
     def _complete_request(self) -> Request | None:
         """The next complete request from h11's buffer; None while incomplete, or after answering a broken one."""
         if self._first is not None and (request := self._plain_request()) is not None:
-            if self._timeout is not None:
-                self._timeout.cancel()
+            self._deadlines.clear(self)
             return request
         try:
             while True:
@@ -340,8 +337,7 @@ class HttpProtocol(asyncio.Protocol):
         except h11.RemoteProtocolError as exc:
             self._fail(exc.error_status_hint, str(exc))
             return None
-        if self._timeout is not None:
-            self._timeout.cancel()
+        self._deadlines.clear(self)
         assert self._head is not None
         try:
             head = self._head
@@ -418,7 +414,7 @@ class HttpProtocol(asyncio.Protocol):
             transport.close()
             return False
         transport.resume_reading()
-        self._arm_timeout()
+        self._deadlines.set(self, self._request_timeout_s)
         return True
 
     def _read_end(self) -> None:
@@ -520,6 +516,7 @@ class HttpServer:
         max_body_bytes: int,
         trust_forwarded_for: bool = False,
         accept_limit: AcceptLimit | None = None,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
         self._handler = handler
         self._max_body = max_body_bytes
@@ -527,6 +524,8 @@ class HttpServer:
         self._accept_limit = accept_limit
         self._connections: set[HttpProtocol] = set()
         self._intake = RequestIntake()
+        self._request_timeout_s = request_timeout_s
+        self._deadlines: Deadlines[HttpProtocol] = Deadlines(HttpProtocol.close, granularity_s=CONNECTION_GRANULARITY_S)
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
@@ -538,8 +537,10 @@ class HttpServer:
                 self._max_body,
                 self._connections,
                 self._intake,
+                self._deadlines,
                 trust_forwarded_for=self._trust_forwarded_for,
                 accept_limit=self._accept_limit,
+                request_timeout_s=self._request_timeout_s,
             ),
             host,
             port,
@@ -556,3 +557,4 @@ class HttpServer:
     def close_connections(self) -> None:
         for connection in list(self._connections):
             connection.close()
+        self._deadlines.close()

@@ -31,6 +31,7 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from gateway.limits import TokenBucket
+from gateway.protocol.deadlines import CONNECTION_GRANULARITY_S, Deadlines
 from gateway.protocol.engineio import Engine, EngineSettings, Observer
 from gateway.protocol.http import Outcome, Request
 from gateway.protocol.session import Packet, Session
@@ -112,7 +113,7 @@ class _Reassembly:
 class Socket:
     """One Socket.IO client (the default namespace) on one Engine.IO session."""
 
-    __slots__ = ("bucket", "deadline", "inbox", "reassembly", "refused", "rooms", "session", "sid", "state", "worker")
+    __slots__ = ("bucket", "inbox", "reassembly", "refused", "rooms", "session", "sid", "state", "worker")
 
     def __init__(self, session: Session, bucket: TokenBucket) -> None:
         self.sid = new_sid()
@@ -122,7 +123,6 @@ class Socket:
         self.rooms: set[str] = set()
         self.inbox: deque[tuple[str | None, Any]] | None = None  # events waiting: (ack id, arguments)
         self.worker: asyncio.Task[None] | None = None
-        self.deadline: asyncio.TimerHandle | None = None
         self.reassembly: _Reassembly | None = None
         self.refused = 0  # packets refused in a row
 
@@ -189,6 +189,8 @@ class SocketIOServer:
         self._on_disconnect: DisconnectHandler | None = None
         self._workers: set[asyncio.Task[None]] = set()
         self._connects: set[asyncio.Future[bool]] = set()  # connect handlers' answers still awaited
+        # A socket must CONNECT within `connect_timeout_s` of its transport opening.
+        self._connect_deadlines: Deadlines[Socket] = Deadlines(self._deadline, granularity_s=CONNECTION_GRANULARITY_S)
 
     def start(self) -> None:
         self.engine.start()
@@ -196,6 +198,7 @@ class SocketIOServer:
     async def stop(self) -> None:
         """Stop the heartbeat and the handlers still running (after `close_all`, at shutdown)."""
         self.engine.stop()
+        self._connect_deadlines.close()
         pending: list[asyncio.Future[Any]] = [*self._workers, *self._connects]
         for awaited in pending:
             awaited.cancel()
@@ -295,10 +298,9 @@ class SocketIOServer:
         socket = Socket(session, TokenBucket(self.settings.event_rate, self.settings.event_burst))
         session.owner = socket
         self.sockets[socket.sid] = socket
-        socket.deadline = asyncio.get_running_loop().call_later(self.settings.connect_timeout_s, self._deadline, socket)
+        self._connect_deadlines.set(socket, self.settings.connect_timeout_s)
 
     def _deadline(self, socket: Socket) -> None:
-        socket.deadline = None
         if socket.state is not State.CONNECTED and not socket.session.closed:
             self.observer.protocol_closed("connect_timeout")
             socket.session.close("connect_timeout", abort=True)
@@ -308,8 +310,7 @@ class SocketIOServer:
         if not isinstance(socket, Socket):
             return
         self.sockets.pop(socket.sid, None)
-        if socket.deadline is not None:
-            socket.deadline.cancel()
+        self._connect_deadlines.clear(socket)
         socket.reassembly = None
         session.owner = None  # no cycle left for the garbage collector (see Engine.forget)
         # A running handler is left to finish (it sees the socket closed):
@@ -485,9 +486,7 @@ class SocketIOServer:
             return
         socket.state = State.CONNECTED
         session.handshake = None
-        if socket.deadline is not None:
-            socket.deadline.cancel()
-            socket.deadline = None
+        self._connect_deadlines.clear(socket)
         # Through this turn's write batch: what `on_connected` sends now (a `sync`) goes in the same write.
         # The sid is URL-safe base64 (`new_sid`): nothing in it needs JSON escaping.
         self.engine.broadcast((session,), Packet(f'{CONNECT}{{"sid":"{socket.sid}"}}'))

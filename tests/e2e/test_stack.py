@@ -110,7 +110,11 @@ async def test_the_whole_system_on_one_host(tmp_path: Path) -> None:
             assert all(result["ok"] for result in reply["results"]), reply
             seen: dict[str, dict[str, object]] = {}
             while len(seen) < len(TOPICS):  # the first trades may take a moment
-                topic, data = await client.next("market", timeout=30)
+                try:
+                    topic, data = await client.next("market", timeout=30)
+                except TimeoutError:
+                    missing = sorted(set(TOPICS) - set(seen))
+                    pytest.fail(f"nothing on {missing} for 30 s; the stack's log ends: {stack.log.read_text()[-6000:]}")
                 seen[topic] = data
             assert seen["kraken:book:BTC/USD"]["type"] == "book" and seen["kraken:book:BTC/USD"]["bids"]
             assert seen["coinbase:trades:BTC/USD"]["type"] == "trade"

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.protocol.http import RequestIntake
+from gateway.protocol.http import HttpServer, Request, RequestIntake, Response
 from tests.harness import running_node
 
 
@@ -125,3 +125,35 @@ async def test_thousands_of_pipelined_requests_answered_at_once_are_all_answered
         writer.close()
     assert response.count(b"HTTP/1.1 200 ") == count - 1
     assert response.rindex(b"HTTP/1.1 200 ") < response.index(b"HTTP/1.1 404 ")
+
+
+async def test_a_head_that_never_completes_and_an_idle_keep_alive_are_closed_after_the_request_timeout() -> None:
+    """Slowloris: a head dripped too slowly, or a connection left idle after its answer, is closed in time."""
+    timeout_s = 0.5
+
+    def answer(request: Request) -> Response:
+        return Response(200, b"ok")
+
+    server = HttpServer(answer, max_body_bytes=1024, request_timeout_s=timeout_s)
+    await server.start("127.0.0.1", 0)
+    assert server._server is not None
+    port = server._server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    try:
+        partial_reader, partial = await asyncio.open_connection("127.0.0.1", port)
+        opened_at = loop.time()
+        partial.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        idle_reader, idle = await asyncio.open_connection("127.0.0.1", port)
+        idle.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(idle_reader.readuntil(b"ok"), 5)).startswith(b"HTTP/1.1 200 ")
+        answered_at = loop.time()
+
+        assert await asyncio.wait_for(partial_reader.read(), 5) == b""  # closed, unanswered
+        assert loop.time() - opened_at >= timeout_s
+        assert await asyncio.wait_for(idle_reader.read(), 5) == b""
+        assert loop.time() - answered_at >= timeout_s * 0.9  # the deadline restarted at the answer
+        partial.close()
+        idle.close()
+    finally:
+        server.close_connections()
+        await server.stop_listening()
