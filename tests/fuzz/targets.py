@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any, Final
 
+from gateway.protocol.deadlines import CONNECTION_GRANULARITY_S, Deadlines
 from gateway.protocol.engineio import Engine, EngineSettings, Transport
 from gateway.protocol.http import HttpProtocol, Request, RequestIntake, Response
 from gateway.protocol.session import Session
@@ -152,7 +153,8 @@ def http(data: bytes) -> None:
 
     async def drive() -> _Transport:
         transport = _Transport()
-        protocol = HttpProtocol(answer, MAX_SIZE, set(), RequestIntake(), trust_forwarded_for=True)
+        deadlines: Deadlines[HttpProtocol] = Deadlines(HttpProtocol.close, granularity_s=CONNECTION_GRANULARITY_S)
+        protocol = HttpProtocol(answer, MAX_SIZE, set(), RequestIntake(), deadlines, trust_forwarded_for=True)
         protocol.connection_made(transport)
         for chunk in chunks(data):
             protocol.data_received(chunk)
@@ -160,6 +162,7 @@ def http(data: bytes) -> None:
         protocol.eof_received()
         await asyncio.sleep(0)
         protocol.connection_lost(None)
+        assert not deadlines, "a closed connection's request deadline is left behind"
         return transport
 
     transport = _loop.run_until_complete(drive())
