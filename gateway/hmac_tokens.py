@@ -20,13 +20,14 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import jwt
 from jwt.algorithms import HMACAlgorithm
+
+from shared import stdjson
 
 # The header members a plain token may carry; `crit`, `b64`, `jku`... send a token to PyJWT.
 _PLAIN_HEADER: Final = frozenset({"alg", "typ", "kid"})
@@ -61,7 +62,7 @@ def _segment(text: bytes) -> bytes | None:
 
 def _object(data: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(data)  # the parser PyJWT uses: the same reading of every byte
+        value = stdjson.loads(data)  # what PyJWT's parser reads from every byte (the standard library's)
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None

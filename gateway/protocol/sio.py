@@ -18,7 +18,6 @@ while the socket has events to handle; an idle socket costs no task.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from collections import deque
@@ -36,6 +35,7 @@ from gateway.protocol.engineio import Engine, EngineSettings, Observer
 from gateway.protocol.http import Outcome, Request
 from gateway.protocol.session import Packet, Session
 from gateway.protocol.sids import new_sid
+from shared import stdjson
 from shared.nesting import MAX_JSON_DEPTH, deeper_than
 
 logger = logging.getLogger(__name__)
@@ -155,9 +155,9 @@ def decode_data(header: _Header, text: str) -> Any:
     """The packet's JSON payload, checked for its packet type; raises ProtocolFault."""
     raw = text[header.data_start :]
     try:
-        # The standard library's parser, like python-socketio's: its client
+        # The standard library's reading, like python-socketio's: its client
         # sends Infinity and NaN for such floats (the handlers refuse them).
-        data = json.loads(raw) if raw else None
+        data = stdjson.loads(raw) if raw else None
     except (ValueError, RecursionError) as exc:
         raise ProtocolFault(f"invalid JSON: {str(exc)[:100]}") from None
     if deeper_than(data, MAX_JSON_DEPTH):

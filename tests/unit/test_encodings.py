@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import hiredis
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.protocol import http
-from shared import resp
+from shared import resp, stdjson
 
 
 @pytest.mark.parametrize(
@@ -60,3 +65,80 @@ def test_a_target_that_is_not_a_url_is_refused_each_time() -> None:
     for _ in range(2):
         with pytest.raises(ValueError):
             http._read_target(b"http://[::1/x")
+
+
+def outcome(read: Callable[[Any], Any], data: str | bytes) -> tuple[str, str]:
+    """What a reader makes of `data`: the value's repr (NaN is equal to itself there), or the exception's type."""
+    try:
+        return "value", repr(read(data))
+    except (ValueError, RecursionError) as exc:
+        return "error", type(exc).__name__
+
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+)
+_DOCUMENTS = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+# Bytes that change how a JSON text reads: its structure, numbers' forms, escapes, surrogates, encodings.
+_NOISE = st.sampled_from(
+    [
+        '"',
+        "\\",
+        ",",
+        ":",
+        "{",
+        "}",
+        "[",
+        "]",
+        " ",
+        "\n",
+        "\x00",
+        "e",
+        "E",
+        "-",
+        "+",
+        ".",
+        "0",
+        "9",
+        "1e999",
+        "NaN",
+        "Infinity",
+        "\\u",
+        "\\ud800",
+        "\\udc00",
+        "\\ud83d\\ude00",
+        "é",
+        "\ufeff",
+        "\x7f",
+        "//",
+        "'",
+    ]
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    document=_DOCUMENTS,
+    ascii_only=st.booleans(),
+    noise=st.lists(st.tuples(st.integers(min_value=0, max_value=200), _NOISE), max_size=3),
+    encoding=st.sampled_from(["str", "utf-8", "utf-16", "utf-32-le", "latin-1"]),
+)
+def test_the_fast_json_reader_reads_every_document_as_the_standard_library_does(
+    document: object, ascii_only: bool, noise: list[tuple[int, str]], encoding: str
+) -> None:
+    text = json.dumps(document, ensure_ascii=ascii_only)
+    for at, piece in noise:  # damaged or unusual texts too: both must refuse them alike, or read them alike
+        text = text[:at] + piece + text[at:]
+    if encoding == "str":
+        data: str | bytes = text
+    else:
+        data = text.encode(encoding, errors="surrogatepass" if encoding != "latin-1" else "replace")
+    assert outcome(stdjson.loads, data) == outcome(json.loads, data)
