@@ -16,7 +16,6 @@ PyJWT's exception and message, hence the same client-facing code.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -27,7 +26,7 @@ from typing import Any, Final
 import jwt
 from jwt.algorithms import HMACAlgorithm
 
-from shared import stdjson
+from shared import base64url, stdjson
 
 # The header members a plain token may carry; `crit`, `b64`, `jku`... send a token to PyJWT.
 _PLAIN_HEADER: Final = frozenset({"alg", "typ", "kid"})
@@ -51,11 +50,11 @@ def _segment(text: bytes) -> bytes | None:
     if len(text) % 4 == 1:
         return None
     try:
-        decoded = base64.urlsafe_b64decode(text + b"=" * (-len(text) % 4))
+        decoded = base64url.decode(text + b"=" * (-len(text) % 4))
     except binascii.Error:
         return None
     # Unused low bits must be zero: "eyJ9" and "eyJ-" must not both be the same header.
-    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != text:
+    if base64url.encode(decoded).rstrip(b"=") != text:
         return None
     return decoded
 

@@ -9,9 +9,10 @@ with an empty block, so no two processes hand out the same ids.
 
 from __future__ import annotations
 
-import base64
 import os
 from typing import Final
+
+from shared import base64url
 
 ID_BYTES: Final = 15
 _BLOCK_IDS: Final = 256
@@ -39,4 +40,4 @@ def new_sid() -> str:
         block.data, block.offset = os.urandom(ID_BYTES * _BLOCK_IDS), 0
     start = block.offset
     block.offset = start + ID_BYTES
-    return base64.urlsafe_b64encode(block.data[start : start + ID_BYTES]).decode()
+    return base64url.encode(block.data[start : start + ID_BYTES]).decode()

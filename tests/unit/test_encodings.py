@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.protocol import http
-from shared import resp, stdjson
+from shared import base64url, resp, stdjson
 
 
 @pytest.mark.parametrize(
@@ -142,3 +143,12 @@ def test_the_fast_json_reader_reads_every_document_as_the_standard_library_does(
     else:
         data = text.encode(encoding, errors="surrogatepass" if encoding != "latin-1" else "replace")
     assert outcome(stdjson.loads, data) == outcome(json.loads, data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.binary(max_size=64), junk=st.binary(max_size=8))
+def test_base64url_is_the_base64_modules_urlsafe_pair(data: bytes, junk: bytes) -> None:
+    encoded = base64.urlsafe_b64encode(data)
+    assert base64url.encode(data) == encoded
+    for text in (encoded, encoded.rstrip(b"="), encoded + junk, junk + encoded):
+        assert outcome(base64url.decode, text) == outcome(base64.urlsafe_b64decode, text)
