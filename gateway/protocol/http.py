@@ -549,6 +549,12 @@ class HttpServer:
             backlog=4096,
         )
 
+    @property
+    def port(self) -> int:
+        """The port listened on (the one the kernel chose, when started with port 0)."""
+        assert self._server is not None, "not listening"
+        return int(self._server.sockets[0].getsockname()[1])
+
     async def stop_listening(self) -> None:
         if self._server is not None:
             self._server.close()

@@ -136,8 +136,7 @@ async def test_a_head_that_never_completes_and_an_idle_keep_alive_are_closed_aft
 
     server = HttpServer(answer, max_body_bytes=1024, request_timeout_s=timeout_s)
     await server.start("127.0.0.1", 0)
-    assert server._server is not None
-    port = server._server.sockets[0].getsockname()[1]
+    port = server.port
     loop = asyncio.get_running_loop()
     try:
         partial_reader, partial = await asyncio.open_connection("127.0.0.1", port)
