@@ -75,20 +75,20 @@ class WriteBatch:
         if len(pieces) == 1:
             data = pieces[0][0]
             for session in audience:
-                ws = session.ws
-                if ws is None or ws.paused or session.closed:
+                write = session.writer  # None: closed, lagging or long-polling
+                if write is None:
                     session.deliver_all(sends, 0)
                 else:
-                    ws.transport.write(data)
+                    write(data)
             return
         for session in audience:
-            ws = session.ws
-            if ws is None or ws.paused or session.closed:
+            write = session.writer
+            if write is None:
                 session.deliver_all(sends, 0)
                 continue
             for data, after in pieces:
-                ws.transport.write(data)
-                if ws.paused:  # lagging from here on: the rest is conflated or bounded packet by packet
+                write(data)
+                if session.writer is None:  # lagging from here on: the rest is conflated or bounded packet by packet
                     session.deliver_all(sends, after)
                     break
 

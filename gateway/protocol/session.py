@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
 from gateway.limits import TokenBucket
@@ -81,6 +82,7 @@ class Session:
         "slots",
         "upgrading",
         "waiter",
+        "writer",
         "ws",
     )
 
@@ -92,6 +94,9 @@ class Session:
         self.handshake: Request | None = handshake
         self.owner: object = None
         self.ws: WebSocketConnection | None = None
+        # The WebSocket transport's `write` while the session writes straight to it (open, its client
+        # keeping up), else None: what a fan-out reads per recipient, one attribute (`WriteBatch`).
+        self.writer: Callable[[bytes], object] | None = None
         self.upgrading: WebSocketConnection | None = None
         self.queue: list[str] = []  # long-polling only
         self.queued_bytes = 0
@@ -307,6 +312,7 @@ class Session:
             self.upgrading = None
             pending, self.queue, self.queued_bytes = self.queue, [], 0
             self.ws = ws
+            self.writer = None if ws.paused else ws.transport.write
             ws.transport.write(b"".join(websocket.text_frame(p.encode()) for p in pending if p != NOOP))
             self.flush_slots()
         else:
@@ -326,6 +332,7 @@ class Session:
         if not abort and self.engine.batch is not None:
             self.engine.flush()  # what this loop turn sent it (a reason, a DISCONNECT) goes out first
         self.closed = True
+        self.writer = None
         self.close_reason = reason
         self.slots = None
         self.chunks = None
@@ -366,6 +373,7 @@ class WebSocketConnection(asyncio.Protocol):
         settings = self.engine.settings
         transport.set_write_buffer_limits(high=settings.conflate_above, low=settings.conflate_above // 4)
         if self.session.ws is self:  # a direct WebSocket: its open packet went with the 101 (the engine's Upgrade)
+            self.session.writer = transport.write
             self.engine.handler.opened(self.session)
 
     def data_received(self, data: bytes) -> None:
@@ -413,13 +421,17 @@ class WebSocketConnection(asyncio.Protocol):
         # A client that does not read does not get its input handled either: whatever it sends
         # (pings, events) would only make the node write more for it.
         self.paused = True
+        if self.session.ws is self:
+            self.session.writer = None  # lagging: its packets go through `deliver` (conflated, bounded)
         self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
         self.transport.resume_reading()
-        if self.session.ws is self:
-            self.session.flush_slots()
+        session = self.session
+        if session.ws is self and not session.closed:
+            session.writer = self.transport.write
+            session.flush_slots()
 
     def close(self, code: CloseCode, reason: str = "") -> None:
         """Send a close frame, then close once written (a client that stopped reading is aborted instead)."""
@@ -437,4 +449,4 @@ class WebSocketConnection(asyncio.Protocol):
             session.upgrading = None  # a failed upgrade: the session stays on long-polling
         elif self is session.ws:
             session.close("transport_close", abort=True)
-            session.ws = None  # no cycle left for the garbage collector (see Engine.forget)
+            session.ws = session.writer = None  # no cycle left for the garbage collector (see Engine.forget)
