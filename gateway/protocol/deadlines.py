@@ -138,8 +138,8 @@ class Deadlines(Generic[Key]):
                         logger.exception("a deadline's callback failed")
                 if not bucket:
                     heapq.heappop(numbers)
-                    if bucket is not None and buckets.get(bucket.number) is bucket:
-                        del buckets[bucket.number]
+                    if bucket is not None:
+                        self._drop(bucket)
         finally:
             self._firing = False
         if not numbers:

@@ -154,8 +154,8 @@ class Session:
 
     def collect(self, packet: Packet, conflate_key: str | None) -> bool:
         """Add `packet` to this session's write at the end of the batch; True if that write was not pending yet."""
-        ws = self.ws
-        if ws is None or ws.paused or self.closed:
+        write = self.writer  # None: closed, lagging or long-polling
+        if write is None:
             self.deliver(packet, conflate_key)
             return False
         chunks = self.chunks
@@ -168,7 +168,7 @@ class Session:
         if self.chunks_bytes > self.engine.settings.conflate_above:
             # A big batch goes out early, so that a slow client is seen
             # lagging (paused) before the batch ends, not a batch later.
-            ws.transport.write(b"".join(chunks))
+            write(b"".join(chunks))
             self.chunks = []
             self.chunks_bytes = 0
         return False
