@@ -139,9 +139,9 @@ def dumped_instructions(path: Path) -> int:
     raise ValueError(f"no totals in {path}")
 
 
-async def counted_storm(clients: int, workdir: Path) -> None:
-    """A storm of `clients` connects against a gateway under callgrind, counted (after a warm-up) into `workdir`."""
-    command = [
+def callgrind_command(workdir: Path) -> list[str]:
+    """The gateway under callgrind, counting nothing until told (`callgrind_control --instr=on`); dumps in `workdir`."""
+    return [
         "valgrind",
         "--tool=callgrind",
         "--instr-atstart=no",
@@ -151,6 +151,11 @@ async def counted_storm(clients: int, workdir: Path) -> None:
         "-c",
         HELD_OFF_HEARTBEAT,
     ]
+
+
+async def counted_storm(clients: int, workdir: Path) -> None:
+    """A storm of `clients` connects against a gateway under callgrind, counted (after a warm-up) into `workdir`."""
+    command = callgrind_command(workdir)
     overrides = {"GATEWAY_PING_INTERVAL_S": "600"}
     async with (
         deploy(

@@ -11,21 +11,24 @@ is held on a timer.
 Fan-out costs about one write per recipient, so the common case is kept to
 just that: when every send of a batch goes to one audience (one room: a
 node serving one topic, or any batch of a single message), the batch's
-frames are joined once and the same bytes are written to every client that
-keeps up; nothing is allocated or looked up per recipient. A batch with
-several audiences (several topics, a notification beside market data)
-collects each client's frames on its session instead and writes them once,
-in the order they were sent.
+frames are joined once and the same bytes are written straight to the
+socket of every client that keeps up (`Session.straight_fd`); nothing is
+allocated or looked up per recipient. A batch with several audiences
+(several topics, a notification beside market data) collects each client's
+frames on its session instead and writes them once, in the order they were
+sent.
 
-Either way a client that does not keep up (its transport paused writing) is
-not written to in bulk: its packets go one by one through `Session.deliver`,
-which conflates market data and bounds the rest. Frames are written in
-pieces of about `conflate_above` bytes, so a client that lags in the middle
-of a large batch is seen lagging before the rest of the batch reaches it.
+Either way a client whose transport still holds unsent bytes is not written
+to in bulk: its packets go one by one through `Session.deliver`, behind
+those bytes, which conflates market data for a lagging client and bounds
+the rest. Frames are written in pieces of about `conflate_above` bytes, so
+a client that falls behind in the middle of a large batch is seen doing so
+before the rest of the batch reaches it.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -74,21 +77,28 @@ class WriteBatch:
         pieces = self._pieces(sends)
         if len(pieces) == 1:
             data = pieces[0][0]
+            size = len(data)
+            write = os.write
             for session in audience:
-                write = session.writer  # None: closed, lagging or long-polling
-                if write is None:
+                fd = session.straight_fd  # None: closed, backlogged or long-polling
+                if fd is None:
                     session.deliver_all(sends, 0)
-                else:
-                    write(data)
+                    continue
+                # `Session.write`, inlined: this loop runs once per delivery.
+                try:
+                    written = write(fd, data)
+                except OSError:  # full (EAGAIN) or broken: the transport takes it all, and finds out which
+                    written = 0
+                if written != size:
+                    session.write_rest(data, written)
             return
         for session in audience:
-            write = session.writer
-            if write is None:
+            if session.straight_fd is None:
                 session.deliver_all(sends, 0)
                 continue
             for data, after in pieces:
-                write(data)
-                if session.writer is None:  # lagging from here on: the rest is conflated or bounded packet by packet
+                session.write(data)
+                if session.straight_fd is None:  # backlogged from here on: the rest goes packet by packet
                     session.deliver_all(sends, after)
                     break
 

@@ -7,17 +7,25 @@ The `Engine` owns the handshake, CORS, the heartbeat and the set of sessions.
 
 Built for fan-out: an outgoing message is a `Packet` encoded once (text for
 long-polling, WebSocket frame bytes for everyone else) and sending it to a
-WebSocket client is one `transport.write` of those bytes (a loop turn's
-fan-out goes out together at the turn's end: see `batch`). A connected
-WebSocket client costs no queue, task or timer of its own: the transport's
-pause/resume-writing signal says when it lags.
+WebSocket client is one write of those bytes (a loop turn's fan-out goes out
+together at the turn's end: see `batch`). A connected WebSocket client costs
+no queue, task or timer of its own.
 
-A client that falls behind is `lagging`: packets sent with a conflation key
-(market data) then wait in one slot per key, the newest replacing an unsent
-older one, until the client drains; other packets are still written, up to
-`max_buffered` bytes, past which the client is dropped (it reconnects and
-recovers by position). Every byte the server holds for a client counts
-against that bound, control packets included.
+While the transport holds nothing unsent for a client, a fan-out writes
+straight to its socket (`os.write` on `Session.straight_fd`):
+the transport's own write costs as much again in bookkeeping (a buffer list
+appended to and cleared per write). Whatever the socket does not take goes
+to the transport, and from then on, until the transport has written it all,
+every write goes through the transport, behind it: its write-buffer limit
+is 0, so it calls `pause_writing` as soon as it holds a byte and
+`resume_writing` once it holds none (`WebSocketConnection.backlogged`).
+
+A client whose backlog passes `conflate_above` bytes is `lagging` until it
+has taken everything: packets sent with a conflation key (market data) then
+wait in one slot per key, the newest replacing an unsent older one; other
+packets are still written, up to `max_buffered` bytes, past which the client
+is dropped (it reconnects and recovers by position). Every byte the server
+holds for a client counts against that bound, control packets included.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Callable
+import os
 from typing import TYPE_CHECKING, Final, cast
 
 from gateway.limits import TokenBucket
@@ -80,9 +88,9 @@ class Session:
         "queued_bytes",
         "sid",
         "slots",
+        "straight_fd",
         "upgrading",
         "waiter",
-        "writer",
         "ws",
     )
 
@@ -94,9 +102,9 @@ class Session:
         self.handshake: Request | None = handshake
         self.owner: object = None
         self.ws: WebSocketConnection | None = None
-        # The WebSocket transport's `write` while the session writes straight to it (open, its client
-        # keeping up), else None: what a fan-out reads per recipient, one attribute (`WriteBatch`).
-        self.writer: Callable[[bytes], object] | None = None
+        # The WebSocket's socket descriptor while writing straight to it is safe (open, not closing,
+        # nothing unsent in the transport), else None: what a fan-out reads per recipient (`WriteBatch`).
+        self.straight_fd: int | None = None
         self.upgrading: WebSocketConnection | None = None
         self.queue: list[str] = []  # long-polling only
         self.queued_bytes = 0
@@ -114,7 +122,7 @@ class Session:
     def lagging(self) -> bool:
         ws = self.ws
         if ws is not None:
-            return ws.paused
+            return ws.lagging
         return self.queued_bytes > self.engine.settings.conflate_above
 
     def send(self, packet: Packet, conflate_key: str | None = None) -> bool:
@@ -137,15 +145,36 @@ class Session:
         ws = self.ws
         if ws is None:
             return self._queue(packet, conflate_key)
-        if ws.paused:
-            if conflate_key is not None:
+        if ws.backlogged:
+            unsent = ws.unsent
+            if unsent > self.engine.settings.conflate_above:
+                ws.lag()
+            if ws.lagging and conflate_key is not None:
                 self._conflate(packet, conflate_key)
                 return True
-            if ws.unsent + len(packet.frame) > self.engine.settings.max_buffered:
+            if unsent + len(packet.frame) > self.engine.settings.max_buffered:
                 self.engine.overflow(self)
                 return False
         ws.transport.write(packet.frame)
         return True
+
+    def write(self, data: bytes) -> None:
+        """Write WebSocket frames: straight to the socket while nothing is pending, the rest through the transport."""
+        fd = self.straight_fd
+        written = 0
+        if fd is not None:
+            try:
+                written = os.write(fd, data)
+            except OSError:  # full (EAGAIN) or broken: the transport takes it all, and finds out which
+                written = 0
+            if written == len(data):
+                return
+        self.write_rest(data, written)
+
+    def write_rest(self, data: bytes, written: int) -> None:
+        """What a straight write left of `data` goes to the transport (which pauses us: `backlogged`)."""
+        if self.ws is not None:
+            self.ws.transport.write(data[written:] if written else data)
 
     def deliver_all(self, sends: list[Send], start: int) -> None:
         """A batch's packets from `start` on, one by one (this session does not keep up, or is not a WebSocket)."""
@@ -154,8 +183,7 @@ class Session:
 
     def collect(self, packet: Packet, conflate_key: str | None) -> bool:
         """Add `packet` to this session's write at the end of the batch; True if that write was not pending yet."""
-        write = self.writer  # None: closed, lagging or long-polling
-        if write is None:
+        if self.straight_fd is None:  # closed, backlogged or long-polling
             self.deliver(packet, conflate_key)
             return False
         chunks = self.chunks
@@ -167,8 +195,8 @@ class Session:
         self.chunks_bytes += len(packet.frame)
         if self.chunks_bytes > self.engine.settings.conflate_above:
             # A big batch goes out early, so that a slow client is seen
-            # lagging (paused) before the batch ends, not a batch later.
-            write(b"".join(chunks))
+            # backlogged before the batch ends, not a batch later.
+            self.write(b"".join(chunks))
             self.chunks = []
             self.chunks_bytes = 0
         return False
@@ -225,7 +253,7 @@ class Session:
         """Write what `collect` gathered for this session in a batch."""
         chunks, self.chunks = self.chunks, None
         if chunks and self.ws is not None and not self.closed:
-            self.ws.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            self.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     # Receiving
 
@@ -312,7 +340,7 @@ class Session:
             self.upgrading = None
             pending, self.queue, self.queued_bytes = self.queue, [], 0
             self.ws = ws
-            self.writer = None if ws.paused else ws.transport.write
+            self.straight_fd = None if ws.backlogged else ws.fd
             ws.transport.write(b"".join(websocket.text_frame(p.encode()) for p in pending if p != NOOP))
             self.flush_slots()
         else:
@@ -332,7 +360,7 @@ class Session:
         if not abort and self.engine.batch is not None:
             self.engine.flush()  # what this loop turn sent it (a reason, a DISCONNECT) goes out first
         self.closed = True
-        self.writer = None
+        self.straight_fd = None
         self.close_reason = reason
         self.slots = None
         self.chunks = None
@@ -350,16 +378,26 @@ class Session:
         self.engine.forget(self)
 
 
+def straight_fd(transport: asyncio.BaseTransport) -> int | None:
+    """The transport's socket descriptor; None where bytes must pass through the transport (TLS, no socket)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or transport.get_extra_info("sslcontext") is not None:
+        return None
+    return int(sock.fileno())
+
+
 class WebSocketConnection(asyncio.Protocol):
     """The protocol of an upgraded connection: Engine.IO packets in WebSocket messages."""
 
-    __slots__ = ("engine", "parser", "paused", "pings", "session", "transport")
+    __slots__ = ("backlogged", "engine", "fd", "lagging", "parser", "pings", "session", "transport")
 
     def __init__(self, engine: Engine, session: Session) -> None:
         self.engine = engine
         self.session = session
         self.parser = websocket.FrameParser(engine.settings.max_payload)
-        self.paused = False
+        self.fd: int | None = None  # the session's `straight_fd` whenever nothing is unsent
+        self.backlogged = False  # the transport holds bytes the socket has not taken yet
+        self.lagging = False  # ... more than `conflate_above` of them, since it last held none
         self.pings: TokenBucket | None = None  # made on the first ping: most clients never send one
 
     @property
@@ -370,10 +408,14 @@ class WebSocketConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport = cast(asyncio.Transport, transport)
-        settings = self.engine.settings
-        transport.set_write_buffer_limits(high=settings.conflate_above, low=settings.conflate_above // 4)
+        self.fd = straight_fd(transport)
+        # Paused at the first unsent byte, resumed at none (see the module). The transport may hold
+        # bytes of the HTTP side already (and have paused that protocol, not this one, for them).
+        transport.set_write_buffer_limits(high=0)
+        self.backlogged = transport.get_write_buffer_size() > 0
         if self.session.ws is self:  # a direct WebSocket: its open packet went with the 101 (the engine's Upgrade)
-            self.session.writer = transport.write
+            if not self.backlogged:
+                self.session.straight_fd = self.fd
             self.engine.handler.opened(self.session)
 
     def data_received(self, data: bytes) -> None:
@@ -418,26 +460,39 @@ class WebSocketConnection(asyncio.Protocol):
             self.close(CloseCode.NORMAL)
 
     def pause_writing(self) -> None:
-        # A client that does not read does not get its input handled either: whatever it sends
-        # (pings, events) would only make the node write more for it.
-        self.paused = True
+        # The transport holds unsent bytes: until it has written them all, so does everything after them.
+        self.backlogged = True
         if self.session.ws is self:
-            self.session.writer = None  # lagging: its packets go through `deliver` (conflated, bounded)
-        self.transport.pause_reading()
+            self.session.straight_fd = None  # its packets go through `deliver` (conflated when lagging, bounded)
 
     def resume_writing(self) -> None:
-        self.paused = False
-        self.transport.resume_reading()
+        # The transport has written everything: straight writes again, and what was conflated meanwhile.
+        self.backlogged = False
+        if self.lagging:
+            self.lagging = False
+            self.transport.resume_reading()
         session = self.session
-        if session.ws is self and not session.closed:
-            session.writer = self.transport.write
+        if session.ws is self and not session.closed and not self.transport.is_closing():
+            session.straight_fd = self.fd
             session.flush_slots()
+
+    def lag(self) -> None:
+        """The backlog passed `conflate_above`: lagging until the client has taken all of it.
+
+        A client that does not read does not get its input handled either: whatever it sends
+        (pings, events) would only make the node write more for it.
+        """
+        if not self.lagging:
+            self.lagging = True
+            self.transport.pause_reading()
 
     def close(self, code: CloseCode, reason: str = "") -> None:
         """Send a close frame, then close once written (a client that stopped reading is aborted instead)."""
         if self.transport.is_closing():
             return
-        if self.paused:
+        if self.session.ws is self:
+            self.session.straight_fd = None  # nothing may reach the socket after the close frame
+        if self.lagging:
             self.transport.abort()
             return
         self.transport.write(websocket.close_frame(code, reason))
@@ -445,8 +500,10 @@ class WebSocketConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         session = self.session
+        if self is session.ws:
+            session.straight_fd = None  # the transport closes the descriptor next: nothing may write to its number
         if self is session.upgrading:
             session.upgrading = None  # a failed upgrade: the session stays on long-polling
         elif self is session.ws:
             session.close("transport_close", abort=True)
-            session.ws = session.writer = None  # no cycle left for the garbage collector (see Engine.forget)
+            session.ws = session.straight_fd = None  # no cycle left for the garbage collector (see Engine.forget)

@@ -183,6 +183,9 @@ class SocketIOServer:
         self.observer = observer
         self.sockets: dict[str, Socket] = {}
         self._rooms: dict[str, set[Session]] = {}
+        # Each room's members as the tuple a broadcast takes, made on the room's first send and
+        # dropped when its members change: a message to a room of thousands copies nothing.
+        self._audiences: dict[str, tuple[Session, ...]] = {}
         self._handlers: dict[str, EventHandler] = {}
         self._on_connect: ConnectHandler | None = None
         self._on_connected: ConnectedHandler | None = None
@@ -236,11 +239,14 @@ class SocketIOServer:
         members = self._rooms.get(room)
         if not members:
             return 0
+        recipients: tuple[Session, ...] | None
         if skip:
             skipped = {socket.session for socket in map(self.sockets.get, skip) if socket is not None}
             recipients = tuple(session for session in members if session not in skipped)
         else:
-            recipients = tuple(members)
+            recipients = self._audiences.get(room)  # one tuple per room until its members change
+            if recipients is None:
+                recipients = self._audiences[room] = tuple(members)
         if recipients:
             self.engine.broadcast(recipients, packet, conflate_key)
         return len(recipients)
@@ -252,6 +258,7 @@ class SocketIOServer:
         if socket is not None and socket.state is not State.CLOSED:
             socket.rooms.add(room)
             self._rooms.setdefault(room, set()).add(socket.session)
+            self._audiences.pop(room, None)
 
     def room_sizes(self, prefix: str) -> dict[str, int]:
         """Sockets in each room whose name starts with `prefix` (for the status page)."""
@@ -269,6 +276,7 @@ class SocketIOServer:
         members = self._rooms.get(room)
         if members is not None:
             members.discard(socket.session)
+            self._audiences.pop(room, None)
             if not members:
                 del self._rooms[room]
 

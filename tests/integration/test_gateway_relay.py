@@ -133,9 +133,12 @@ async def test_unsubscribe_stops_delivery_and_redis_follows(redis_client: redis.
             await a.call("subscribe", [TRADES])
             await b.call("subscribe", [TRADES])
             assert names.market_channel(TRADES) in await pubsub_channels(redis_client)
+            await publisher.publish_market([trade(1)])  # to both: the node keeps the room's audience from here
+            assert (await a.next("market"))[0] == TRADES
+            assert (await b.next("market"))[0] == TRADES
             await a.call("unsubscribe", [TRADES])
             assert names.market_channel(TRADES) in relay.channels  # b still needs it
-            await publisher.publish_market([trade(1)])
+            await publisher.publish_market([trade(2)])
             assert (await b.next("market"))[0] == TRADES
             await a.nothing("market")
             await b.call("unsubscribe", [TRADES])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import redis.asyncio
@@ -72,3 +73,43 @@ async def test_stalled_socket_is_conflated_then_disconnected(
         assert watcher.sio.connected
         await watcher.call("subscribe", [TOPIC])  # the node is still serving
         stalled.close()
+
+
+async def test_client_that_falls_behind_and_catches_up_gets_every_frame_once_in_order(
+    redis_client: redis.asyncio.Redis,
+    redis_url: str,
+) -> None:
+    """Frames written straight to the socket and those the transport held behind them arrive in order, none twice.
+
+    The fan-out writes to a client's socket itself while the transport holds nothing for it
+    (`Session.straight_fd`); what the socket does not take goes to the transport, and every write after
+    it queues behind it until the transport has written it all. Nothing here is conflated (the
+    backlog stays under `conflate_above`), so the client must get every book exactly once.
+    """
+    publisher = AsyncPublisher(redis_client)
+    books = 600  # ~1.5 MB of frames: far more than the two sockets' buffers hold
+    async with running_node(redis_url, conflate_above_bytes=4 << 20, max_buffered_bytes=8 << 20) as node:
+        client = await stalled_client(node.url, make_token(sub="sleeper"))
+        await wait_until(lambda: any(s.topics for s in node.node.sessions.values()))
+        session = node.node.server.sockets[next(iter(node.node.sessions))].session
+        ws = session.ws
+        assert ws is not None and ws.fd is not None and session.straight_fd == ws.fd
+        # A small kernel buffer on the node's side, so that the socket fills after a few dozen books.
+        ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        deepest = 0
+        for batch in range(books // 100):
+            await publisher.publish_market([book(batch * 100 + i + 1) for i in range(100)])
+            await wait_until(lambda: ws.unsent > 0)
+            deepest = max(deepest, ws.unsent)
+        assert ws.backlogged and session.straight_fd is None  # writes now queue behind the transport's backlog
+        assert 0 < deepest < 4 << 20 and not ws.lagging
+        seqs: list[int] = []
+        while len(seqs) < books:
+            text = await client.receive_text(timeout=10)
+            if text.startswith('42["market"'):
+                seqs.append(json.loads(text[2:])[2]["seq"])
+        assert seqs == list(range(1, books + 1))
+        await wait_until(lambda: not ws.backlogged and session.straight_fd == ws.fd)  # drained: straight writes again
+        session.close("test")
+        assert session.straight_fd is None  # at once: nothing may be written to the socket after its close
+        client.close()
