@@ -6,12 +6,15 @@ from gateway.limits import KeyedBuckets, TokenBucket
 
 
 def test_a_bucket_gives_its_burst_then_its_rate_and_saves_up_no_more_than_the_burst() -> None:
-    bucket = TokenBucket(rate=10.0, burst=3.0)
-    start = bucket._stamp
+    bucket = TokenBucket(rate=8.0, burst=3.0)
+    # Any clock reading after the bucket was made; 2**40 keeps the sums below exact (eighths and
+    # sixteenths of a second), where a reading of the machine's clock could round half a token
+    # plus half a token to just under one (this test failed so, once, in a CI run).
+    start = float(2**40)
     assert [bucket.take(start) for _ in range(4)] == [True, True, True, False]
-    assert bucket.take(start + 0.05) is False  # half a token
-    assert bucket.take(start + 0.1) is True  # the other half arrived
-    assert bucket.take(start + 0.1) is False
+    assert bucket.take(start + 0.0625) is False  # half a token
+    assert bucket.take(start + 0.125) is True  # the other half arrived
+    assert bucket.take(start + 0.125) is False
     later = start + 3600.0  # an hour idle saves up the burst, not 36,000 tokens
     assert [bucket.take(later) for _ in range(4)] == [True, True, True, False]
 
