@@ -13,13 +13,11 @@ import msgspec
 
 from shared.errors import PayloadError
 from shared.events import (
+    DECIMAL_PATTERN,
     AnyMarketEvent,
-    Book,
-    Candle,
     ExecutionUpdate,
     Notification,
-    Ticker,
-    Trade,
+    bad_decimal,
 )
 
 # Bounds a publisher's payload before any parsing is spent on it.
@@ -85,7 +83,18 @@ class _Decoder(Generic[T]):
             raise PayloadError(f"bad {self._what}: JSON nested too deep") from None
 
 
-decode_market: Final = _Decoder[Ticker | Trade | Book | Candle](AnyMarketEvent, "market event")
+class _MarketDecoder(_Decoder[AnyMarketEvent]):
+    """Market events, with their prices and sizes checked all at once (see `events.bad_decimal`)."""
+
+    def __call__(self, data: bytes | str) -> AnyMarketEvent:
+        event = super().__call__(data)
+        bad = bad_decimal(event)
+        if bad is not None:
+            raise PayloadError(f"bad market event: {bad[:64]!r} is not a decimal string ({DECIMAL_PATTERN})")
+        return event
+
+
+decode_market: Final = _MarketDecoder(AnyMarketEvent, "market event")
 decode_envelope: Final = _Decoder[Envelope](Envelope, "envelope")
 decode_notification: Final = _Decoder[Notification](Notification, "notification")
 decode_execution: Final = _Decoder[ExecutionUpdate](ExecutionUpdate, "execution update")

@@ -15,6 +15,8 @@ import pytest
 
 from gateway.protocol.sio import MAX_JSON_DEPTH, ProtocolFault, decode_data, read_header
 from gateway.pubsub import PubSubError, RespParser
+from shared import codec
+from shared.errors import PayloadError
 from shared.nesting import deeper_than
 from tests.harness import make_token, running_node
 from tests.hostile.conftest import assert_linear, cpu_budget
@@ -119,3 +121,18 @@ async def test_header_lines_of_blanks_ending_in_a_refused_byte_cost_linear_time(
                     response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
                     assert response.startswith(b"HTTP/1.1 400"), (name, response)
                     writer.close()
+
+
+@pytest.mark.parametrize("last", ["1", "1x"])
+def test_a_deep_book_of_long_near_decimals_costs_linear_time(last: str) -> None:
+    """The contract's largest book, every value as long as a decimal may be, checked in one match."""
+    near = "9" * 30 + "." + "9" * 30 + "e-999"
+    levels = ",".join([f'["{near}","{near}"]'] * 999 + [f'["{near}","{last}"]'])
+    head = '{"type":"book","exchange":"bybit","symbol":"BTC/USDT","ts":1,"recv_ts":1,"asks":[],"bids":['
+    payload = (head + levels + "]}").encode()
+    with cpu_budget(1.0):
+        if last == "1":
+            assert len(codec.decode_market(payload).bids) == 1000
+        else:
+            with pytest.raises(PayloadError, match="'1x' is not a decimal string"):
+                codec.decode_market(payload)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared import codec, names
 from shared.config import ConfigError, load, setting
 from shared.errors import PayloadError, TopicError
-from shared.events import Book, Candle, ExecutionUpdate, Notification, Ticker
+from shared.events import DECIMAL_PATTERN, Book, Candle, ExecutionUpdate, Notification, Ticker, bad_decimal
 from shared.topics import Exchange, Kind, Timeframe, Topic
 
 
@@ -123,12 +126,40 @@ def test_a_decoded_events_topic_text_is_its_topic_written_out() -> None:
         b'{"type":"ticker","exchange":"binance","symbol":"BTC/USDT","ts":1,"recv_ts":1,"bid":"1e999999"}',
         b'{"type":"trade","exchange":"binance","symbol":"BTC/USDT","ts":-1,"recv_ts":1,"trade_id":"1","price":"1",'
         b'"size":"1","side":"buy"}',
+        b'{"type":"trade","exchange":"binance","symbol":"BTC/USDT","ts":1,"recv_ts":1,"trade_id":"1","price":"1.5\\n",'
+        b'"size":"1","side":"buy"}',  # a trailing newline: the pattern's `$` took it once (`search`), not any more
+        b'{"type":"book","exchange":"bybit","symbol":"BTC/USDT","ts":1,"recv_ts":1,"asks":[],"bids":['
+        + b'["100.5","1"],' * 39
+        + b'["100.5","1 "]]}',  # one bad size in 80 decimals
+        b'{"type":"candle","exchange":"kraken","symbol":"BTC/USD","ts":1,"recv_ts":1,"timeframe":"5m","open_time":0,'
+        b'"open":"1","high":"1","low":"1","close":"1\\n2","volume":"1"}',  # two decimals in one field
         b" " * (codec.MAX_PAYLOAD_BYTES + 1),
     ],
 )
 def test_bad_market_payloads_raise_payload_error(payload: bytes) -> None:
     with pytest.raises(PayloadError):
         codec.decode_market(payload)
+
+
+_REFERENCE_DECIMAL = re.compile(DECIMAL_PATTERN.removeprefix("^").removesuffix("$"))
+_near_decimals = st.text(alphabet="0123456789.-+eE\n x\u0663", max_size=12)  # \u0663: an Arabic-Indic digit
+_decimals = st.from_regex(_REFERENCE_DECIMAL, fullmatch=True) | _near_decimals
+
+
+@given(st.lists(st.tuples(_decimals, _decimals), max_size=25), st.lists(st.tuples(_decimals, _decimals), max_size=25))
+def test_bad_decimal_finds_the_first_value_the_contract_pattern_refuses(
+    bids: list[tuple[str, str]], asks: list[tuple[str, str]]
+) -> None:
+    """All of a book's decimals in one match give what the pattern gives field by field, as a browser reads it."""
+    book = Book(exchange="bybit", symbol="BTC/USDT", ts=1, recv_ts=1, bids=bids, asks=asks)
+    values = [value for level in (*bids, *asks) for value in level]
+    expected = next((value for value in values if _REFERENCE_DECIMAL.fullmatch(value) is None), None)
+    assert bad_decimal(book) == expected
+    if expected is None:
+        assert codec.decode_market(codec.encode(book)) == book
+    else:
+        with pytest.raises(PayloadError, match="is not a decimal string"):
+            codec.decode_market(codec.encode(book))
 
 
 def test_notification_and_execution_schemas_are_strict() -> None:
