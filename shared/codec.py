@@ -14,6 +14,8 @@ import msgspec
 from shared.errors import PayloadError
 from shared.events import (
     DECIMAL_PATTERN,
+    END,
+    IDENT_PATTERN,
     AnyMarketEvent,
     ExecutionUpdate,
     Notification,
@@ -32,7 +34,7 @@ class StreamKind(StrEnum):
     READ = "read"  # a user marked notifications read: not stored, only announced
 
 
-Position = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$")]
+Position = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,20}-[0-9]{1,20}" + END)]
 
 
 class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -53,7 +55,7 @@ class ReadMarks(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Revocation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A control message: disconnect a user's sockets, or those of one token."""
 
-    user_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")] | None = None
+    user_id: Annotated[str, msgspec.Meta(pattern=IDENT_PATTERN)] | None = None
     token_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
 
 

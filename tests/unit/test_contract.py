@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from shared import codec, names
 from shared.config import ConfigError, load, setting
 from shared.errors import PayloadError, TopicError
-from shared.events import DECIMAL_PATTERN, Book, Candle, ExecutionUpdate, Notification, Ticker, bad_decimal
+from shared.events import DECIMAL_PATTERN, END, Book, Candle, ExecutionUpdate, Notification, Ticker, bad_decimal
 from shared.topics import Exchange, Kind, Timeframe, Topic
 
 
@@ -141,7 +142,7 @@ def test_bad_market_payloads_raise_payload_error(payload: bytes) -> None:
         codec.decode_market(payload)
 
 
-_REFERENCE_DECIMAL = re.compile(DECIMAL_PATTERN.removeprefix("^").removesuffix("$"))
+_REFERENCE_DECIMAL = re.compile(DECIMAL_PATTERN.removeprefix("^").removesuffix(END))
 _near_decimals = st.text(alphabet="0123456789.-+eE\n x\u0663", max_size=12)  # \u0663: an Arabic-Indic digit
 _decimals = st.from_regex(_REFERENCE_DECIMAL, fullmatch=True) | _near_decimals
 
@@ -160,6 +161,53 @@ def test_bad_decimal_finds_the_first_value_the_contract_pattern_refuses(
     else:
         with pytest.raises(PayloadError, match="is not a decimal string"):
             codec.decode_market(codec.encode(book))
+
+
+@pytest.mark.parametrize(
+    ("decode", "record"),
+    [
+        (
+            codec.decode_market,
+            {
+                "type": "trade",
+                "exchange": "binance",
+                "symbol": "BTC/USDT\n",
+                "ts": 1,
+                "recv_ts": 1,
+                "trade_id": "1",
+                "price": "1",
+                "size": "1",
+                "side": "buy",
+            },
+        ),
+        (
+            codec.decode_market,
+            {
+                "type": "trade",
+                "exchange": "binance",
+                "symbol": "BTC/USDT",
+                "ts": 1,
+                "recv_ts": 1,
+                "trade_id": "1",
+                "price": "1",
+                "size": "1\n",
+                "side": "buy",
+            },
+        ),
+        (
+            codec.decode_notification,
+            {"id": "n1", "user_id": "alice\n", "type": "info", "title": "t", "message": "m", "created_at": 1},
+        ),
+        (codec.decode_envelope, {"kind": "notification", "pos": "1-2\n", "data": {}}),
+        (codec.decode_revocation, {"user_id": "alice\n"}),
+    ],
+)
+def test_no_contract_pattern_takes_a_trailing_newline(decode: Any, record: dict[str, Any]) -> None:
+    """Python's `$` matches before a final newline (and msgspec searches with it); a browser's does not."""
+    with pytest.raises(PayloadError):
+        decode(msgspec.json.encode(record))
+    fixed = {name: value.rstrip("\n") if isinstance(value, str) else value for name, value in record.items()}
+    decode(msgspec.json.encode(fixed))  # the same record without the newline passes
 
 
 def test_notification_and_execution_schemas_are_strict() -> None:

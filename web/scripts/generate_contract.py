@@ -19,7 +19,7 @@ from typing import Any, Final
 import msgspec
 
 from shared.codec import Position, ReadMarks
-from shared.events import Book, Candle, ExecutionUpdate, Notification, Symbol, Ticker, Trade
+from shared.events import END, Book, Candle, ExecutionUpdate, Notification, Symbol, Ticker, Trade
 from shared.topics import MAX_TOPIC_LENGTH, Exchange, Kind, Timeframe
 
 OUTPUT: Final = Path(__file__).resolve().parents[1] / "packages" / "client" / "src" / "contract.generated.ts"
@@ -96,7 +96,7 @@ def topic_pattern() -> str:
     exchanges = "|".join(re.escape(str(e)) for e in Exchange)
     plain = "|".join(str(k) for k in Kind if k is not Kind.CANDLES)
     timeframes = "|".join(str(t) for t in Timeframe)
-    symbol = str(msgspec.json.schema(Symbol)["pattern"]).removeprefix("^").removesuffix("$")
+    symbol = str(msgspec.json.schema(Symbol)["pattern"]).removeprefix("^").removesuffix(END)
     return f"^({exchanges}):({plain}|{Kind.CANDLES}\\.({timeframes})):({symbol})$"
 
 

@@ -10,7 +10,7 @@ export type Channel = "ticker" | "trades" | "book" | `candles.${Timeframe}`;
 export type Topic = `${Exchange}:${Channel}:${string}/${string}`;
 export const MAX_TOPIC_LENGTH = 64;
 export const TOPIC_PATTERN = "^(binance|coinbase|kraken|bybit|okx):(ticker|trades|book|candles\\.(1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1M)):([A-Z0-9]{1,16}/[A-Z0-9]{1,16})$";
-export const POSITION_PATTERN = "^[0-9]{1,20}-[0-9]{1,20}$";
+export const POSITION_PATTERN = "^[0-9]{1,20}-[0-9]{1,20}$(?!\\n)";
 
 /* Records (shared/events.py, shared/codec.py) */
 
@@ -158,7 +158,7 @@ export const SCHEMA_DEFS = {
       "bid": {
         "anyOf": [
           {
-            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
             "type": "string"
           },
           {
@@ -170,7 +170,7 @@ export const SCHEMA_DEFS = {
       "bid_size": {
         "anyOf": [
           {
-            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
             "type": "string"
           },
           {
@@ -182,7 +182,7 @@ export const SCHEMA_DEFS = {
       "ask": {
         "anyOf": [
           {
-            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
             "type": "string"
           },
           {
@@ -194,7 +194,7 @@ export const SCHEMA_DEFS = {
       "ask_size": {
         "anyOf": [
           {
-            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
             "type": "string"
           },
           {
@@ -206,7 +206,7 @@ export const SCHEMA_DEFS = {
       "last": {
         "anyOf": [
           {
-            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
             "type": "string"
           },
           {
@@ -218,7 +218,7 @@ export const SCHEMA_DEFS = {
       "open_24h": {
         "anyOf": [
           {
-            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
             "type": "string"
           },
           {
@@ -230,7 +230,7 @@ export const SCHEMA_DEFS = {
       "high_24h": {
         "anyOf": [
           {
-            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
             "type": "string"
           },
           {
@@ -242,7 +242,7 @@ export const SCHEMA_DEFS = {
       "low_24h": {
         "anyOf": [
           {
-            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
             "type": "string"
           },
           {
@@ -254,7 +254,7 @@ export const SCHEMA_DEFS = {
       "volume_24h": {
         "anyOf": [
           {
-            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+            "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
             "type": "string"
           },
           {
@@ -268,7 +268,7 @@ export const SCHEMA_DEFS = {
       },
       "symbol": {
         "type": "string",
-        "pattern": "^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$"
+        "pattern": "^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$(?!\\n)"
       },
       "ts": {
         "type": "integer",
@@ -316,11 +316,11 @@ export const SCHEMA_DEFS = {
         "maxLength": 64
       },
       "price": {
-        "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+        "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
         "type": "string"
       },
       "size": {
-        "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+        "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
         "type": "string"
       },
       "side": {
@@ -331,7 +331,7 @@ export const SCHEMA_DEFS = {
       },
       "symbol": {
         "type": "string",
-        "pattern": "^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$"
+        "pattern": "^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$(?!\\n)"
       },
       "ts": {
         "type": "integer",
@@ -384,11 +384,11 @@ export const SCHEMA_DEFS = {
           "maxItems": 2,
           "prefixItems": [
             {
-              "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+              "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
               "type": "string"
             },
             {
-              "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+              "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
               "type": "string"
             }
           ],
@@ -404,11 +404,11 @@ export const SCHEMA_DEFS = {
           "maxItems": 2,
           "prefixItems": [
             {
-              "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+              "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
               "type": "string"
             },
             {
-              "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+              "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
               "type": "string"
             }
           ],
@@ -425,7 +425,7 @@ export const SCHEMA_DEFS = {
       },
       "symbol": {
         "type": "string",
-        "pattern": "^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$"
+        "pattern": "^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$(?!\\n)"
       },
       "ts": {
         "type": "integer",
@@ -470,23 +470,23 @@ export const SCHEMA_DEFS = {
         "maximum": 9007199254740991
       },
       "open": {
-        "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+        "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
         "type": "string"
       },
       "high": {
-        "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+        "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
         "type": "string"
       },
       "low": {
-        "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+        "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
         "type": "string"
       },
       "close": {
-        "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+        "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
         "type": "string"
       },
       "volume": {
-        "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$",
+        "pattern": "^-?[0-9]{1,30}(\\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$(?!\\n)",
         "type": "string"
       },
       "closed": {
@@ -498,7 +498,7 @@ export const SCHEMA_DEFS = {
       },
       "symbol": {
         "type": "string",
-        "pattern": "^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$"
+        "pattern": "^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$(?!\\n)"
       },
       "ts": {
         "type": "integer",
@@ -555,11 +555,11 @@ export const SCHEMA_DEFS = {
     "properties": {
       "id": {
         "type": "string",
-        "pattern": "^[A-Za-z0-9_.:@-]{1,128}$"
+        "pattern": "^[A-Za-z0-9_.:@-]{1,128}$(?!\\n)"
       },
       "user_id": {
         "type": "string",
-        "pattern": "^[A-Za-z0-9_.:@-]{1,128}$"
+        "pattern": "^[A-Za-z0-9_.:@-]{1,128}$(?!\\n)"
       },
       "type": {
         "$ref": "#/$defs/NotificationType"
@@ -641,11 +641,11 @@ export const SCHEMA_DEFS = {
     "properties": {
       "execution_id": {
         "type": "string",
-        "pattern": "^[A-Za-z0-9_.:@-]{1,128}$"
+        "pattern": "^[A-Za-z0-9_.:@-]{1,128}$(?!\\n)"
       },
       "team_id": {
         "type": "string",
-        "pattern": "^[A-Za-z0-9_.:@-]{1,128}$"
+        "pattern": "^[A-Za-z0-9_.:@-]{1,128}$(?!\\n)"
       },
       "status": {
         "$ref": "#/$defs/ExecutionStatus"
@@ -721,7 +721,7 @@ export const SCHEMA_DEFS = {
         "type": "array",
         "items": {
           "type": "string",
-          "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"
+          "pattern": "^[0-9]{1,20}-[0-9]{1,20}$(?!\\n)"
         },
         "maxItems": 1000,
         "default": []
