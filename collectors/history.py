@@ -37,7 +37,7 @@ from collectors.feed.backoff import Backoff
 from collectors.feed.collector import Collector
 from collectors.feed.rest import RestError
 from shared.candle_store import CandleStore
-from shared.events import Candle
+from shared.events import Candle, bad_decimal
 from shared.topics import Kind, Timeframe, Topic
 
 logger = logging.getLogger(__name__)
@@ -259,9 +259,13 @@ class HistoryLoader:
             "low": low, "close": close, "volume": volume, "closed": closed,
         }  # fmt: skip
         try:
-            return msgspec.convert(fields, Candle)  # the event schema checks every decimal and time
+            candle = msgspec.convert(fields, Candle)  # the event schema checks every time and name ...
         except msgspec.ValidationError as exc:
             raise HistoryError(f"candle at {open_time}: {exc}") from None
+        bad = bad_decimal(candle)  # ... and this every price and volume
+        if bad is not None:
+            raise HistoryError(f"candle at {open_time}: {bad[:64]!r} is not a decimal string")
+        return candle
 
     async def trim(self) -> None:
         """Drop candles older than their timeframe's retention."""
