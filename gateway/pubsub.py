@@ -39,6 +39,9 @@ Message = tuple[bytes, bytes]  # (channel, payload)
 _MESSAGE: Final = (b"message", b"smessage")
 _ARRAY, _BULK, _INTEGER, _STATUS, _ERROR = b"*$:+-"  # RESP type bytes, as numbers
 _SUBSCRIBE: Final = (b"subscribe", b"ssubscribe")
+# What nearly every reply is, a relayed message (sharded or not): its head is matched whole, and only
+# its channel and payload are parsed.
+_MESSAGE_HEADS: Final = ((b"*3\r\n$7\r\nmessage\r\n", b"message"), (b"*3\r\n$8\r\nsmessage\r\n", b"smessage"))
 
 
 class PubSubError(GatewayError, ConnectionError):
@@ -50,7 +53,8 @@ class RespParser:
 
     Every relayed message passes through here, so it reads in place: a read that holds whole
     replies is parsed straight from its bytes (only an unfinished tail is kept), type bytes are
-    compared as numbers and header lines are not copied.
+    compared as numbers and header lines are not copied; a message reply's fixed head is matched
+    whole (`_MESSAGE_HEADS`) instead of being parsed as an array and a bulk string.
     """
 
     def __init__(self) -> None:
@@ -64,7 +68,12 @@ class RespParser:
         replies: list[object] = []
         position = 0
         while True:
-            parsed = self._parse(source, position, 0)
+            for head, kind in _MESSAGE_HEADS:
+                if source.startswith(head, position):
+                    parsed = self._message(source, position + len(head), kind)
+                    break
+            else:
+                parsed = self._parse(source, position, 0)
             if parsed is None:
                 break
             reply, position = parsed
@@ -74,6 +83,16 @@ class RespParser:
         elif position < len(data):
             self._buffer += memoryview(data)[position:]
         return replies
+
+    def _message(self, source: bytes | bytearray, after: int, kind: bytes) -> tuple[object, int] | None:
+        """The rest of a message reply whose head was matched: its channel and payload, read as `_array` would."""
+        channel = self._parse(source, after, 1)
+        if channel is None:
+            return None
+        payload = self._parse(source, channel[1], 1)
+        if payload is None:
+            return None
+        return [kind, channel[0], payload[0]], payload[1]
 
     def _array(self, source: bytes | bytearray, count: int, after: int, depth: int) -> tuple[object, int] | None:
         if count > MAX_ARRAY_ITEMS or depth >= MAX_NESTING:

@@ -32,6 +32,12 @@ def encode(value: object) -> bytes:
 
 def reply(rng: random.Random, depth: int = 0) -> object:
     roll = rng.random()
+    if depth == 0 and roll < 0.3:  # a relayed message, the parser's fast path; now and then with odd elements
+        kind = rng.choice((b"message", b"smessage"))
+        channel = bytes(rng.choice(b"md:ab\r\n") for _ in range(rng.randint(0, 40)))
+        elements = [channel, reply(rng, 1)] if rng.random() < 0.8 else [reply(rng, 1), reply(rng, 1)]
+        return [kind, *elements]
+    roll = rng.random()
     if roll < 0.35 and depth < MAX_NESTING:
         return [reply(rng, depth + 1) for _ in range(rng.randint(0, MAX_ARRAY_ITEMS))]
     if roll < 0.7:  # bulk strings carry any bytes, CR LF and '*' included
