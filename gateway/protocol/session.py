@@ -12,15 +12,15 @@ together at the turn's end: see `batch`). A connected WebSocket client costs
 no queue, task or timer of its own.
 
 While the transport holds nothing unsent for a client, a fan-out writes
-straight to its socket (`os.write` on `Session.straight_fd`):
-the transport's own write costs as much again in bookkeeping (a buffer list
+straight to its socket (`os.write` on `Session.straight_fd`): the
+transport's own write costs as much again in bookkeeping (a buffer list
 appended to and cleared per write). `os.write` lets go of the GIL for the
 system call; the node runs no other Python thread to take it meanwhile (a
-thread added one day would get a turn at every write). Whatever the socket does not take goes
-to the transport, and from then on, until the transport has written it all,
-every write goes through the transport, behind it: its write-buffer limit
-is 0, so it calls `pause_writing` as soon as it holds a byte and
-`resume_writing` once it holds none (`WebSocketConnection.backlogged`).
+thread added one day would get a turn at every write). Whatever the socket
+does not take goes to the transport, and from then on, until the transport
+has written it all, every write goes through the transport, behind it: its
+write-buffer limit is 0, so it calls `pause_writing` as soon as it holds a
+byte and `resume_writing` once it holds none (`WebSocketConnection.backlogged`).
 
 A client whose backlog passes `conflate_above` bytes is `lagging` until it
 has taken everything: packets sent with a conflation key (market data) then
