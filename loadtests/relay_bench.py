@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -240,16 +241,19 @@ class Usage:
 @dataclass(frozen=True, slots=True)
 class Setup:
     """One column of the results: which server, how many processes behind nginx (None: one, direct),
-    and how many workers each gateway process runs on its port (SO_REUSEPORT)."""
+    how many workers each gateway process runs on its port (SO_REUSEPORT), and which of `--rounds`
+    (0: the only one)."""
 
     kind: str
     gateways: int | None
     workers: int = 1
+    round: int = 0
 
     @property
     def label(self) -> str:
         label = self.kind if self.gateways is None else f"{self.kind} x{self.gateways}"
-        return label if self.workers == 1 else f"{label} w{self.workers}"
+        label = label if self.workers == 1 else f"{label} w{self.workers}"
+        return label if not self.round else f"{label} #{self.round}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -603,7 +607,13 @@ async def loaded(
 
 
 def identity(setup: Setup, scenario: str, label: str = "") -> dict[str, Any]:
-    return {"scenario": scenario, "label": label or setup.label, "server": setup.kind, "gateways": setup.gateways}
+    return {
+        "scenario": scenario,
+        "label": label or setup.label,
+        "server": setup.kind,
+        "gateways": setup.gateways,
+        **({"round": setup.round} if setup.round else {}),
+    }
 
 
 def shape(options: Options) -> dict[str, Any]:
@@ -769,12 +779,20 @@ def report(results: list[dict[str, Any]]) -> None:
         ["", *(result["label"] for result in columns)], [[key, *(r.get(key, "") for r in columns)] for key in keys]
     )
     by_label = {result["label"]: result for result in columns}
+    rounds: dict[str, list[float]] = {}  # "gateway / node deliveries_per_cpu_s": the ratio of each round
     for result in columns:
         for other in SERVERS[1:]:
             twin = by_label.get(result["label"].replace("gateway", other, 1), result)
             for key in RATIO_KEYS:
                 if result["server"] == "gateway" and twin is not result and result.get(key) and twin.get(key):
-                    print(f"{result['label']} / {twin['label']} {key}: {result[key] / twin[key]:.2f}x")
+                    ratio = result[key] / twin[key]
+                    print(f"{result['label']} / {twin['label']} {key}: {ratio:.2f}x")
+                    pair = f"{result['label']} / {twin['label']}".replace(f" #{result.get('round')}", "")
+                    rounds.setdefault(f"{pair} {key}", []).append(ratio)
+    for name, ratios in rounds.items():
+        if len(ratios) > 1:
+            listed = ", ".join(f"{ratio:.2f}x" for ratio in ratios)
+            print(f"{name} over {len(ratios)} rounds: {listed}; median {statistics.median(ratios):.2f}x")
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Options, list[Setup], str | None]:
@@ -811,6 +829,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, list[Setup], str | 
         default="gateway",
         help=f"comma-separated servers to measure, of {', '.join(SERVERS)}; `both` is gateway,baseline; `all` all",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every server this many times, taking turns (gateway, node, gateway, node, ...), and "
+        "report each round's ratio and their median: a host whose speed drifts between two windows moves one "
+        "ratio, not the median (default 1)",
+    )
     parser.add_argument("--json", help="also write every result to this file")
     args = parser.parse_args(argv)
     if not 1 <= args.topics <= args.clients:
@@ -836,7 +862,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, list[Setup], str | 
     workers = [int(count) for count in args.workers.split(",")]
     if any(count > 1 for count in workers) and kinds != ["gateway"]:
         parser.error("--workers counts other than 1 are for --server gateway")
-    setups = [Setup(kind, count, worker) for count in counts for kind in kinds for worker in workers]
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    setups = [
+        Setup(kind, count, worker, round_ if args.rounds > 1 else 0)
+        for round_ in range(1, args.rounds + 1)
+        for count in counts
+        for kind in kinds
+        for worker in workers
+    ]
     return options, setups, args.json
 
 
