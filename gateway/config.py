@@ -111,6 +111,12 @@ class GatewayConfig:
         "GATEWAY_MAX_BUFFERED_BYTES",
         "Unsent bytes past which a socket that must not lose a message is disconnected (it recovers on reconnect).",
     )
+    io_uring: bool = setting(
+        True,
+        "GATEWAY_IO_URING",
+        "Write a fan-out to all its clients in one io_uring system call where the kernel allows it "
+        "(Linux 5.6+, not refused by sysctl or seccomp; else, and when false, one write per client).",
+    )
     accept_rate_per_ip: float = setting(
         100.0,
         "GATEWAY_ACCEPT_RATE_PER_IP",

@@ -110,6 +110,7 @@ class GatewayNode:
                     max_buffered=config.max_buffered_bytes,
                     handshake_rate=config.handshake_rate_per_ip,
                     handshake_burst=config.handshake_burst_per_ip,
+                    io_uring=config.io_uring,
                 ),
                 connect_timeout_s=config.connect_timeout_s,
                 max_event_bytes=config.max_event_bytes,

@@ -5,8 +5,10 @@ calibrates `relay_bench.py`'s deliveries per CPU-second on a given machine (and 
 cost per send varies between machines and with their load). One uvloop process writes one
 200-byte frame to each of `--clients` loopback connections per tick, `--rate` ticks a second, first
 with `os.write` on each socket (the bare system call), then with uvloop's `transport.write` (what
-an asyncio server, the gateway included, pays); a child process reads them all with epoll, as a
-client would. Each line reports the sender's user and system CPU per write.
+an asyncio server pays), then all of a tick's frames in one io_uring call (`gateway.protocol.send_ring`,
+what the gateway's fan-out does where the kernel allows; skipped where it does not); a child
+process reads them all with epoll, as a client would. Each line reports the sender's user and
+system CPU per write.
 
     python -m loadtests.send_floor --clients 200 --rate 500 --seconds 8
 """
@@ -22,8 +24,11 @@ import selectors
 import signal
 import socket
 import time
+from array import array
 
 import uvloop
+
+from gateway.protocol.send_ring import SendRing
 
 FRAME = b"\x81\x7e\x00\xc8" + b"x" * 200  # a server text frame with a 200-byte payload
 
@@ -58,17 +63,27 @@ async def measure(args: argparse.Namespace) -> int:
     port = server.sockets[0].getsockname()[1]
     child = os.fork()
     if child == 0:
-        read_all(port, args.clients, 2 * args.seconds + 5)
+        read_all(port, args.clients, 3 * args.seconds + 5)
         os._exit(0)
     await all_accepted.wait()
     descriptors = [transport.get_extra_info("socket").fileno() for transport in transports]
-    for via in ("os.write", "transport.write"):
+    ways = ["os.write", "transport.write"]
+    try:
+        ring: SendRing | None = SendRing.open()
+        ways.append("io_uring")
+    except OSError as exc:
+        ring = None
+        print(f"{'io_uring':>15}: not available here ({exc})")
+    for via in ways:
         before, started, sent = resource.getrusage(resource.RUSAGE_SELF), time.monotonic(), 0
         tick = started
         while tick - started < args.seconds:
             if via == "os.write":
                 for descriptor in descriptors:
                     os.write(descriptor, FRAME)
+            elif ring is not None and via == "io_uring":
+                if ring.send(array("i", descriptors), FRAME) is not None:
+                    raise RuntimeError("a socket did not take a whole frame: the reader fell behind")
             else:
                 for transport in transports:
                     transport.write(FRAME)
@@ -83,6 +98,8 @@ async def measure(args: argparse.Namespace) -> int:
             f"{cpu / sent * 1e6:.2f} us each (user {user / sent * 1e6:.2f}, system {system / sent * 1e6:.2f})"
         )
     server.close()
+    if ring is not None:
+        ring.close()
     return child
 
 

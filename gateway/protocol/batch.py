@@ -12,8 +12,9 @@ Fan-out costs about one write per recipient, so the common case is kept to
 just that: when every send of a batch goes to one audience (one room: a
 node serving one topic, or any batch of a single message), the batch's
 frames are joined once and the same bytes are written straight to the
-socket of every client that keeps up (`Session.straight_fd`); nothing is
-allocated or looked up per recipient. A batch with several audiences
+socket of every client that keeps up (`Session.straight_fd`): all of them
+in one system call where io_uring is available (`send_ring`), else one
+`os.write` each. A batch with several audiences
 (several topics, a notification beside market data) collects each client's
 frames on its session instead and writes them once, in the order they were
 sent.
@@ -29,21 +30,28 @@ before the rest of the batch reaches it.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from array import array
+from operator import attrgetter
+from typing import TYPE_CHECKING, Final
+
+from gateway.protocol.send_ring import UNKNOWN
 
 if TYPE_CHECKING:
+    from gateway.protocol.send_ring import SendRing
     from gateway.protocol.session import Packet, Session
 
 Send = tuple[tuple["Session", ...], "Packet", "str | None"]  # (recipients, packet, conflation key)
+_STRAIGHT_FD: Final = attrgetter("straight_fd")
 
 
 class WriteBatch:
     """A loop turn's sends, queued in order; `write` delivers them all."""
 
-    __slots__ = ("_conflate_above", "_sends")
+    __slots__ = ("_conflate_above", "_ring", "_sends")
 
-    def __init__(self, conflate_above: int) -> None:
+    def __init__(self, conflate_above: int, ring: SendRing | None = None) -> None:
         self._conflate_above = conflate_above
+        self._ring = ring
         self._sends: list[Send] = []
 
     def add(self, recipients: tuple[Session, ...], packet: Packet, conflate_key: str | None) -> None:
@@ -75,6 +83,9 @@ class WriteBatch:
     def _write_shared(self, audience: tuple[Session, ...], sends: list[Send]) -> None:
         """One audience: the same bytes to every client that keeps up."""
         pieces = self._pieces(sends)
+        if len(pieces) == 1 and self._ring is not None and not self._ring.closed:
+            self._send_ring(self._ring, audience, sends, pieces[0][0])
+            return
         if len(pieces) == 1:
             data = pieces[0][0]
             size = len(data)
@@ -101,6 +112,26 @@ class WriteBatch:
                 if session.straight_fd is None:  # backlogged from here on: the rest goes packet by packet
                     session.deliver_all(sends, after)
                     break
+
+    @staticmethod
+    def _send_ring(ring: SendRing, audience: tuple[Session, ...], sends: list[Send], data: bytes) -> None:
+        """`_write_shared`'s one piece, through io_uring: no Python runs per recipient unless one falls behind."""
+        fds = list(map(_STRAIGHT_FD, audience))
+        if None in fds:  # closed, backlogged or long-polling: those go packet by packet
+            for session in audience:
+                if session.straight_fd is None:
+                    session.deliver_all(sends, 0)
+            audience = tuple(session for session, fd in zip(audience, fds, strict=True) if fd is not None)
+            fds = [fd for fd in fds if fd is not None]
+        written = ring.send(array("i", fds), data)
+        if written is None:
+            return
+        size = len(data)
+        for session, count in zip(audience, written, strict=True):
+            if count == UNKNOWN:  # whether any of it went is not known: the stream cannot go on
+                session.close("write_failed", abort=True)
+            elif count != size:
+                session.write_rest(data, count)
 
     @staticmethod
     def _write_each(sends: list[Send]) -> None:

@@ -24,6 +24,7 @@ from gateway.limits import KeyedBuckets, address_key
 from gateway.protocol import websocket
 from gateway.protocol.batch import WriteBatch
 from gateway.protocol.http import Outcome, Request, Response, Upgrade, websocket_handshake_error
+from gateway.protocol.send_ring import SendRing
 from gateway.protocol.session import OPEN, Packet, Session, WebSocketConnection
 from gateway.protocol.sids import new_sid
 
@@ -52,6 +53,7 @@ class EngineSettings:
     max_buffered: int  # unsent bytes past which a session is dropped
     handshake_rate: float  # new sessions per second per client address
     handshake_burst: int
+    io_uring: bool = True  # a fan-out's writes in one system call where the kernel allows (`send_ring`)
 
 
 class Observer(Protocol):
@@ -94,6 +96,7 @@ class Engine:
         self._handshakes = KeyedBuckets(settings.handshake_rate, settings.handshake_burst)
         self._logged_origins: set[str] = set()
         self.batch: WriteBatch | None = None  # this loop turn's sends, written at its end
+        self.send_ring: SendRing | None = None  # open while started, where io_uring works
         self._heartbeat: asyncio.TimerHandle | None = None
         self._beats = 0
         # The open packet after its sid, with and without upgrades: the same for every session of the node.
@@ -103,11 +106,21 @@ class Engine:
 
     def start(self) -> None:
         self._heartbeat = asyncio.get_running_loop().call_later(self.settings.ping_interval_s, self._beat)
+        if self.settings.io_uring:
+            try:
+                self.send_ring = SendRing.open()
+            except OSError as exc:
+                logger.info("fan-out writes one socket at a time: io_uring is not available", extra={"error": str(exc)})
+            else:
+                logger.info("fan-out writes through io_uring")
 
     def stop(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         self._heartbeat = None
+        if self.send_ring is not None:
+            self.send_ring.close()  # a batch still unwritten then writes one socket at a time
+            self.send_ring = None
 
     def _beat(self) -> None:
         """One timer for every session: ping, then drop those that did not answer within the timeout.
@@ -144,7 +157,7 @@ class Engine:
             # The first fan-out of a loop turn opens its batch. Everything sent until the turn
             # ends (the rest of this Redis read, other reads of the same turn, replies) joins it,
             # so under load a client gets several messages per write; nothing waits on a timer.
-            batch = self.batch = WriteBatch(self.settings.conflate_above)
+            batch = self.batch = WriteBatch(self.settings.conflate_above, self.send_ring)
             asyncio.get_running_loop().call_soon(self.flush)
         batch.add(sessions, packet, conflate_key)
 

@@ -6,13 +6,22 @@ import json
 import socket
 import time
 
+import pytest
 import redis.asyncio
 
 from shared.events import Book, Notification
 from shared.publisher import AsyncPublisher
-from tests.harness import RawWebSocket, connected, make_token, raw_websocket, running_node, wait_until
+from tests.harness import RawWebSocket, RunningNode, connected, make_token, raw_websocket, running_node, wait_until
 
 TOPIC = "bybit:book:BTC/USDT"
+# Both ways a fan-out writes: all sockets in one io_uring call, or one `os.write` each (GATEWAY_IO_URING).
+WRITES = pytest.mark.parametrize("io_uring", [True, False], ids=["io_uring", "os_write"])
+
+
+def check_writes(node: RunningNode, io_uring: bool) -> None:
+    if io_uring and node.node.server.engine.send_ring is None:
+        pytest.skip("io_uring is not available here")
+    assert (node.node.server.engine.send_ring is not None) == io_uring
 
 
 def book(seq: int) -> Book:
@@ -30,15 +39,16 @@ async def stalled_client(url: str, token: str) -> RawWebSocket:
     return ws
 
 
+@WRITES
 async def test_stalled_socket_is_conflated_then_disconnected(
-    redis_client: redis.asyncio.Redis,
-    redis_url: str,
+    redis_client: redis.asyncio.Redis, redis_url: str, io_uring: bool
 ) -> None:
     publisher = AsyncPublisher(redis_client)
     async with (
-        running_node(redis_url, conflate_above_bytes=32768, max_buffered_bytes=131072) as node,
+        running_node(redis_url, conflate_above_bytes=32768, max_buffered_bytes=131072, io_uring=io_uring) as node,
         connected(node.url, make_token(sub="watcher")) as watcher,
     ):
+        check_writes(node, io_uring)
         await watcher.call("subscribe", [TOPIC])
         stalled = await stalled_client(node.url, make_token(sub="sleeper"))
         await wait_until(lambda: len(node.node.sessions) == 2 and all(s.topics for s in node.node.sessions.values()))
@@ -75,9 +85,9 @@ async def test_stalled_socket_is_conflated_then_disconnected(
         stalled.close()
 
 
+@WRITES
 async def test_client_that_falls_behind_and_catches_up_gets_every_frame_once_in_order(
-    redis_client: redis.asyncio.Redis,
-    redis_url: str,
+    redis_client: redis.asyncio.Redis, redis_url: str, io_uring: bool
 ) -> None:
     """Frames written straight to the socket and those the transport held behind them arrive in order, none twice.
 
@@ -88,7 +98,10 @@ async def test_client_that_falls_behind_and_catches_up_gets_every_frame_once_in_
     """
     publisher = AsyncPublisher(redis_client)
     books = 600  # ~1.5 MB of frames: far more than the two sockets' buffers hold
-    async with running_node(redis_url, conflate_above_bytes=4 << 20, max_buffered_bytes=8 << 20) as node:
+    async with running_node(
+        redis_url, conflate_above_bytes=4 << 20, max_buffered_bytes=8 << 20, io_uring=io_uring
+    ) as node:
+        check_writes(node, io_uring)
         client = await stalled_client(node.url, make_token(sub="sleeper"))
         await wait_until(lambda: any(s.topics for s in node.node.sessions.values()))
         session = node.node.server.sockets[next(iter(node.node.sessions))].session
