@@ -12,7 +12,8 @@ together at the turn's end: see `batch`). A connected WebSocket client costs
 no queue, task or timer of its own.
 
 While the transport holds nothing unsent for a client, a fan-out writes
-straight to its socket (`os.write` on `Session.straight_fd`): the
+straight to its socket (`os.write` on `Session.straight_fd`, or a whole
+room's sockets in one io_uring call: `batch`, `send_ring`): the
 transport's own write costs as much again in bookkeeping (a buffer list
 appended to and cleared per write). `os.write` lets go of the GIL for the
 system call; the node runs no other Python thread to take it meanwhile (a
