@@ -24,7 +24,6 @@ import selectors
 import signal
 import socket
 import time
-from array import array
 
 import uvloop
 
@@ -82,7 +81,7 @@ async def measure(args: argparse.Namespace) -> int:
                 for descriptor in descriptors:
                     os.write(descriptor, FRAME)
             elif ring is not None and via == "io_uring":
-                if ring.send(array("i", descriptors), FRAME) is not None:
+                if ring.send(descriptors, FRAME) is not None:
                     raise RuntimeError("a socket did not take a whole frame: the reader fell behind")
             else:
                 for transport in transports:

@@ -30,7 +30,6 @@ before the rest of the batch reaches it.
 from __future__ import annotations
 
 import os
-from array import array
 from operator import attrgetter
 from typing import TYPE_CHECKING, Final
 
@@ -123,7 +122,7 @@ class WriteBatch:
                     session.deliver_all(sends, 0)
             audience = tuple(session for session, fd in zip(audience, fds, strict=True) if fd is not None)
             fds = [fd for fd in fds if fd is not None]
-        written = ring.send(array("i", fds), data)
+        written = ring.send(fds, data)
         if written is None:
             return
         size = len(data)

@@ -8,12 +8,14 @@ round": about a fifth less CPU a send on loopback).
 The ring is the kernel's own interface, without liburing: `io_uring_setup` and `io_uring_enter`
 through libc's `syscall`, the rings mapped with `mmap`. Every submission entry is a SEND with
 MSG_DONTWAIT (a socket that cannot take it all answers at once with what it took, or -EAGAIN,
-and never waits) and MSG_NOSIGNAL; only its descriptor, buffer and length change from one call
-to the next, and they are written into the mapped entries a column at a time (strided memoryview
-assignments, done in C), as the answers are read back: a call costs no Python per socket unless
-one of them did not take everything. Each call waits for all its completions before it returns
-(a nonblocking send completes during the call), so it is as synchronous as the writes it
-replaces: the bytes need to live only for the call, and nothing of it is left in the ring after.
+and never waits) and MSG_NOSIGNAL, from one buffer of the ring's own that the bytes are copied
+into. A call always uses entries 0..n-1 (the ring's index array says which entry each position
+takes), so the entries keep a room's descriptors and the buffer's address from one call to the
+next, and the next message to the same room writes only the length column, if that; a column is
+written in C (a strided memoryview assignment) and the answers are read back the same way: a call
+costs no Python per socket unless one of them did not take everything. Each call waits for all
+its completions before it returns (a nonblocking send completes during the call), so it is as
+synchronous as the writes it replaces: nothing of it is left in flight after.
 
 Where io_uring is not available (Linux before 5.6, `kernel.io_uring_disabled`, a seccomp profile
 that refuses it, as Docker's default does), `SendRing.open` raises OSError and the fan-out writes
@@ -45,7 +47,8 @@ _SQE_BYTES: Final = 64  # struct io_uring_sqe: opcode u8 @0, fd s32 @4, addr u64
 #                         msg_flags u32 @28, user_data u64 @32
 _CQE_BYTES: Final = 16  # struct io_uring_cqe: user_data u64 @0, res s32 @8, flags u32 @12
 _SEND_FLAGS: Final = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
-DEFAULT_ENTRIES: Final = 1024  # sends per system call; a larger room takes several
+DEFAULT_ENTRIES: Final = 4096  # sends per system call; a larger room takes several
+BUFFER_BYTES: Final = 256 * 1024  # a batch's bytes are copied here; a larger one is sent from where it is
 UNKNOWN: Final = -1  # what `send` counts for a socket whose answer never came
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -91,7 +94,6 @@ class SendRing:
         self._maps.append(sqe_map)
         self._sq = memoryview(sq_map).cast("I")
         self._cq = memoryview(cq_map).cast("I")
-        self._cq_res = memoryview(cq_map).cast("i")
         sqe_bytes = memoryview(sqe_map)
         self._sqe32 = sqe_bytes.cast("I")
         self._sqe_fds = sqe_bytes.cast("i")  # the same, signed, as descriptors come
@@ -104,15 +106,27 @@ class SendRing:
         self._cq_mask = self._cq[cq_mask // 4]
         self._sq_entries = sq_entries
         self._cq_entries = cq_entries
+        self._sq_array_at = sq_array // 4
         self._tail = self._sq[self._sq_tail_at]
         self._head = self._cq[self._cq_head_at]
-        # Ring position i takes entry i, and each entry says what it is once: a SEND of ours, its
-        # user_data its own index (to tell which send an answer is for, should one go wrong).
-        self._sq[sq_array // 4 : sq_array // 4 + sq_entries] = array("I", range(sq_entries))
+        self._entries = array("I", range(sq_entries))  # what positions map to: entry 0, 1, ... of each call
+        self._buffer = ctypes.create_string_buffer(BUFFER_BYTES)
+        self._buffer_bytes = memoryview(self._buffer).cast("B")
+        # What entries 0..n-1 hold from the last calls: descriptors, and an address and a length
+        # each with how many entries from 0 hold it. The kernel never writes the entries.
+        self._entry_fds = array("i")
+        self._fd_list: list[int] = []  # the last call's descriptors, as given and as C ints
+        self._fd_array = array("i")
+        self._entry_address, self._address_entries = 0, 0
+        self._entry_size, self._size_entries = 0, 0
+        # Each entry says once what it is: a SEND of ours, its user_data its own index (to tell
+        # which send an answer is for, should one go wrong).
         sqe_bytes[0 : sq_entries * _SQE_BYTES : _SQE_BYTES] = bytes([_OP_SEND]) * sq_entries
         self._sqe32[7 : sq_entries * 16 : 16] = array("I", [_SEND_FLAGS]) * sq_entries
         self._sqe64[4 : sq_entries * 8 : 8] = array("Q", range(sq_entries))
-        self._views = [self._sq, self._cq, self._cq_res, self._sqe32, self._sqe_fds, self._sqe64, sqe_bytes]
+        self._views = [
+            self._sq, self._cq, self._sqe32, self._sqe_fds, self._sqe64, sqe_bytes, self._buffer_bytes
+        ]  # fmt: skip
 
     @classmethod
     def open(cls, entries: int = DEFAULT_ENTRIES) -> SendRing:
@@ -138,7 +152,7 @@ class SendRing:
         left, right = socket.socketpair()
         with left, right:
             left.setblocking(False)
-            written = self.send(array("i", [left.fileno()]), b"!")
+            written = self.send([left.fileno()], b"!")
             if written is not None or right.recv(1) != b"!":
                 raise OSError(f"io_uring's SEND does not work here (wrote {written})")
 
@@ -156,7 +170,7 @@ class SendRing:
         os.close(self._fd)
         self._fd = -1
 
-    def send(self, fds: array[int], data: bytes) -> list[int] | None:
+    def send(self, fds: list[int], data: bytes) -> list[int] | None:
         """Send `data` to every socket of `fds` (nonblocking); None if each took it all, else what each took.
 
         A socket that took less (full, or broken: the error is not kept) counts what it took, 0
@@ -169,27 +183,28 @@ class SendRing:
         if self._fd < 0:
             return [0] * count
         size = len(data)
-        address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0  # the bytes' own buffer, no copy
+        if size <= BUFFER_BYTES:
+            self._buffer_bytes[:size] = data
+            address = ctypes.addressof(self._buffer)
+        else:
+            address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0  # the bytes' own, no copy
+        if fds != self._fd_list:  # a room's next message: the same descriptors, the same int objects
+            self._fd_list, self._fd_array = fds.copy(), array("i", struct.pack(f"{count}i", *fds))
         written: list[int] | None = None
         done = 0
         while done < count:
-            start = self._tail & self._sq_mask
+            n = min(count - done, self._sq_entries)
+            self._fill(self._fd_array[done : done + n], address, size)
+            self._queue(n)
             first = self._head & self._cq_mask
-            # A call's entries and answers are contiguous: none wraps around the end of its ring.
-            n = min(count - done, self._sq_entries - start, self._cq_entries - first)
-            end = start + n
-            self._sqe_fds[start * 16 + 1 : end * 16 : 16] = fds[done : done + n]
-            self._sqe64[start * 8 + 2 : end * 8 : 8] = array("Q", [address]) * n
-            self._sqe32[start * 16 + 6 : end * 16 : 16] = array("I", [size]) * n
-            self._tail += n
-            self._sq[self._sq_tail_at] = self._tail & 0xFFFFFFFF
             taken, answered = self._submit(n)
-            cqes = self._cqes_at + first * 4
-            if answered < n or self._cq_res[cqes + 2 : cqes + n * 4 : 4].tobytes() != struct.pack("i", size) * n:
+            answers = self._answers(first, answered, 2)
+            if answered < n or answers != struct.pack("i", size) * n:
                 written = written or [size] * count
                 results = [UNKNOWN] * taken + [0] * (n - taken)  # answers overwrite; never taken: nothing went
-                for at in range(answered):  # user_data is the entry's index: answers may come in any order
-                    results[self._cq[cqes + at * 4] - start] = max(0, self._cq_res[cqes + at * 4 + 2])
+                entries = memoryview(self._answers(first, answered, 0)).cast("I").tolist()  # user_data
+                for entry, result in zip(entries, memoryview(answers).cast("i").tolist(), strict=True):
+                    results[entry] = max(0, result)
                 written[done : done + n] = results
             self._head += answered
             self._cq[self._cq_head_at] = self._head & 0xFFFFFFFF
@@ -200,6 +215,39 @@ class SendRing:
                     written[done:] = [0] * (count - done)
                 break
         return written
+
+    def _fill(self, fds: array[int], address: int, size: int) -> None:
+        """Make entries 0..len(fds)-1 send `size` bytes at `address` to `fds`, writing only what differs."""
+        n = len(fds)
+        if self._entry_fds[:n] != fds:
+            self._sqe_fds[1 : n * 16 : 16] = fds
+            self._entry_fds = fds + self._entry_fds[n:]
+        if address != self._entry_address or n > self._address_entries:
+            self._sqe64[2 : n * 8 : 8] = array("Q", [address]) * n
+            self._entry_address, self._address_entries = address, n
+        if size != self._entry_size or n > self._size_entries:
+            self._sqe32[6 : n * 16 : 16] = array("I", [size]) * n
+            self._entry_size, self._size_entries = size, n
+
+    def _queue(self, n: int) -> None:
+        """The next `n` positions of the submission ring take entries 0..n-1."""
+        start = self._tail & self._sq_mask
+        before_end = min(n, self._sq_entries - start)
+        at = self._sq_array_at
+        self._sq[at + start : at + start + before_end] = self._entries[:before_end]
+        if before_end < n:  # the rest wraps around to the ring's start
+            self._sq[at : at + n - before_end] = self._entries[before_end:n]
+        self._tail += n
+        self._sq[self._sq_tail_at] = self._tail & 0xFFFFFFFF
+
+    def _answers(self, first: int, n: int, field: int) -> bytes:
+        """One 4-byte field (0: user_data's low half, 2: res) of the `n` answers from position `first` on."""
+        at = self._cqes_at + field
+        before_end = min(n, self._cq_entries - first)
+        column = self._cq[at + first * 4 : at + (first + before_end) * 4 : 4].tobytes()
+        if before_end < n:  # the rest wraps around to the ring's start
+            column += self._cq[at : at + (n - before_end) * 4 : 4].tobytes()
+        return column
 
     def _submit(self, n: int) -> tuple[int, int]:
         """Give the kernel the `n` entries before the tail; (how many it took, how many answers came)."""

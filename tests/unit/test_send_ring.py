@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
-from array import array
 from collections.abc import Iterator
 
 import pytest
 
-from gateway.protocol.send_ring import SendRing
+from gateway.protocol.send_ring import BUFFER_BYTES, SendRing
 
 ENTRIES = 8  # a small ring, so that a few dozen sockets take several calls and wrap around its end
 
@@ -36,8 +35,8 @@ def pairs() -> Iterator[list[tuple[socket.socket, socket.socket]]]:
         receiver.close()
 
 
-def descriptors(pairs: list[tuple[socket.socket, socket.socket]]) -> array[int]:
-    return array("i", [sender.fileno() for sender, _ in pairs])
+def descriptors(pairs: list[tuple[socket.socket, socket.socket]]) -> list[int]:
+    return [sender.fileno() for sender, _ in pairs]
 
 
 def receive(receiver: socket.socket, size: int) -> bytes:
@@ -57,6 +56,20 @@ def test_every_socket_gets_the_bytes_once_in_order(
         for _, receiver in pairs[: len(pairs) - round_ % 5]:
             assert receive(receiver, len(data)) == data
     assert not ring.closed
+
+
+def test_calls_that_change_length_source_and_sockets_leave_nothing_stale(
+    ring: SendRing, pairs: list[tuple[socket.socket, socket.socket]]
+) -> None:
+    """The entries keep what the last call wrote; each call must still send exactly its own bytes."""
+    sizes = [10, BUFFER_BYTES + 10, 20, 20, BUFFER_BYTES + 3, 5]  # from the ring's buffer, then from the bytes' own
+    for number, size in enumerate(sizes):
+        chosen = pairs[number % 3 :: 2]  # another set of sockets each time, in other entries
+        data = os.urandom(size)
+        written = ring.send(descriptors(chosen), data) or [size] * len(chosen)
+        for (_, receiver), count in zip(chosen, written, strict=True):
+            assert 0 < count <= size
+            assert receive(receiver, count) == data[:count]
 
 
 def test_a_full_socket_counts_what_it_took(ring: SendRing, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
