@@ -3,7 +3,7 @@
 A fan-out writes one batch's bytes to every client of a room, and one `os.write` each pays a
 system call apiece: entry and exit, the descriptor looked up as a file, the GIL let go and taken
 back. io_uring takes a whole room's sends in one `io_uring_enter` (loadtests/README.md, "Ninth
-round": about a fifth less CPU a send on loopback).
+round": about a quarter more deliveries per CPU-second on loopback).
 
 The ring is the kernel's own interface, without liburing: `io_uring_setup` and `io_uring_enter`
 through libc's `syscall`, the rings mapped with `mmap`. Every submission entry is a SEND with
@@ -18,8 +18,8 @@ its completions before it returns (a nonblocking send completes during the call)
 synchronous as the writes it replaces: nothing of it is left in flight after.
 
 Where io_uring is not available (Linux before 5.6, `kernel.io_uring_disabled`, a seccomp profile
-that refuses it, as Docker's default does), `SendRing.open` raises OSError and the fan-out writes
-one socket at a time.
+that refuses it, as Docker 25+'s and containerd 2.0+'s defaults do), `SendRing.open` raises OSError
+and the fan-out writes one socket at a time.
 """
 
 from __future__ import annotations
