@@ -82,11 +82,11 @@ class WriteBatch:
     def _write_shared(self, audience: tuple[Session, ...], sends: list[Send]) -> None:
         """One audience: the same bytes to every client that keeps up."""
         pieces = self._pieces(sends)
-        if len(pieces) == 1 and self._ring is not None and not self._ring.closed:
-            self._send_ring(self._ring, audience, sends, pieces[0][0])
-            return
         if len(pieces) == 1:
             data = pieces[0][0]
+            if self._ring is not None and not self._ring.closed:
+                self._send_ring(self._ring, audience, sends, data)
+                return
             size = len(data)
             write = os.write
             for session in audience:
@@ -117,8 +117,8 @@ class WriteBatch:
         """`_write_shared`'s one piece, through io_uring: no Python runs per recipient unless one falls behind."""
         fds = list(map(_STRAIGHT_FD, audience))
         if None in fds:  # closed, backlogged or long-polling: those go packet by packet
-            for session in audience:
-                if session.straight_fd is None:
+            for session, fd in zip(audience, fds, strict=True):
+                if fd is None:
                     session.deliver_all(sends, 0)
             audience = tuple(session for session, fd in zip(audience, fds, strict=True) if fd is not None)
             fds = [fd for fd in fds if fd is not None]

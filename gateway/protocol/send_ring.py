@@ -112,6 +112,7 @@ class SendRing:
         self._entries = array("I", range(sq_entries))  # what positions map to: entry 0, 1, ... of each call
         self._buffer = ctypes.create_string_buffer(BUFFER_BYTES)
         self._buffer_bytes = memoryview(self._buffer).cast("B")
+        self._buffer_address = ctypes.addressof(self._buffer)
         # What entries 0..n-1 hold from the last calls: descriptors, and an address and a length
         # each with how many entries from 0 hold it. The kernel never writes the entries.
         self._entry_fds = array("i")
@@ -185,7 +186,7 @@ class SendRing:
         size = len(data)
         if size <= BUFFER_BYTES:
             self._buffer_bytes[:size] = data
-            address = ctypes.addressof(self._buffer)
+            address = self._buffer_address
         else:
             address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0  # the bytes' own, no copy
         if fds != self._fd_list:  # a room's next message: the same descriptors, the same int objects
