@@ -3,7 +3,7 @@
 A fan-out writes one batch's bytes to every client of a room, and one `os.write` each pays a
 system call apiece: entry and exit, the descriptor looked up as a file, the GIL let go and taken
 back. io_uring takes a whole room's sends in one `io_uring_enter` (loadtests/README.md, "Ninth
-round": about a quarter more deliveries per CPU-second on loopback).
+round": 30% more deliveries per CPU-second on loopback, alternated pairs).
 
 The ring is the kernel's own interface, without liburing: `io_uring_setup` and `io_uring_enter`
 through libc's `syscall`, the rings mapped with `mmap`. Every submission entry is a SEND with
