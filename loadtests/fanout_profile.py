@@ -57,7 +57,7 @@ async def counted_fanout(args: argparse.Namespace, workdir: Path) -> tuple[int, 
         if report.connected != len(specs):
             raise SystemExit(f"{report.connected}/{len(specs)} clients connected: {report.errors}")
         subscribers = [sum(1 for spec in specs if spec.topic == topic) for topic in topics]
-        feed = Feed(deployment.redis, topics, subscribers)
+        feed = Feed(deployment.redis_url, topics, subscribers)
         server = str(deployment.servers[0].pid)
         await feed.run(args.rate, WARM_UP_MESSAGES / args.rate)
         await drain(pool)

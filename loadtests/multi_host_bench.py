@@ -25,8 +25,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
 
-import redis.asyncio
-
 from loadtests.load_client import ClientPool, ClientSpec, raise_fd_limit
 from loadtests.relay_bench import (
     CONNECT_DEADLINE_S,
@@ -88,14 +86,7 @@ async def started(argv: list[str], env: dict[str, str] | None = None) -> AsyncIt
 def publish(redis_url: str, topics: list[str], subscribers: list[int], rate: float, seconds: float) -> int:
     """Run relay_bench's feed in a loop of this (the publisher host's) thread; returns deliveries offered."""
 
-    async def run() -> int:
-        client = redis.asyncio.Redis.from_url(redis_url)
-        try:
-            return await Feed(client, topics, subscribers).run(rate, seconds)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(run())
+    return asyncio.run(Feed(redis_url, topics, subscribers).run(rate, seconds))
 
 
 async def bench(options: argparse.Namespace) -> dict[str, Any]:
