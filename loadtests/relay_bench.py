@@ -2,13 +2,16 @@
 
 Starts a private Redis, the server under test (one process, or N behind a real nginx rendered
 from deploy/nginx/nginx.conf.template) and lean load clients (loadtests/load_client.py) in
-worker processes, publishes ~200-byte trade events through shared.publisher.RespPublisher (the collectors' way) and
-reports offered vs delivered deliveries/s, the fraction delivered, publish-to-receive latency,
-the CPU of every server process (from /proc), deliveries per server CPU-second, and the CPU of
-clients, publisher, Redis and nginx, so that a run bounded by anything but the server shows.
+worker processes, publishes ~200-byte trade events through shared.publisher.RespPublisher (as
+the collectors do) and reports offered vs delivered deliveries/s, the fraction delivered,
+publish-to-receive latency, the CPU of every server process (from /proc), deliveries per server
+CPU-second, and the CPU of clients, publisher, Redis and nginx, so that a run bounded by anything
+but the server shows. `--server floor` is a bare relay (loadtests/floor_server.py): what is left
+of a server's latency above the floor's is that server's own.
 
     python -m loadtests.relay_bench --clients 200 --rate 500 --seconds 10 --server both
     python -m loadtests.relay_bench --clients 1000 --topics 10 --rate 200 --server both
+    python -m loadtests.relay_bench --clients 200 --rate 500 --server gateway,floor,node --rounds 3
     python -m loadtests.relay_bench --saturate --seconds 3 --server both
     python -m loadtests.relay_bench --idle 5000 --server both
     python -m loadtests.relay_bench --idle 10000 --server gateway,node,floor
